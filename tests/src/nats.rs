@@ -1,0 +1,225 @@
+//! A real `nats-server` for one test: free loopback port, JetStream on, its own
+//! store directory, killed when dropped.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// How long a freshly spawned server gets to accept clients.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts at finding a free port (another process can take the one we picked
+/// between our probe and the server's bind).
+const START_ATTEMPTS: usize = 3;
+
+/// What went wrong while starting or reaching the test `nats-server`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HarnessError {
+    /// The binary is not installed.
+    #[error(
+        "nats-server not found on PATH, /usr/sbin or /usr/bin; run scripts/ensure-deps \
+         (or `apt-get install nats-server`)"
+    )]
+    NatsServerMissing,
+    /// Spawning or talking to the process failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What the harness was doing.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The server did not accept clients in time.
+    #[error("nats-server on port {port} not ready after {timeout:?}; its log:\n{log}")]
+    NotReady {
+        /// The port it was started on.
+        port: u16,
+        /// How long we waited.
+        timeout: Duration,
+        /// The server's own output.
+        log: String,
+    },
+    /// The client could not connect.
+    #[error("connecting a client to {url}: {source}")]
+    Connect {
+        /// The server URL.
+        url: String,
+        /// The client's error.
+        source: async_nats::ConnectError,
+    },
+}
+
+/// A `nats-server` child process owned by a test.
+///
+/// The server keeps its port and store across [`NatsServer::stop`] and
+/// [`NatsServer::restart`], so tests can simulate an outage and a recovery the
+/// way clients see it.
+#[derive(Debug)]
+pub struct NatsServer {
+    binary: PathBuf,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream on a free loopback port and waits until
+    /// it accepts clients.
+    pub async fn start() -> Result<Self, HarnessError> {
+        let binary = find_nats_server()?;
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let mut server = Self {
+                binary: binary.clone(),
+                port: free_port()?,
+                dir: tempfile::Builder::new()
+                    .prefix("herd-nats-")
+                    .tempdir()
+                    .map_err(|source| io_error("creating the store directory", source))?,
+                child: None,
+            };
+            match server.spawn_and_wait().await {
+                Ok(()) => return Ok(server),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.expect("at least one attempt ran"))
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory.
+    pub fn store_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Result<async_nats::Client, HarnessError> {
+        let url = self.url();
+        async_nats::connect(&url)
+            .await
+            .map_err(|source| HarnessError::Connect { url, source })
+    }
+
+    /// Kills the server (`SIGKILL`, as in a crash) and reaps it. Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Already-exited is fine: the point is that it is gone.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop();
+        self.spawn_and_wait().await
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats-server.log")
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), HarnessError> {
+        let log = std::fs::File::create(self.log_path())
+            .map_err(|source| io_error("creating the server log", source))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|source| io_error("creating the server log", source))?;
+        let child = Command::new(&self.binary)
+            .args(["--addr", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--jetstream")
+            .arg("--store_dir")
+            .arg(self.dir.path().join("jetstream"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| io_error("spawning nats-server", source))?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if !self.is_running() {
+                break;
+            }
+            if accepts_clients(self.port).await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.stop();
+        Err(HarnessError::NotReady {
+            port: self.port,
+            timeout: READY_TIMEOUT,
+            log: std::fs::read_to_string(self.log_path()).unwrap_or_default(),
+        })
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A server is ready when it greets a new connection with its `INFO` line.
+async fn accepts_clients(port: u16) -> bool {
+    let greeting = async {
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await.ok()?;
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).await.ok()?;
+        Some(buf)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), greeting).await,
+        Ok(Some(buf)) if &buf == b"INFO"
+    )
+}
+
+fn free_port() -> Result<u16, HarnessError> {
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .map_err(|source| io_error("probing for a free port", source))?;
+    listener
+        .local_addr()
+        .map(|addr| addr.port())
+        .map_err(|source| io_error("probing for a free port", source))
+}
+
+/// Finds `nats-server` on `PATH`, then where Debian installs it.
+pub fn find_nats_server() -> Result<PathBuf, HarnessError> {
+    let path_dirs = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    path_dirs
+        .into_iter()
+        .chain(["/usr/sbin".into(), "/usr/bin".into()])
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+        .ok_or(HarnessError::NatsServerMissing)
+}
+
+fn io_error(what: &str, source: std::io::Error) -> HarnessError {
+    HarnessError::Io {
+        what: what.to_owned(),
+        source,
+    }
+}
