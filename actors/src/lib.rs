@@ -6,3 +6,8 @@
 //! heartbeat tracking, task routing, configuration, NATS sink, admin) and the
 //! agent's (connector, batcher, spool, heartbeat, plugin processes). Each
 //! actor is the only code that touches what it owns.
+
+pub mod agent;
+pub mod hub;
+pub mod io;
+pub mod supervisor;

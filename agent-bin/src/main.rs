@@ -1,11 +1,240 @@
-//! The herd agent binary: configuration (TOML file, environment, flags), logging,
-//! and the wiring of `herd_actors::agent` into one supervised process.
+//! The herd agent binary: configuration (TOML file, environment, flags),
+//! logging, and the wiring of `herd_actors::agent` into one process.
+//!
+//! Precedence, highest first: command-line flags, `HERD_AGENT_*` environment
+//! variables (one per flag), the TOML file given by `--config`, built-in
+//! defaults. SIGTERM, Ctrl-C (SIGINT) and a 1060 task from the hub all stop
+//! the agent in order (plugins stopped and reaped, batches flushed, acks
+//! awaited while the hub is reachable) and exit with status 0.
 
-fn main() {
-    eprintln!(
-        "{} {}: not implemented yet",
-        env!("CARGO_PKG_NAME"),
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use herd_actors::agent::config::AgentConfig;
+use herd_actors::agent::error::{AgentError, ConfigError};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+/// herd-agent: runs plugins as child processes and ships their records,
+/// with host heartbeats, to a herd hub.
+///
+/// Every option of the TOML file is documented in herd-agent.example.toml.
+/// The log level is set with RUST_LOG (default "info").
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// TOML configuration file (see herd-agent.example.toml).
+    #[arg(long, short, env = "HERD_AGENT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Hub address host:port; repeat (or separate with commas in the
+    /// environment) for failover, tried in order. Replaces the file's `hubs`.
+    #[arg(
+        long = "hub",
+        env = "HERD_AGENT_HUB",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    hubs: Vec<String>,
+
+    /// Enrollment token sent to the hub.
+    #[arg(long, env = "HERD_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// Directory for the agent id, sequence numbers and plugin state.
+    #[arg(long, env = "HERD_AGENT_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Heartbeat interval in seconds (until the hub sets one).
+    #[arg(long, env = "HERD_AGENT_HEARTBEAT_INTERVAL_SECS", value_name = "SECS")]
+    heartbeat_interval_secs: Option<u64>,
+
+    /// Log line format on stderr.
+    #[arg(long, env = "HERD_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+impl Cli {
+    /// The file (or defaults), with the environment and flags on top.
+    fn effective_config(&self) -> Result<AgentConfig, CliError> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| CliError::Parse {
+                    path: path.clone(),
+                    source: Box::new(e),
+                })?
+            }
+            None => AgentConfig::default(),
+        };
+        if !self.hubs.is_empty() {
+            config.hubs.clone_from(&self.hubs);
+        }
+        if let Some(token) = &self.token {
+            config.token.clone_from(token);
+        }
+        if let Some(dir) = &self.state_dir {
+            config.state_dir.clone_from(dir);
+        }
+        if let Some(secs) = self.heartbeat_interval_secs {
+            config.heartbeat_interval_secs = secs;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(config: AgentConfig) -> Result<(), CliError> {
+    let mut terminate = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
+    let agent = herd_actors::agent::start(config)?;
+    let requested = agent.shutdown_requested();
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        () = requested.cancelled() => tracing::info!("shutdown task received"),
+    }
+    agent.shutdown().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.effective_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("herd-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.print_config {
+        match toml::to_string_pretty(&config) {
+            Ok(text) => {
+                print!("{text}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("herd-agent: cannot print the configuration: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    init_logging(cli.log_format);
+    let system = actix::System::new();
+    let outcome = system.block_on(run(config));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("herd-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "hubs = [\"file:1\"]\ntoken = \"from-file\"\nheartbeat_interval_secs = 30\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "herd-agent",
+            "--config",
+            path.to_str().unwrap(),
+            "--hub",
+            "a:1",
+            "--hub",
+            "b:2",
+            "--state-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let config = cli.effective_config().unwrap();
+        assert_eq!(config.hubs, ["a:1", "b:2"]);
+        assert_eq!(config.token, "from-file");
+        assert_eq!(config.heartbeat_interval_secs, 30);
+        assert_eq!(config.state_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "hubs = [\"a:1\"]\nbogus = 1\n").unwrap();
+        let cli = Cli::try_parse_from(["herd-agent", "-c", path.to_str().unwrap()]).unwrap();
+        let err = cli.effective_config().unwrap_err().to_string();
+        assert!(err.contains("agent.toml") && err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../herd-agent.example.toml");
+        let config = AgentConfig::from_toml_str(text).unwrap();
+        assert_eq!(config.plugins.len(), 1);
+        assert_eq!(config, {
+            let mut defaults = AgentConfig::default();
+            defaults.hubs.clone_from(&config.hubs);
+            defaults.token.clone_from(&config.token);
+            defaults.plugins.clone_from(&config.plugins);
+            defaults
+        });
+    }
 }

@@ -1,11 +1,208 @@
 //! The herd hub binary: configuration (TOML file, environment, flags), logging,
-//! and the wiring of `herd_actors::hub` into one supervised process.
+//! and the wiring of `herd_actors::hub` into one process.
+//!
+//! Precedence: flags > environment (`HERD_HUB_*`) > the TOML file > defaults.
+//! Every option of the file is documented in `herd-hub.example.toml`.
 
-fn main() {
-    eprintln!(
-        "{} {}: not implemented yet",
-        env!("CARGO_PKG_NAME"),
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use herd_actors::hub::{Hub, HubConfig, HubError};
+
+/// Accepts herd agents over TCP and publishes their records to NATS.
+///
+/// Options come from the TOML file given with --config (see
+/// herd-hub.example.toml for every key), overridden by HERD_HUB_* environment
+/// variables, overridden by flags.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "HERD_HUB_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address agents connect to (file key `listen`; default 0.0.0.0:7400).
+    #[arg(long, env = "HERD_HUB_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Address of the admin HTTP server with /metrics, /healthz, /agents
+    /// (file key `admin`; default 127.0.0.1:7401; `off` disables it).
+    #[arg(long, env = "HERD_HUB_ADMIN", value_name = "ADDR|off")]
+    admin: Option<String>,
+    /// NATS server URL(s), comma separated (file key `nats_url`). Without one
+    /// the hub runs its own nats-server under the state directory.
+    #[arg(long, env = "HERD_HUB_NATS_URL", value_name = "URL")]
+    nats_url: Option<String>,
+    /// Directory for the hub's state, e.g. the embedded NATS store (file key
+    /// `state_dir`; default /var/lib/herd-hub).
+    #[arg(long, env = "HERD_HUB_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Enrollment token agents must present; repeat the flag or separate with
+    /// commas for several (file key `tokens`; none: no token needed).
+    #[arg(
+        long,
+        env = "HERD_HUB_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_delimiter = ','
+    )]
+    token: Vec<String>,
+    /// Identity of this hub in Welcome, envelopes and logs (file key `hub_id`;
+    /// default: random).
+    #[arg(long, env = "HERD_HUB_ID", value_name = "ID")]
+    hub_id: Option<String>,
+    /// Log line format; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "HERD_HUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Why the hub binary could not run.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("--admin must be an address like 127.0.0.1:7401 or `off`, not {0:?}")]
+    Admin(String),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("the hub's supervision tree exited: {0}")]
+    TreeExited(String),
+}
+
+impl Cli {
+    /// The file's configuration (or the defaults) with the environment and
+    /// flags applied on top.
+    fn hub_config(&self) -> Result<HubConfig, CliError> {
+        let mut config = match &self.config {
+            Some(path) => read_config(path)?,
+            None => HubConfig::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        match self.admin.as_deref() {
+            None => {}
+            Some("off") => config.admin = None,
+            Some(addr) => {
+                config.admin = Some(addr.parse().map_err(|_| CliError::Admin(addr.to_owned()))?)
+            }
+        }
+        if let Some(url) = &self.nats_url {
+            config.nats_url = Some(url.clone());
+        }
+        if let Some(dir) = &self.state_dir {
+            config.state_dir = dir.clone();
+        }
+        if !self.token.is_empty() {
+            config.tokens = self.token.clone();
+        }
+        if let Some(id) = &self.hub_id {
+            config.hub_id = id.clone();
+        }
+        config.validate().map_err(HubError::from)?;
+        Ok(config)
+    }
+}
+
+fn read_config(path: &Path) -> Result<HubConfig, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| CliError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn termination() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the hub");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("terminated"),
+    }
+}
+
+async fn run(config: HubConfig) -> Result<(), CliError> {
+    let hub = Hub::start(config).await?;
+    let failed = tokio::select! {
+        () = termination() => None,
+        exit = hub.wait() => Some(exit),
+    };
+    hub.shutdown().await;
+    match failed {
+        // The tree gave up (restart intensity exceeded): exit non-zero so
+        // the service manager restarts the whole process.
+        Some(exit) => Err(CliError::TreeExited(exit.to_string())),
+        None => Ok(()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.hub_config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("herd-hub: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.print_config {
+        return match toml::to_string(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("herd-hub: cannot print the configuration: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logs(cli.log_format);
+    match actix::System::new().block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "hub failed");
+            eprintln!("herd-hub: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,267 @@
+//! Hub configuration: every knob of the hub, with the defaults of the design.
+//!
+//! Durations are plain integers with their unit in the name (`*_ms`,
+//! `*_secs`) so a TOML file reads without a duration syntax to learn.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// When the hub tells an agent its batch is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// Core NATS: ack after `flush()` wrote the batch to the server's socket
+    /// with no reconnect in between. A NATS crash can still lose what the
+    /// server had not read yet.
+    #[default]
+    Flush,
+    /// JetStream: ack after every record of the batch got its `PubAck` (a
+    /// stream must cover `herd.data.>`; publishing to a subject no stream
+    /// covers never succeeds). Nothing acked is lost.
+    Jetstream,
+}
+
+/// Everything the hub needs to run. Every field has a default; see
+/// `hub-bin/herd-hub.example.toml` for the documented file form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// Identity of this hub process (in `Welcome`, envelopes and logs).
+    /// Empty: `hub-<random>` at start.
+    pub hub_id: String,
+    /// Where agents connect.
+    pub listen: SocketAddr,
+    /// Where the admin HTTP server (`/metrics`, `/healthz`, `/agents`)
+    /// listens; `None` disables it.
+    pub admin: Option<SocketAddr>,
+    /// NATS server URL(s), comma separated. `None`: start and supervise a
+    /// local `nats-server` under `state_dir`.
+    pub nats_url: Option<String>,
+    /// Directory for the hub's state (the embedded NATS store).
+    pub state_dir: PathBuf,
+    /// Enrollment tokens an agent may present; empty: no token is needed.
+    pub tokens: Vec<String>,
+    /// How long a new connection has to send `Hello`.
+    pub handshake_timeout_ms: u64,
+    /// Largest frame accepted from an agent, in bytes (4-byte header excluded).
+    pub max_frame_length: usize,
+    /// Heartbeat interval told to agents in `Welcome`, in seconds.
+    pub heartbeat_interval_secs: u32,
+    /// How often the hub pings each agent.
+    pub ping_interval_ms: u64,
+    /// A connection silent for this many ping intervals is closed as dead.
+    pub ping_misses: u32,
+    /// Most agents connected at once; beyond it `Welcome{ok: false}`.
+    pub max_connections: usize,
+    /// Batches of one connection that may be in flight to NATS at once;
+    /// at the bound the hub stops reading that socket.
+    pub max_in_flight_batches: usize,
+    /// Frames queued for writing to one agent before senders wait.
+    pub write_queue: usize,
+    /// When an ack is sent: after a flush (core NATS) or after JetStream
+    /// `PubAck`s.
+    pub ack_mode: AckMode,
+    /// Longest wait for a flush / `PubAck`s before the batch is re-published.
+    pub publish_timeout_ms: u64,
+    /// Timeout of a task request when the task does not set one.
+    pub task_timeout_ms: u64,
+    /// Task results batched to `herd.task.results`: flush at this many.
+    pub task_batch_size: usize,
+    /// ... or this long after the first result of a batch.
+    pub task_batch_interval_ms: u64,
+    /// Worker arbiters (threads) for connections; 0: one per core.
+    pub workers: usize,
+    /// Longest orderly shutdown before the hub gives up waiting.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            hub_id: String::new(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 7401))),
+            nats_url: None,
+            state_dir: PathBuf::from("/var/lib/herd-hub"),
+            tokens: Vec::new(),
+            handshake_timeout_ms: 10_000,
+            max_frame_length: herd_codec::DEFAULT_MAX_FRAME_LENGTH,
+            heartbeat_interval_secs: 30,
+            ping_interval_ms: 15_000,
+            ping_misses: 3,
+            max_connections: 10_000,
+            max_in_flight_batches: 16,
+            write_queue: 64,
+            ack_mode: AckMode::Flush,
+            publish_timeout_ms: 5_000,
+            task_timeout_ms: 30_000,
+            task_batch_size: 100,
+            task_batch_interval_ms: 1_000,
+            workers: 0,
+            shutdown_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl HubConfig {
+    /// A configuration for tests: loopback on port 0, no admin server,
+    /// short intervals.
+    pub fn for_tests(nats_url: impl Into<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: None,
+            nats_url: Some(nats_url.into()),
+            handshake_timeout_ms: 1_000,
+            heartbeat_interval_secs: 1,
+            ping_interval_ms: 200,
+            ping_misses: 3,
+            publish_timeout_ms: 1_000,
+            task_timeout_ms: 2_000,
+            task_batch_interval_ms: 100,
+            workers: 2,
+            shutdown_timeout_ms: 2_000,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the values that would make the hub misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("ping_interval_ms", self.ping_interval_ms),
+            ("ping_misses", u64::from(self.ping_misses)),
+            ("max_frame_length", self.max_frame_length as u64),
+            ("max_connections", self.max_connections as u64),
+            ("max_in_flight_batches", self.max_in_flight_batches as u64),
+            ("write_queue", self.write_queue as u64),
+            ("publish_timeout_ms", self.publish_timeout_ms),
+            ("task_timeout_ms", self.task_timeout_ms),
+            ("task_batch_size", self.task_batch_size as u64),
+            ("task_batch_interval_ms", self.task_batch_interval_ms),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::Zero { field });
+        }
+        if let Some(position) = self.tokens.iter().position(String::is_empty) {
+            return Err(ConfigError::EmptyToken { position });
+        }
+        Ok(())
+    }
+
+    /// [`Self::handshake_timeout_ms`] as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// [`Self::ping_interval_ms`] as a duration.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    /// How long a connection may stay silent before it is closed as dead.
+    pub fn dead_after(&self) -> Duration {
+        self.ping_interval() * self.ping_misses
+    }
+
+    /// [`Self::publish_timeout_ms`] as a duration.
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// [`Self::task_timeout_ms`] as a duration.
+    pub fn task_timeout(&self) -> Duration {
+        Duration::from_millis(self.task_timeout_ms)
+    }
+
+    /// [`Self::task_batch_interval_ms`] as a duration.
+    pub fn task_batch_interval(&self) -> Duration {
+        Duration::from_millis(self.task_batch_interval_ms)
+    }
+
+    /// [`Self::shutdown_timeout_ms`] as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// The number of worker arbiters to run: [`Self::workers`], or one per core.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+}
+
+/// A configuration value the hub cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A count or duration that must be positive is 0.
+    #[error("`{field}` is 0; it must be at least 1")]
+    Zero {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// An enrollment token is the empty string.
+    #[error("token #{position} is empty; remove it or give it a value")]
+    EmptyToken {
+        /// Its position in `tokens`.
+        position: usize,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let config = HubConfig::default();
+        assert_eq!(config.handshake_timeout(), Duration::from_secs(10));
+        assert_eq!(config.max_frame_length, 4 * 1024 * 1024);
+        assert_eq!(config.dead_after(), Duration::from_secs(45));
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn zero_values_and_empty_tokens_are_refused_by_name() {
+        let config = HubConfig {
+            ping_misses: 0,
+            ..HubConfig::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "`ping_misses` is 0; it must be at least 1"
+        );
+        let config = HubConfig {
+            tokens: vec!["a".into(), String::new()],
+            ..HubConfig::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::EmptyToken { position: 1 })
+        );
+    }
+
+    #[test]
+    fn partial_toml_keeps_defaults_and_unknown_keys_are_errors() {
+        let config: HubConfig =
+            toml_like(r#"{"listen": "127.0.0.1:9000", "ack_mode": "jetstream"}"#);
+        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 9000)));
+        assert_eq!(config.ack_mode, AckMode::Jetstream);
+        assert_eq!(config.ping_misses, 3);
+        let error = serde_json::from_str::<HubConfig>(r#"{"listne": "x"}"#).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `listne`"),
+            "{error}"
+        );
+    }
+
+    fn toml_like(json: &str) -> HubConfig {
+        serde_json::from_str(json).expect("valid config")
+    }
+}

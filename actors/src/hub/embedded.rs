@@ -1,0 +1,194 @@
+//! The embedded NATS server: when no URL is configured, the hub runs its own
+//! `nats-server` child (JetStream on, store under the state directory,
+//! loopback only) and restarts it if it dies.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+use super::error::HubError;
+
+/// How long a fresh server gets to accept clients.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A supervised `nats-server` child. Dropping it (or [`EmbeddedNats::stop`])
+/// kills the server.
+#[derive(Debug)]
+pub struct EmbeddedNats {
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl EmbeddedNats {
+    /// Starts `nats-server` with its store in `<state_dir>/nats` on a free
+    /// loopback port and waits until it accepts clients.
+    pub async fn start(state_dir: &Path) -> Result<Self, HubError> {
+        let binary = find_nats_server().ok_or(HubError::NatsServerMissing)?;
+        let store = state_dir.join("nats");
+        let embedded_error = |reason: String| HubError::Embedded {
+            store: store.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(&store)
+            .map_err(|error| embedded_error(format!("cannot create the store: {error}")))?;
+        let port = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .and_then(|probe| probe.local_addr())
+            .map_err(|error| embedded_error(format!("no free loopback port: {error}")))?
+            .port();
+        let server = Server {
+            binary,
+            store: store.clone(),
+            port,
+        };
+        let child = server.spawn().await.map_err(embedded_error)?;
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(server.supervise(child, stopped));
+        tracing::info!(port, store = %store.display(), "embedded nats-server running");
+        Ok(Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The server's client URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops the server and waits until it is gone.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for EmbeddedNats {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Server {
+    binary: PathBuf,
+    store: PathBuf,
+    port: u16,
+}
+
+impl Server {
+    async fn spawn(&self) -> Result<Child, String> {
+        let log = std::fs::File::create(self.store.join("nats-server.log"))
+            .map_err(|error| format!("cannot create its log: {error}"))?;
+        let mut child = Command::new(&self.binary)
+            .args([
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--jetstream",
+            ])
+            .arg("--store_dir")
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| format!("cannot run {}: {error}", self.binary.display()))?;
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "exited at start with {status}; {}",
+                    self.log_tail()
+                ));
+            }
+            if accepts_clients(self.port).await {
+                return Ok(child);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!(
+            "not ready after {READY_TIMEOUT:?}; {}",
+            self.log_tail()
+        ))
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.store.join("nats-server.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        format!(
+            "its log ends with: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        )
+    }
+
+    /// Restarts the server (same port, same store) whenever it exits, with
+    /// a growing delay, until told to stop.
+    async fn supervise(self, mut child: Child, mut stop: oneshot::Receiver<()>) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = &mut stop => {
+                    let _ = child.kill().await;
+                    return;
+                }
+                status = child.wait() => {
+                    tracing::error!(?status, "embedded nats-server exited; restarting in {delay:?}");
+                }
+            }
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+                match self.spawn().await {
+                    Ok(restarted) => {
+                        child = restarted;
+                        break;
+                    }
+                    Err(error) => tracing::error!(%error, "embedded nats-server restart failed"),
+                }
+            }
+        }
+    }
+}
+
+/// A server is ready when it greets a connection with its `INFO` line.
+async fn accepts_clients(port: u16) -> bool {
+    let greeting = async {
+        let mut stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .ok()?;
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).await.ok()?;
+        Some(buf)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), greeting).await,
+        Ok(Some(buf)) if &buf == b"INFO"
+    )
+}
+
+/// `nats-server` on `PATH`, or where Debian installs it.
+fn find_nats_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+}

@@ -1,0 +1,198 @@
+//! Delivery, identity and shutdown of the real agent binary against an
+//! in-test hub: buffering and resending across a hub outage, the persisted
+//! id and sequence numbers, SIGTERM and the 1060 shutdown task.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use herd_codec::proto::{Task, TaskStatus};
+use support::*;
+
+/// The `n` counters of the stream plugin's records in a batch.
+fn counters(batch: &herd_codec::proto::Batch) -> Vec<u64> {
+    batch
+        .records
+        .iter()
+        .filter(|r| r.source == "counter" && r.data_type == 2001)
+        .map(|r| r.fields["n"].parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn hub_outage_buffers_reconnects_and_resends_everything() {
+    let mut hub = TestHub::start().await;
+    let addr = hub.addr;
+    // Only the first batch is acked before the outage.
+    hub.max_ack.store(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = write_plugin(dir.path());
+    let config = agent_toml(
+        addr,
+        dir.path(),
+        &plugin_toml("counter", &plugin, "stream", ""),
+    );
+    let agent = AgentProcess::start(dir.path(), &config);
+
+    let first_hello = hub.hello().await;
+    assert_eq!(first_hello.agent_id, "");
+    let mut acked = BTreeSet::new();
+    let mut last_before = 0;
+    while last_before < 5 {
+        let batch = hub.batch().await;
+        if batch.seq == 1 {
+            acked.extend(counters(&batch));
+        }
+        last_before = batch.seq;
+    }
+    hub.stop().await;
+    // The hub stays away long enough for several failed attempts
+    // (backoff 100..400 ms) while the plugin keeps producing.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let mut hub = TestHub::bind(addr, "unused").await;
+    let hello = hub.hello().await;
+    assert_eq!(
+        hello.agent_id, "assigned-agent",
+        "id from the first Welcome"
+    );
+    assert_eq!(hello.last_acked_seq, 1);
+    let mut seqs = Vec::new();
+    let mut resent = BTreeSet::new();
+    // Until well past what was produced during the outage.
+    while resent.last().is_none_or(|n| *n < 200) {
+        let batch = hub.batch().await;
+        seqs.push(batch.seq);
+        resent.extend(counters(&batch));
+    }
+    assert_eq!(seqs[0], 2, "resending starts right after the last ack");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "batches in order, none missing: {seqs:?}"
+    );
+    assert!(*seqs.last().unwrap() > last_before);
+    let all: BTreeSet<u64> = acked.union(&resent).copied().collect();
+    let max = *all.last().unwrap();
+    assert_eq!(
+        all.len() as u64,
+        max + 1,
+        "no record lost: counters 0..={max}"
+    );
+    assert_no_zombies(agent.pid);
+    assert!(agent.stop().await.success());
+}
+
+#[tokio::test]
+async fn id_and_seq_survive_restarts_and_sigterm_exits_cleanly() {
+    let mut hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_toml(hub.addr, dir.path(), "");
+
+    let agent = AgentProcess::start(dir.path(), &config);
+    assert_eq!(hub.hello().await.agent_id, "");
+    let heartbeat = hub
+        .record("a 1000 heartbeat", |r| r.data_type == 1000)
+        .await;
+    for key in [
+        "cpu",
+        "mem_total",
+        "load1",
+        "boot_time",
+        "processes",
+        "agent.rss",
+        "agent.fds",
+    ] {
+        assert!(heartbeat.fields.contains_key(key), "heartbeat lacks {key}");
+    }
+    assert_eq!(heartbeat.source, "agent");
+    let first_run_seq = hub.batch().await.seq;
+    let status = agent.stop().await;
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    let persisted = std::fs::read_to_string(dir.path().join("agent_id")).unwrap();
+    assert_eq!(persisted.trim(), "assigned-agent");
+
+    hub.clear();
+    let agent = AgentProcess::start(dir.path(), &config);
+    let hello = hub.hello().await;
+    assert_eq!(hello.agent_id, "assigned-agent");
+    assert!(hello.last_acked_seq >= first_run_seq);
+    let batch = hub.batch().await;
+    assert!(
+        batch.seq > hello.last_acked_seq,
+        "seq {} continues after {}",
+        batch.seq,
+        hello.last_acked_seq
+    );
+    assert!(agent.stop().await.success());
+    assert_no_zombies(std::process::id());
+}
+
+#[tokio::test]
+async fn shutdown_task_stops_plugins_flushes_and_exits_zero() {
+    let mut hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = write_plugin(dir.path());
+    let config = agent_toml(
+        hub.addr,
+        dir.path(),
+        &plugin_toml("worker", &plugin, "serve", ""),
+    );
+    let mut agent = AgentProcess::start(dir.path(), &config);
+    let start = hub.record("worker starts", |r| is_start(r, "worker")).await;
+    let plugin_pid: u32 = start.fields["pid"].parse().unwrap();
+    assert!(alive(plugin_pid));
+
+    hub.send_task(Task {
+        id: "bye".into(),
+        data_type: herd_codec::data_type::SHUTDOWN,
+        target: "agent".into(),
+        ..Task::default()
+    });
+    let result = hub.task_result("bye").await;
+    assert_eq!(result.status, TaskStatus::Ok as i32);
+    let status = agent.exit_status().await;
+    assert!(status.success(), "1060 exits 0: {status:?}");
+    assert!(!alive(plugin_pid), "plugin {plugin_pid} was stopped");
+    assert!(
+        proc_stat(plugin_pid).is_none(),
+        "plugin {plugin_pid} was reaped"
+    );
+    assert_no_zombies(std::process::id());
+}
+
+#[tokio::test]
+async fn hubs_are_tried_in_order_and_redirects_and_goodbyes_are_honoured() {
+    // A port nobody listens on any more: the first hub is down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut target = TestHub::start().await;
+    let mut redirector = TestHub::redirecting(vec![target.addr.to_string()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_toml(dead, dir.path(), "").replace(
+        &format!("hubs = [\"{dead}\"]"),
+        &format!("hubs = [\"{dead}\", \"{}\"]", redirector.addr),
+    );
+    let agent = AgentProcess::start(dir.path(), &config);
+
+    redirector.hello().await;
+    let hello = target.hello().await;
+    assert_eq!(hello.agent_id, "", "the redirecting hub assigned nothing");
+    target
+        .record("a heartbeat at the redirect target", |r| {
+            r.data_type == 1000
+        })
+        .await;
+
+    target.send(herd_codec::proto::Goodbye {
+        reason: herd_codec::proto::CloseReason::Shutdown as i32,
+        message: "hub restarting".into(),
+    });
+    // After the goodbye the agent starts over: dead hub, redirector, target.
+    redirector.hello().await;
+    let again = target.hello().await;
+    assert_eq!(again.agent_id, "assigned-agent");
+    assert!(agent.stop().await.success());
+}

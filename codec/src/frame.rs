@@ -1,0 +1,250 @@
+//! The length-prefixed frame codec shared by agent sockets and plugin pipes.
+//!
+//! The pieces that judge a frame (length check, body decoding, encoding) are
+//! free functions used by both [`FrameCodec`] and [`crate::blocking`], so the
+//! async and the blocking side cannot drift apart.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use crate::constants::{DEFAULT_MAX_FRAME_LENGTH, FRAME_HEADER_LEN};
+use crate::error::CodecError;
+use crate::proto::{AgentMessage, HubMessage, PluginCommand, PluginMessage};
+
+/// A protobuf message that can be read from a frame: it knows its protobuf
+/// name (for error messages) and whether a decoded value is usable.
+///
+/// Implemented for every message in `herd.proto`.
+pub trait WireMessage: prost::Message + Default {
+    /// Fully qualified protobuf name, e.g. `"herd.v1.AgentMessage"`.
+    const NAME: &'static str;
+
+    /// `false` for a `oneof kind` wrapper whose kind is not set. Such a frame
+    /// is refused with [`CodecError::MissingKind`], so code that matches on
+    /// the kind never sees an empty wrapper.
+    fn has_kind(&self) -> bool {
+        true
+    }
+}
+
+/// Refuses a frame length above `max` (and above what the 4-byte header can
+/// express).
+pub(crate) fn check_length(length: u64, max: usize) -> Result<(), CodecError> {
+    if length > max as u64 || length > u64::from(u32::MAX) {
+        return Err(CodecError::FrameTooLarge { length, max });
+    }
+    Ok(())
+}
+
+/// Decodes one frame body into `M`, refusing a wrapper without a kind.
+pub(crate) fn decode_body<M: WireMessage>(body: Bytes) -> Result<M, CodecError> {
+    let length = body.len();
+    let message = M::decode(body).map_err(|source| CodecError::Decode {
+        message_type: M::NAME,
+        length,
+        source,
+    })?;
+    if !message.has_kind() {
+        return Err(CodecError::MissingKind {
+            message_type: M::NAME,
+            length,
+        });
+    }
+    Ok(message)
+}
+
+/// Appends one frame (header and body) holding `message` to `dst`.
+///
+/// Writes the header itself instead of going through
+/// `LengthDelimitedCodec`'s encoder, which would need the body in a separate
+/// buffer first and copy it again; the bytes are the same.
+pub(crate) fn encode_frame(
+    message: &impl prost::Message,
+    max: usize,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let length = message.encoded_len();
+    check_length(length as u64, max)?;
+    dst.reserve(FRAME_HEADER_LEN + length);
+    // check_length guarantees the length fits the 4-byte header.
+    dst.put_u32(length as u32);
+    message.encode(dst)?;
+    Ok(())
+}
+
+/// Reads the announced length of the next frame, if its header is complete.
+fn peek_length(src: &BytesMut) -> Option<u64> {
+    let mut header = src.get(..FRAME_HEADER_LEN)?;
+    Some(u64::from(header.get_u32()))
+}
+
+/// Frames protobuf messages on a byte stream: decodes `D`, encodes `E`.
+///
+/// Each frame is a 4-byte big-endian length and that many bytes of protobuf
+/// (the defaults of [`LengthDelimitedCodec`], which does the unframing). A
+/// frame that announces more than the maximum length is refused as soon as its
+/// header arrives, before anything of that size is allocated; so is an
+/// outgoing message that would exceed it.
+///
+/// Use one of the aliases for the direction you are on: [`HubCodec`],
+/// [`AgentCodec`], [`PluginHostCodec`], [`PluginCodec`].
+///
+/// ```
+/// use bytes::BytesMut;
+/// use herd_codec::proto::{Ack, HubMessage};
+/// use herd_codec::{AgentCodec, HubCodec};
+/// use tokio_util::codec::{Decoder, Encoder};
+///
+/// let mut wire = BytesMut::new();
+/// HubCodec::new().encode(HubMessage::from(Ack { seq: 7 }), &mut wire)?;
+/// // A 4-byte big-endian length, then the protobuf bytes of HubMessage { ack: Ack { seq: 7 } }.
+/// assert_eq!(&wire[..], &[0, 0, 0, 4, 0x12, 2, 0x08, 7]);
+/// let decoded = AgentCodec::new().decode(&mut wire)?;
+/// assert_eq!(decoded, Some(HubMessage::from(Ack { seq: 7 })));
+/// # Ok::<(), herd_codec::CodecError>(())
+/// ```
+pub struct FrameCodec<D, E> {
+    inner: LengthDelimitedCodec,
+    max_frame_length: usize,
+    /// Length of the frame whose header `inner` has consumed but whose body
+    /// has not fully arrived; needed to report a truncated body at EOF.
+    pending_body: Option<usize>,
+    _types: PhantomData<fn(E) -> D>,
+}
+
+/// The hub's end of an agent connection: reads [`AgentMessage`], writes [`HubMessage`].
+pub type HubCodec = FrameCodec<AgentMessage, HubMessage>;
+/// The agent's end of its hub connection: reads [`HubMessage`], writes [`AgentMessage`].
+pub type AgentCodec = FrameCodec<HubMessage, AgentMessage>;
+/// The agent's end of a plugin's pipes: reads [`PluginMessage`] from the
+/// plugin's stdout, writes [`PluginCommand`] to its stdin.
+pub type PluginHostCodec = FrameCodec<PluginMessage, PluginCommand>;
+/// A plugin's end of its pipes: reads [`PluginCommand`] from stdin, writes
+/// [`PluginMessage`] to stdout.
+pub type PluginCodec = FrameCodec<PluginCommand, PluginMessage>;
+
+impl<D, E> FrameCodec<D, E> {
+    /// A codec with the default maximum frame length,
+    /// [`DEFAULT_MAX_FRAME_LENGTH`] (4 MiB).
+    pub fn new() -> Self {
+        Self::with_max_frame_length(DEFAULT_MAX_FRAME_LENGTH)
+    }
+
+    /// A codec that refuses frames longer than `max_frame_length` bytes (not
+    /// counting the 4-byte header). Values above `u32::MAX` act as `u32::MAX`,
+    /// the most the header can express.
+    pub fn with_max_frame_length(max_frame_length: usize) -> Self {
+        let max_frame_length = max_frame_length.min(u32::MAX as usize);
+        Self {
+            inner: LengthDelimitedCodec::builder()
+                .length_field_length(FRAME_HEADER_LEN)
+                .big_endian()
+                .max_frame_length(max_frame_length)
+                .new_codec(),
+            max_frame_length,
+            pending_body: None,
+            _types: PhantomData,
+        }
+    }
+
+    /// The maximum frame length in bytes.
+    pub fn max_frame_length(&self) -> usize {
+        self.max_frame_length
+    }
+}
+
+impl<D, E> Default for FrameCodec<D, E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<D, E> Clone for FrameCodec<D, E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            max_frame_length: self.max_frame_length,
+            pending_body: self.pending_body,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<D, E> fmt::Debug for FrameCodec<D, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameCodec")
+            .field("decodes", &std::any::type_name::<D>())
+            .field("encodes", &std::any::type_name::<E>())
+            .field("max_frame_length", &self.max_frame_length)
+            .field("pending_body", &self.pending_body)
+            .finish()
+    }
+}
+
+impl<D: WireMessage, E> Decoder for FrameCodec<D, E> {
+    type Item = D;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<D>, CodecError> {
+        // A new header is checked here rather than by `inner`, whose error
+        // does not say the length; `inner`'s own check stays as a backstop.
+        let new_header = match self.pending_body {
+            None => peek_length(src),
+            Some(_) => None,
+        };
+        if let Some(length) = new_header {
+            check_length(length, self.max_frame_length)?;
+        }
+        match self.inner.decode(src)? {
+            Some(body) => {
+                self.pending_body = None;
+                decode_body(body.freeze()).map(Some)
+            }
+            None => {
+                if let Some(length) = new_header {
+                    // check_length bounded it by the (usize) maximum.
+                    self.pending_body = Some(length as usize);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<D>, CodecError> {
+        if let Some(message) = self.decode(buf)? {
+            return Ok(Some(message));
+        }
+        match (self.pending_body, buf.len()) {
+            (None, 0) => Ok(None),
+            (None, received) => Err(CodecError::Truncated {
+                part: "length header",
+                expected: FRAME_HEADER_LEN,
+                received,
+            }),
+            (Some(expected), received) => Err(CodecError::Truncated {
+                part: "body",
+                expected,
+                received,
+            }),
+        }
+    }
+}
+
+impl<D, E: prost::Message> Encoder<E> for FrameCodec<D, E> {
+    type Error = CodecError;
+
+    fn encode(&mut self, message: E, dst: &mut BytesMut) -> Result<(), CodecError> {
+        encode_frame(&message, self.max_frame_length, dst)
+    }
+}
+
+impl<D, E: prost::Message> Encoder<&E> for FrameCodec<D, E> {
+    type Error = CodecError;
+
+    fn encode(&mut self, message: &E, dst: &mut BytesMut) -> Result<(), CodecError> {
+        encode_frame(message, self.max_frame_length, dst)
+    }
+}

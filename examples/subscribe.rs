@@ -1,0 +1,58 @@
+//! Prints the records the hub publishes to NATS, one readable line each.
+//!
+//! ```text
+//! cargo run -p herd-examples --example subscribe -- --nats-url nats://127.0.0.1:4222
+//! cargo run -p herd-examples --example subscribe -- --agent web-1 --data-type 2001
+//! ```
+//!
+//! Records arrive on `herd.data.<agent_id>.<data_type>` as protobuf
+//! `Envelope`s; this subscribes to one agent, one data type, or everything,
+//! and decodes each message with `herd-codec`'s generated types.
+
+use clap::Parser;
+use futures::StreamExt;
+use herd_codec::proto::Envelope;
+use prost::Message;
+
+#[derive(Debug, Parser)]
+#[command(about = "Print herd records from NATS as readable lines")]
+struct Args {
+    /// NATS server to subscribe on.
+    #[arg(long, env = "HERD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Only this agent's records (default: every agent).
+    #[arg(long)]
+    agent: Option<String>,
+    /// Only records of this data type (default: every type).
+    #[arg(long)]
+    data_type: Option<u32>,
+    /// Exit after this many records (default: run until interrupted).
+    #[arg(long)]
+    count: Option<usize>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    if let Some(agent) = &args.agent {
+        herd_codec::validate_agent_id(agent)?;
+    }
+    let subject = format!(
+        "herd.data.{}.{}",
+        args.agent.as_deref().unwrap_or("*"),
+        args.data_type
+            .map_or_else(|| "*".to_owned(), |data_type| data_type.to_string()),
+    );
+    let client = async_nats::connect(&args.nats_url).await?;
+    let subscription = client.subscribe(subject.clone()).await?;
+    eprintln!("subscribed to {subject} on {}", args.nats_url);
+
+    let mut messages = subscription.take(args.count.unwrap_or(usize::MAX));
+    while let Some(message) = messages.next().await {
+        match Envelope::decode(message.payload) {
+            Ok(envelope) => println!("{}", herd_examples::describe_envelope(&envelope)),
+            Err(error) => eprintln!("{}: not an Envelope: {error}", message.subject),
+        }
+    }
+    Ok(())
+}
