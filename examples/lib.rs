@@ -4,12 +4,21 @@
 //!
 //! Each example is a Cargo example of this package (`cargo run -p
 //! herd-examples --example NAME -- --help`); this library holds what they
-//! share, such as turning an [`Envelope`] into one readable line.
+//! do, so the tests can run it too: readable lines for an [`Envelope`] and a
+//! [`TaskResult`], [`send_task`], [`set_config`], and the [`RecordCounter`]
+//! actor that `embed_hub` adds to the hub's supervision tree.
+
+mod record_counter;
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use herd_codec::proto::Envelope;
+use herd_actors::hub::config_watcher::{AGENT_KEY_PREFIX, FLEET_KEY, parse_config};
+use herd_codec::NameError;
+use herd_codec::proto::{ConfigSet, Envelope, Task, TaskResult, TaskStatus};
+use prost::Message as _;
+
+pub use record_counter::{Counts, RecordCounter, RecordCounts};
 
 /// Body bytes shown before a body is summarised by its length.
 const BODY_PREVIEW: usize = 64;
@@ -70,6 +79,268 @@ pub fn describe_envelope(envelope: &Envelope) -> String {
         }
     }
     line
+}
+
+/// How much longer than the task's own timeout a requester waits for the
+/// hub's reply: the hub answers `TIMEOUT` itself when the agent is late, and
+/// that answer should win over a bare NATS timeout.
+const REPLY_SLACK: Duration = Duration::from_secs(5);
+
+/// The task timeout the hub applies when a task sets none (its default
+/// `task_timeout_ms`).
+const HUB_DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an example could not talk to herd over NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum ExampleError {
+    /// An agent id that cannot be a NATS subject token.
+    #[error("invalid agent id {agent_id:?}: {source}")]
+    AgentId {
+        /// The id given.
+        agent_id: String,
+        /// What is wrong with it.
+        source: NameError,
+    },
+    /// No reply to a task request.
+    #[error("no reply on {subject} within {timeout:?}: {source}")]
+    Request {
+        /// The request subject.
+        subject: String,
+        /// How long the request waited.
+        timeout: Duration,
+        /// What NATS said.
+        source: async_nats::RequestError,
+    },
+    /// A reply that is not a `TaskResult`.
+    #[error("the reply on {subject} is not a TaskResult ({len} bytes): {source}")]
+    Reply {
+        /// The request subject.
+        subject: String,
+        /// Length of the reply.
+        len: usize,
+        /// The decoding error.
+        source: prost::DecodeError,
+    },
+    /// A configuration value the hub would not accept.
+    #[error("configuration for key {key:?} refused: {reason}")]
+    Config {
+        /// The KV key.
+        key: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The `herd_config` bucket could not be opened or created.
+    #[error("cannot open the KV bucket herd_config: {0}")]
+    Bucket(async_nats::Error),
+    /// The write to the bucket failed.
+    #[error("cannot write key {key:?} of herd_config: {source}")]
+    Put {
+        /// The KV key.
+        key: String,
+        /// What JetStream said.
+        source: async_nats::jetstream::kv::PutError,
+    },
+}
+
+/// The subject a task for `agent_id` is requested on, after checking that
+/// the id is a valid subject token.
+///
+/// ```
+/// assert_eq!(herd_examples::task_subject("web-1").unwrap(), "herd.cmd.web-1");
+/// assert!(herd_examples::task_subject("web.*").is_err());
+/// ```
+pub fn task_subject(agent_id: &str) -> Result<String, ExampleError> {
+    check_agent_id(agent_id)?;
+    Ok(format!("herd.cmd.{agent_id}"))
+}
+
+/// Agent ids become subject and key tokens; the hub refuses what
+/// `validate_agent_id` refuses.
+fn check_agent_id(agent_id: &str) -> Result<(), ExampleError> {
+    herd_codec::validate_agent_id(agent_id).map_err(|source| ExampleError::AgentId {
+        agent_id: agent_id.to_owned(),
+        source,
+    })
+}
+
+/// Sends `task` to `agent_id` through the hub (NATS request on
+/// `herd.cmd.<agent_id>`) and returns the agent's `TaskResult`, or the hub's
+/// own answer (`OFFLINE` when the agent is not connected, `TIMEOUT` when it
+/// did not answer within the task's `timeout_ms`).
+pub async fn send_task(
+    client: &async_nats::Client,
+    agent_id: &str,
+    task: &Task,
+) -> Result<TaskResult, ExampleError> {
+    let subject = task_subject(agent_id)?;
+    let timeout = match task.timeout_ms {
+        0 => HUB_DEFAULT_TASK_TIMEOUT,
+        ms => Duration::from_millis(u64::from(ms)),
+    } + REPLY_SLACK;
+    let request = async_nats::Request::new()
+        .payload(task.encode_to_vec().into())
+        .timeout(Some(timeout));
+    let reply = client
+        .send_request(subject.clone(), request)
+        .await
+        .map_err(|source| ExampleError::Request {
+            subject: subject.clone(),
+            timeout,
+            source,
+        })?;
+    TaskResult::decode(reply.payload.clone()).map_err(|source| ExampleError::Reply {
+        subject,
+        len: reply.payload.len(),
+        source,
+    })
+}
+
+/// Like [`send_task`], but while the hub answers `OFFLINE` asks again every
+/// `interval` until `patience` has passed — for a program started together
+/// with the agent it wants to talk to. The last answer is returned either way.
+pub async fn send_task_when_online(
+    client: &async_nats::Client,
+    agent_id: &str,
+    task: &Task,
+    patience: Duration,
+    interval: Duration,
+) -> Result<TaskResult, ExampleError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let result = send_task(client, agent_id, task).await?;
+        if result.status() != TaskStatus::Offline || tokio::time::Instant::now() >= deadline {
+            return Ok(result);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// One readable line (plus the output, when there is some) for a task result:
+///
+/// ```
+/// use herd_codec::proto::{TaskResult, TaskStatus};
+///
+/// let result = TaskResult {
+///     task_id: "t1".into(),
+///     status: TaskStatus::Ok as i32,
+///     source: "exec".into(),
+///     fields: [("exit_code".to_string(), "0".to_string())].into(),
+///     output: b"hello\n".to_vec().into(),
+///     ..Default::default()
+/// };
+/// assert_eq!(
+///     herd_examples::describe_task_result(&result),
+///     "task t1 OK source=exec exit_code=0\n  output: hello"
+/// );
+/// ```
+pub fn describe_task_result(result: &TaskResult) -> String {
+    let status = TaskStatus::try_from(result.status).map_or_else(
+        |_| format!("status={}", result.status),
+        |status| {
+            status
+                .as_str_name()
+                .trim_start_matches("TASK_STATUS_")
+                .to_owned()
+        },
+    );
+    let mut line = format!("task {} {status} source={}", result.task_id, result.source);
+    if !result.error.is_empty() {
+        let _ = write!(line, " error={}", quote_if_needed(&result.error));
+    }
+    let mut fields: Vec<_> = result.fields.iter().collect();
+    fields.sort();
+    for (key, value) in fields {
+        let _ = write!(line, " {key}={}", quote_if_needed(value));
+    }
+    let output = String::from_utf8_lossy(&result.output);
+    for output_line in output.trim_end().lines() {
+        let _ = write!(line, "\n  output: {output_line}");
+    }
+    line
+}
+
+/// Which key of the `herd_config` bucket a configuration is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigScope {
+    /// Every agent (key `fleet`).
+    Fleet,
+    /// One agent (key `agent.<agent_id>`); its plugins replace fleet plugins
+    /// of the same name.
+    Agent(String),
+}
+
+impl ConfigScope {
+    /// The KV key, after checking the agent id.
+    ///
+    /// ```
+    /// use herd_examples::ConfigScope;
+    /// assert_eq!(ConfigScope::Fleet.key().unwrap(), "fleet");
+    /// assert_eq!(ConfigScope::Agent("web-1".into()).key().unwrap(), "agent.web-1");
+    /// ```
+    pub fn key(&self) -> Result<String, ExampleError> {
+        match self {
+            Self::Fleet => Ok(FLEET_KEY.to_owned()),
+            Self::Agent(agent_id) => {
+                check_agent_id(agent_id)?;
+                Ok(format!("{AGENT_KEY_PREFIX}{agent_id}"))
+            }
+        }
+    }
+}
+
+/// Writes the desired plugin configuration of `scope` to the `herd_config`
+/// bucket (creating the bucket as the hub would if it does not exist yet)
+/// and returns the new revision. `value` is a `ConfigSet` as JSON
+/// (`{"plugins": [{"name": ..., "path": ..., "args": [...]}]}`) or protobuf;
+/// it is checked the way the hub reads it before it is written, so a value
+/// the hub would refuse never reaches the bucket. The hub pushes the change to
+/// the agents it affects.
+pub async fn set_config(
+    client: &async_nats::Client,
+    scope: &ConfigScope,
+    value: &[u8],
+) -> Result<(u64, ConfigSet), ExampleError> {
+    let key = scope.key()?;
+    let config = parse_config(value).map_err(|reason| ExampleError::Config {
+        key: key.clone(),
+        reason,
+    })?;
+    for plugin in &config.plugins {
+        herd_codec::validate_name(&plugin.name).map_err(|error| ExampleError::Config {
+            key: key.clone(),
+            reason: format!("plugin name {:?}: {error}", plugin.name),
+        })?;
+    }
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let bucket = herd_actors::hub::config_bucket(&jetstream)
+        .await
+        .map_err(ExampleError::Bucket)?;
+    let revision = bucket
+        .put(&key, value.to_vec().into())
+        .await
+        .map_err(|source| ExampleError::Put {
+            key: key.clone(),
+            source,
+        })?;
+    Ok((revision, config))
+}
+
+/// A program's exit status: success when it ran and `succeeded`; otherwise
+/// failure, with the error printed as `program: error` (its `Display`, which
+/// says what was wrong, rather than the `Debug` a `main` returning `Result`
+/// would print).
+pub fn exit_status(
+    program: &str,
+    outcome: Result<bool, Box<dyn std::error::Error>>,
+) -> std::process::ExitCode {
+    match outcome {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("{program}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Keeps `key=value` output splittable on spaces: values that are empty or

@@ -32,8 +32,11 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    herd_examples::exit_status("subscribe", run(Args::parse()).await.map(|()| true))
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(agent) = &args.agent {
         herd_codec::validate_agent_id(agent)?;
     }

@@ -59,6 +59,7 @@ async fn metrics_pass_promtool_and_agents_and_health_are_served() {
         "herd_hub_connections 1",
         r#"herd_hub_handshakes_total{outcome="ok"} 1"#,
         "herd_hub_records_in_total 1",
+        "herd_hub_records_published_total 1",
         "herd_hub_acks_total 1",
         "herd_hub_publish_latency_seconds_count 1",
         "herd_hub_nats_connected 1",
@@ -127,11 +128,17 @@ async fn without_a_nats_url_the_hub_runs_its_own_nats_server() {
         state.path().join("nats").join("jetstream").is_dir(),
         "JetStream store under the state dir"
     );
+    let url_file = state.path().join(herd_actors::hub::embedded::NATS_URL_FILE);
+    assert_eq!(
+        std::fs::read_to_string(&url_file).expect("nats.url while running"),
+        format!("{url}\n")
+    );
     within("shutdown", hub.shutdown()).await;
     assert!(
         async_nats::connect(&url).await.is_err(),
         "embedded server still running after shutdown"
     );
+    assert!(!url_file.exists(), "nats.url removed after shutdown");
 }
 
 struct Crashy;

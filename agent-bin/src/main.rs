@@ -7,15 +7,13 @@
 //! the agent in order (plugins stopped and reaped, batches flushed, acks
 //! awaited while the hub is reachable) and exit with status 0.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use herd_actors::agent::config::AgentConfig;
 use herd_actors::agent::error::{AgentError, ConfigError};
-use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
+use herd_cli::{ConfigFileError, LogFormat, ShutdownSignals};
 
 /// herd-agent: runs plugins as child processes and ships their records,
 /// with host heartbeats, to a herd hub.
@@ -60,27 +58,11 @@ struct Cli {
     print_config: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -93,16 +75,7 @@ impl Cli {
     /// The file (or defaults), with the environment and flags on top.
     fn effective_config(&self) -> Result<AgentConfig, CliError> {
         let mut config = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|e| CliError::Parse {
-                    path: path.clone(),
-                    source: Box::new(e),
-                })?
-            }
+            Some(path) => herd_cli::read_toml(path)?,
             None => AgentConfig::default(),
         };
         if !self.hubs.is_empty() {
@@ -122,26 +95,12 @@ impl Cli {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 async fn run(config: AgentConfig) -> Result<(), CliError> {
-    let mut terminate = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
+    let mut signals = ShutdownSignals::install().map_err(CliError::Signals)?;
     let agent = herd_actors::agent::start(config)?;
     let requested = agent.shutdown_requested();
     tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        signal = signals.recv() => tracing::info!(signal, "shutting down"),
         () = requested.cancelled() => tracing::info!("shutdown task received"),
     }
     agent.shutdown().await;
@@ -158,18 +117,9 @@ fn main() -> ExitCode {
         }
     };
     if cli.print_config {
-        match toml::to_string_pretty(&config) {
-            Ok(text) => {
-                print!("{text}");
-                return ExitCode::SUCCESS;
-            }
-            Err(e) => {
-                eprintln!("herd-agent: cannot print the configuration: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+        return herd_cli::print_config("herd-agent", &config);
     }
-    init_logging(cli.log_format);
+    herd_cli::init_logging(cli.log_format);
     let system = actix::System::new();
     let outcome = system.block_on(run(config));
     match outcome {

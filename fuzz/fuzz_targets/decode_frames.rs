@@ -55,8 +55,14 @@ fn blocking_frames<M: WireMessage>(mut data: &[u8], max: usize) -> (Vec<M>, bool
 fn check<M: WireMessage + PartialEq + Debug>(data: &[u8], chunk: usize, max: usize) {
     let (async_messages, async_clean) = async_frames::<M>(data, chunk, max);
     let (blocking_messages, blocking_clean) = blocking_frames::<M>(data, max);
-    assert_eq!(async_messages, blocking_messages, "readers disagree on the frames");
-    assert_eq!(async_clean, blocking_clean, "readers disagree on the outcome");
+    assert_eq!(
+        async_messages, blocking_messages,
+        "readers disagree on the frames"
+    );
+    assert_eq!(
+        async_clean, blocking_clean,
+        "readers disagree on the outcome"
+    );
 
     for message in async_messages {
         let mut wire = BytesMut::new();

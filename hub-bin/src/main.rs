@@ -5,11 +5,12 @@
 //! Every option of the file is documented in `herd-hub.example.toml`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use herd_actors::hub::{Hub, HubConfig, HubError};
+use herd_cli::{ConfigFileError, LogFormat, ShutdownSignals};
 
 /// Accepts herd agents over TCP and publishes their records to NATS.
 ///
@@ -59,25 +60,13 @@ struct Cli {
     print_config: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 /// Why the hub binary could not run.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid configuration file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
     #[error("--admin must be an address like 127.0.0.1:7401 or `off`, not {0:?}")]
     Admin(String),
     #[error(transparent)]
@@ -91,7 +80,7 @@ impl Cli {
     /// flags applied on top.
     fn hub_config(&self) -> Result<HubConfig, CliError> {
         let mut config = match &self.config {
-            Some(path) => read_config(path)?,
+            Some(path) => herd_cli::read_toml(path)?,
             None => HubConfig::default(),
         };
         if let Some(listen) = self.listen {
@@ -121,49 +110,14 @@ impl Cli {
     }
 }
 
-fn read_config(path: &Path) -> Result<HubConfig, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|source| CliError::Parse {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })
-}
-
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// Waits for Ctrl-C or SIGTERM.
-async fn termination() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the hub");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
-        _ = term.recv() => tracing::info!("terminated"),
-    }
-}
-
 async fn run(config: HubConfig) -> Result<(), CliError> {
+    let mut signals = ShutdownSignals::install().map_err(CliError::Signals)?;
     let hub = Hub::start(config).await?;
     let failed = tokio::select! {
-        () = termination() => None,
+        signal = signals.recv() => {
+            tracing::info!(signal, "shutting down");
+            None
+        }
         exit = hub.wait() => Some(exit),
     };
     hub.shutdown().await;
@@ -185,18 +139,9 @@ fn main() -> ExitCode {
         }
     };
     if cli.print_config {
-        return match toml::to_string(&config) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("herd-hub: cannot print the configuration: {error}");
-                ExitCode::FAILURE
-            }
-        };
+        return herd_cli::print_config("herd-hub", &config);
     }
-    init_logs(cli.log_format);
+    herd_cli::init_logging(cli.log_format);
     match actix::System::new().block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

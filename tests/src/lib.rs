@@ -1,8 +1,11 @@
 //! herd's shared test harness and end-to-end tests.
 //!
 //! The library part starts what tests need for real: a [`nats::NatsServer`]
-//! on a free loopback port (hub and agent processes and plugins follow as the
-//! end-to-end suite grows). The integration tests in `tests/` (named
+//! on a free loopback port, `herd-hub` and `herd-agent` processes with
+//! generated configurations ([`hub`], [`agent`], [`process`]), a TCP proxy
+//! that can cut connections ([`proxy`]), a reader of everything published to
+//! `herd.data.>` ([`collector`]), the deterministic `herd-test-counter`
+//! plugin ([`counter`]), and all of it wired together ([`deploy`]). The integration tests in `tests/` (named
 //! `area_topic.rs`) drive whole herd deployments through faults.
 //!
 //! ```no_run
@@ -13,4 +16,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agent;
+pub mod collector;
+pub mod counter;
+pub mod deploy;
+pub mod hub;
 pub mod nats;
+pub mod process;
+pub mod proxy;

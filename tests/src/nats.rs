@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use herd_actors::hub::embedded;
 
 /// How long a freshly spawned server gets to accept clients.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -161,7 +160,7 @@ impl NatsServer {
             if !self.is_running() {
                 break;
             }
-            if accepts_clients(self.port).await {
+            if embedded::accepts_clients(self.port).await {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -181,20 +180,6 @@ impl Drop for NatsServer {
     }
 }
 
-/// A server is ready when it greets a new connection with its `INFO` line.
-async fn accepts_clients(port: u16) -> bool {
-    let greeting = async {
-        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await.ok()?;
-        let mut buf = [0u8; 4];
-        stream.read_exact(&mut buf).await.ok()?;
-        Some(buf)
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), greeting).await,
-        Ok(Some(buf)) if &buf == b"INFO"
-    )
-}
-
 fn free_port() -> Result<u16, HarnessError> {
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .map_err(|source| io_error("probing for a free port", source))?;
@@ -206,15 +191,7 @@ fn free_port() -> Result<u16, HarnessError> {
 
 /// Finds `nats-server` on `PATH`, then where Debian installs it.
 pub fn find_nats_server() -> Result<PathBuf, HarnessError> {
-    let path_dirs = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .unwrap_or_default();
-    path_dirs
-        .into_iter()
-        .chain(["/usr/sbin".into(), "/usr/bin".into()])
-        .map(|dir| dir.join("nats-server"))
-        .find(|candidate| candidate.is_file())
-        .ok_or(HarnessError::NatsServerMissing)
+    embedded::find_nats_server().ok_or(HarnessError::NatsServerMissing)
 }
 
 fn io_error(what: &str, source: std::io::Error) -> HarnessError {

@@ -91,11 +91,8 @@ pub struct Peers {
 /// The connection actor; see the module docs.
 #[derive(Debug)]
 pub struct Connector {
-    config: Arc<AgentConfig>,
-    state: StateDir,
-    agent_id: Arc<Mutex<String>>,
-    peers: Peers,
-    stats: Arc<ConnectorStats>,
+    /// The connection loop, taken when the actor starts.
+    dialer: Option<Dialer>,
     cancel: CancellationToken,
     done: CancellationToken,
 }
@@ -110,13 +107,17 @@ impl Connector {
         peers: Peers,
         stats: Arc<ConnectorStats>,
     ) -> Self {
+        let cancel = CancellationToken::new();
         Self {
-            config,
-            state,
-            agent_id: Arc::new(Mutex::new(agent_id)),
-            peers,
-            stats,
-            cancel: CancellationToken::new(),
+            dialer: Some(Dialer {
+                config,
+                state,
+                agent_id: Arc::new(Mutex::new(agent_id)),
+                peers,
+                stats,
+                cancel: cancel.clone(),
+            }),
+            cancel,
             done: CancellationToken::new(),
         }
     }
@@ -126,13 +127,8 @@ impl Actor for Connector {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let dialer = Dialer {
-            config: self.config.clone(),
-            state: self.state.clone(),
-            agent_id: self.agent_id.clone(),
-            peers: self.peers.clone(),
-            stats: self.stats.clone(),
-            cancel: self.cancel.clone(),
+        let Some(dialer) = self.dialer.take() else {
+            return;
         };
         ctx.spawn(dialer.run().into_actor(self).map(|(), act, ctx| {
             act.done.cancel();
@@ -170,6 +166,7 @@ enum SessionEnd {
 }
 
 /// The connection loop, owned by the Connector actor.
+#[derive(Debug)]
 struct Dialer {
     config: Arc<AgentConfig>,
     state: StateDir,

@@ -150,4 +150,7 @@ pub enum AgentError {
     /// The state directory is unusable.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The supervision tree could not be started.
+    #[error("cannot start the agent's supervision tree: {0}")]
+    Supervisor(#[from] crate::supervisor::ConfigError),
 }

@@ -355,6 +355,22 @@ impl Actor for PluginManager {
     }
 }
 
+/// A manager that goes away any other way than through `StopPlugins` (a
+/// panic, or a restart by the agent's supervisor) must not leave its plugin
+/// subtrees running next to the ones its successor starts.
+impl Drop for PluginManager {
+    fn drop(&mut self) {
+        for (name, entry) in &self.entries {
+            if let Some(supervisor) = &entry.supervisor {
+                tracing::warn!(plugin = %name, "plugin manager gone; stopping the plugin");
+                // The first poll of `shutdown` signals the stop synchronously
+                // (stop, reap); waiting for it is not possible in `drop`.
+                let _ = futures::FutureExt::now_or_never(supervisor.shutdown());
+            }
+        }
+    }
+}
+
 impl Handler<PluginEvent> for PluginManager {
     type Result = ();
 

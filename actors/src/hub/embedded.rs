@@ -1,6 +1,8 @@
 //! The embedded NATS server: when no URL is configured, the hub runs its own
 //! `nats-server` child (JetStream on, store under the state directory,
-//! loopback only) and restarts it if it dies.
+//! loopback only) and restarts it if it dies. Its client URL is written to
+//! `<state_dir>/nats.url` while it runs, so tools on the same host (the demo,
+//! a subscriber, an operator) can find the free port it was given.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -13,6 +15,10 @@ use tokio::sync::oneshot;
 
 use super::error::HubError;
 
+/// File in the hub's state directory holding the embedded server's client
+/// URL (one line) while it runs.
+pub const NATS_URL_FILE: &str = "nats.url";
+
 /// How long a fresh server gets to accept clients.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -21,6 +27,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct EmbeddedNats {
     url: String,
+    url_file: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -49,9 +56,19 @@ impl EmbeddedNats {
         let child = server.spawn().await.map_err(embedded_error)?;
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(server.supervise(child, stopped));
-        tracing::info!(port, store = %store.display(), "embedded nats-server running");
+        let url = format!("nats://127.0.0.1:{port}");
+        let url_file = state_dir.join(NATS_URL_FILE);
+        // Written aside and renamed, so a reader never sees half a URL.
+        let partial = state_dir.join(format!("{NATS_URL_FILE}.partial"));
+        std::fs::write(&partial, format!("{url}\n"))
+            .and_then(|()| std::fs::rename(&partial, &url_file))
+            .map_err(|error| {
+                embedded_error(format!("cannot write {}: {error}", url_file.display()))
+            })?;
+        tracing::info!(port, store = %store.display(), url_file = %url_file.display(), "embedded nats-server running");
         Ok(Self {
-            url: format!("nats://127.0.0.1:{port}"),
+            url,
+            url_file,
             stop: Some(stop),
             task: Some(task),
         })
@@ -78,6 +95,9 @@ impl Drop for EmbeddedNats {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        // The URL stops being valid with the server; a stale file would send
+        // tools to a port someone else may own by now.
+        let _ = std::fs::remove_file(&self.url_file);
     }
 }
 
@@ -105,6 +125,10 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
+            // Its own process group: a Ctrl-C in the hub's terminal must reach
+            // only the hub, which then stops the server in order, instead of
+            // killing the server mid-shutdown and having it "restarted".
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|error| format!("cannot run {}: {error}", self.binary.display()))?;
@@ -168,8 +192,9 @@ impl Server {
     }
 }
 
-/// A server is ready when it greets a connection with its `INFO` line.
-async fn accepts_clients(port: u16) -> bool {
+/// Whether a `nats-server` on this loopback port is ready: it greets a new
+/// connection with its `INFO` line within a second. Test harnesses use it too.
+pub async fn accepts_clients(port: u16) -> bool {
     let greeting = async {
         let mut stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
             .await
@@ -184,8 +209,9 @@ async fn accepts_clients(port: u16) -> bool {
     )
 }
 
-/// `nats-server` on `PATH`, or where Debian installs it.
-fn find_nats_server() -> Option<PathBuf> {
+/// `nats-server` on `PATH`, or where Debian installs it (`/usr/sbin`, which is
+/// not on every user's `PATH`).
+pub fn find_nats_server() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])

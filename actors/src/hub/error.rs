@@ -53,14 +53,6 @@ pub enum HubError {
         /// What went wrong, with its log when there is one.
         reason: String,
     },
-    /// The NATS KV bucket could not be opened.
-    #[error("NATS KV bucket {bucket:?}: {reason}")]
-    Kv {
-        /// The bucket name.
-        bucket: &'static str,
-        /// The client's error.
-        reason: String,
-    },
     /// The supervision tree could not start.
     #[error("cannot start the hub's supervision tree: {0}")]
     Supervision(String),

@@ -45,6 +45,8 @@ pub struct HubMetrics {
     pub bytes_in: Counter,
     /// Records published to NATS and accepted.
     pub records_out: Counter,
+    /// Envelope bytes published to NATS and accepted.
+    pub bytes_out: Counter,
     /// Acks sent to agents.
     pub acks: Counter,
     /// Publish attempts that failed and were repeated.
@@ -78,6 +80,7 @@ impl HubMetrics {
         let records_in = Counter::default();
         let bytes_in = Counter::default();
         let records_out = Counter::default();
+        let bytes_out = Counter::default();
         let acks = Counter::default();
         let publish_retries = Counter::default();
         let publish_latency = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
@@ -115,6 +118,11 @@ impl HubMetrics {
             "Records accepted by NATS",
             records_out.clone(),
         );
+        registry.register(
+            "bytes_published",
+            "Envelope bytes accepted by NATS",
+            bytes_out.clone(),
+        );
         registry.register("acks", "Acks sent to agents", acks.clone());
         registry.register(
             "publish_retries",
@@ -146,6 +154,7 @@ impl HubMetrics {
             records_in,
             bytes_in,
             records_out,
+            bytes_out,
             acks,
             publish_retries,
             publish_latency,
@@ -173,7 +182,8 @@ impl HubMetrics {
         self.tasks.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
-    pub(crate) fn observe_publish(&self, latency: Duration, records: usize) {
+    pub(crate) fn observe_publish(&self, latency: Duration, records: usize, bytes: usize) {
+        self.bytes_out.inc_by(bytes as u64);
         self.publish_latency.observe(latency.as_secs_f64());
         self.records_out.inc_by(records as u64);
     }

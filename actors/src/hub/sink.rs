@@ -171,7 +171,8 @@ impl NatsLink {
             };
             match accepted {
                 Ok(()) if self.epoch.load(Ordering::SeqCst) == epoch => {
-                    metrics.observe_publish(started.elapsed(), messages.len());
+                    let bytes = messages.iter().map(|message| message.payload.len()).sum();
+                    metrics.observe_publish(started.elapsed(), messages.len(), bytes);
                     return;
                 }
                 Ok(()) => {

@@ -1,0 +1,70 @@
+//! Connections: accept + handshake of K idle agents, the server's RSS per
+//! idle connection, and how long until all are back after a kill -9 and restart.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::error::BenchError;
+use crate::procs::{self, Server};
+use crate::wire::{self, Welcomes};
+
+/// Handshakes in progress at once (a burst of 10,000 SYNs would overflow the
+/// listen backlog and measure SYN retransmission instead).
+const GATE: usize = 256;
+/// Pause between an agent's reconnection attempts.
+pub(crate) const RETRY: Duration = Duration::from_millis(100);
+
+/// What one server measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionFigures {
+    /// Time from the first connect to the K-th welcome.
+    pub(crate) accept: Duration,
+    /// RSS growth of the server per idle connection, in bytes.
+    pub(crate) rss_per_connection: f64,
+    /// Time from the kill to the K-th welcome of the restarted server.
+    pub(crate) back: Duration,
+}
+
+/// Runs the three measurements against `server` with `agents` idle agents.
+pub(crate) async fn measure(
+    server: &mut Server,
+    prefix: &str,
+    agents: u64,
+    timeout: Duration,
+) -> Result<ConnectionFigures, BenchError> {
+    let pid = server
+        .pid()
+        .ok_or_else(|| BenchError::Process("server not running".into()))?;
+    let before = procs::rss_kib(pid)?;
+    let welcomes = Arc::new(Welcomes::default());
+    let gate = Arc::new(Semaphore::new(GATE));
+    let addr = server.addr();
+    let mut tasks = JoinSet::new();
+    let started = Instant::now();
+    for n in 0..agents {
+        let (gate, welcomes) = (gate.clone(), welcomes.clone());
+        tasks.spawn(wire::idle_agent(
+            addr,
+            format!("{prefix}-{n}"),
+            gate,
+            welcomes,
+            RETRY,
+        ));
+    }
+    welcomes.reach(agents, timeout).await?;
+    let accept = started.elapsed();
+    let after = procs::rss_kib(pid)?;
+    let killed = Instant::now();
+    server.restart()?;
+    welcomes.reach(2 * agents, timeout).await?;
+    let back = killed.elapsed();
+    tasks.shutdown().await;
+    Ok(ConnectionFigures {
+        accept,
+        rss_per_connection: after.saturating_sub(before) as f64 * 1024.0 / agents as f64,
+        back,
+    })
+}

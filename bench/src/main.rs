@@ -1,0 +1,545 @@
+//! `herd-bench`: herd's performance figures, each next to a baseline measured
+//! in the same run, printed as one table (see `docs/benchmarks.md`).
+//!
+//! - ingest: simulated agents -> hub -> NATS subscriber, against one client
+//!   publishing the same records to NATS, and against a plain tokio
+//!   forwarder (no actors) run by this binary as a child process;
+//! - connections: accept + handshake of K idle agents, hub RSS per idle
+//!   connection, and time until all are back after `kill -9` and restart;
+//! - tasks: NATS request -> hub -> real `herd-agent` -> logtail plugin ->
+//!   reply, against a trivial NATS responder;
+//! - agent footprint: idle RSS and CPU of the agent and its three plugins,
+//!   against a `sleep` process.
+//!
+//! `--quick` runs small sizes for CI; without it the full sizes.
+
+mod agent;
+mod connections;
+mod error;
+mod ingest;
+mod procs;
+mod wire;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use crate::error::BenchError;
+use crate::procs::{Binaries, Server};
+
+/// Measures herd against baselines run in the same process tree and prints one table.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Small sizes (CI smoke test, well under a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Simulated agents of the ingest run (default 100, quick 10).
+    #[arg(long)]
+    agents: Option<u64>,
+    /// Idle agents of the connections run (default 10000, quick 500).
+    #[arg(long)]
+    connections: Option<u64>,
+    /// Rebuild the hub, agent and plugin binaries even when present.
+    #[arg(long)]
+    rebuild: bool,
+    /// Only find (or build) the binaries, then exit.
+    #[arg(long, hide = true)]
+    prepare: bool,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// Run the baseline tokio forwarder (used by the bench itself).
+    #[command(hide = true)]
+    ServeBaseline {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        nats_url: String,
+    },
+}
+
+/// Every size of one run.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    ingest: ingest::IngestSize,
+    connections: u64,
+    agent: agent::AgentSize,
+}
+
+impl Sizes {
+    fn new(cli: &Cli) -> Self {
+        let (ingest, connections, agent) = if cli.quick {
+            (
+                ingest::IngestSize {
+                    agents: 10,
+                    batches: 20,
+                    per_batch: 50,
+                    window: 8,
+                    timeout: Duration::from_secs(20),
+                },
+                500,
+                agent::AgentSize {
+                    sequential: 50,
+                    concurrent: 200,
+                    concurrency: 8,
+                    window: Duration::from_secs(5),
+                },
+            )
+        } else {
+            (
+                ingest::IngestSize {
+                    agents: 100,
+                    batches: 100,
+                    per_batch: 100,
+                    window: 8,
+                    timeout: Duration::from_secs(120),
+                },
+                10_000,
+                agent::AgentSize {
+                    sequential: 1_000,
+                    concurrent: 5_000,
+                    concurrency: 32,
+                    window: Duration::from_secs(60),
+                },
+            )
+        };
+        Self {
+            ingest: ingest::IngestSize {
+                agents: cli.agents.unwrap_or(ingest.agents),
+                ..ingest
+            },
+            connections: cli.connections.unwrap_or(connections),
+            agent,
+        }
+    }
+}
+
+/// One line of the table: herd's figure, the baseline's, herd ÷ baseline.
+#[derive(Debug)]
+struct Row {
+    what: String,
+    herd: String,
+    baseline: String,
+    ratio: Result<f64, String>,
+}
+
+impl Row {
+    fn new(what: impl Into<String>, herd: String, baseline: String, ratio: f64) -> Self {
+        Self {
+            what: what.into(),
+            herd,
+            baseline,
+            ratio: Ok(ratio),
+        }
+    }
+
+    fn failed(what: &str, error: &BenchError) -> Self {
+        Self {
+            what: what.to_owned(),
+            herd: "FAILED".into(),
+            baseline: "-".into(),
+            ratio: Err(error.to_string()),
+        }
+    }
+}
+
+/// The rows of a section, or each of its rows marked failed.
+fn rows_or_failed(labels: &[&str], result: Result<Vec<Row>, BenchError>) -> Vec<Row> {
+    result.unwrap_or_else(|error| {
+        labels
+            .iter()
+            .map(|label| Row::failed(label, &error))
+            .collect()
+    })
+}
+
+fn millis(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{:.2} s", duration.as_secs_f64())
+}
+
+fn ratio(herd: Duration, baseline: Duration) -> f64 {
+    herd.as_secs_f64() / baseline.as_secs_f64().max(f64::MIN_POSITIVE)
+}
+
+/// A core `nats-server` (no JetStream: the hub acks after a flush) on a free
+/// loopback port.
+fn start_nats(dir: &tempfile::TempDir) -> Result<Server, BenchError> {
+    let binary = [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|path| path.exists())
+    .ok_or_else(|| BenchError::Process("nats-server not found; run scripts/ensure-deps".into()))?;
+    let port = procs::free_port()?;
+    let args = vec![
+        "-a".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+    ];
+    Server::start(
+        "nats-server",
+        &binary,
+        args,
+        port,
+        dir.path().join("nats.log"),
+    )
+}
+
+fn nats_url(nats: &Server) -> String {
+    format!("nats://{}", nats.addr())
+}
+
+/// What the bench runs against.
+struct Setup {
+    binaries: Binaries,
+    nats: Server,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn hub(&self, name: &str) -> Result<Server, BenchError> {
+        let port = procs::free_port()?;
+        let state = self.dir.path().join(format!("{name}-state"));
+        let args = vec![
+            format!("--listen=127.0.0.1:{port}"),
+            "--admin=off".into(),
+            format!("--nats-url={}", nats_url(&self.nats)),
+            format!("--state-dir={}", state.display()),
+            format!("--token={}", wire::TOKEN),
+            format!("--hub-id=bench-{name}"),
+        ];
+        Server::start(
+            "hub",
+            &self.binaries.path("herd-hub"),
+            args,
+            port,
+            self.log(name),
+        )
+    }
+
+    fn baseline(&self, name: &str) -> Result<Server, BenchError> {
+        let port = procs::free_port()?;
+        let exe = std::env::current_exe().map_err(BenchError::io("locating herd-bench"))?;
+        let args = vec![
+            "serve-baseline".into(),
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--nats-url={}", nats_url(&self.nats)),
+        ];
+        Server::start("baseline server", &exe, args, port, self.log(name))
+    }
+
+    async fn client(&self) -> Result<async_nats::Client, BenchError> {
+        async_nats::connect(nats_url(&self.nats))
+            .await
+            .map_err(BenchError::nats("connect"))
+    }
+
+    fn log(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+}
+
+const INGEST: [&str; 2] = [
+    "ingest records/s: hub vs direct NATS publish",
+    "ingest records/s: hub vs tokio forwarder",
+];
+
+async fn ingest_rows(
+    setup: &Setup,
+    size: ingest::IngestSize,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Row>, BenchError> {
+    let url = nats_url(&setup.nats);
+    let direct = ingest::direct(&url, size).await?;
+    let forwarder = {
+        let server = setup.baseline("ingest-baseline")?;
+        ingest::through_server(&url, server.addr(), "fwd", size).await?
+    };
+    let hub = {
+        let server = setup.hub("ingest-hub")?;
+        ingest::through_server(&url, server.addr(), "hub", size).await?
+    };
+    notes.push(format!(
+        "ingest: {} agents x {} batches x {} records ({} records), window {} unacked batches per agent; \
+         subscriber slow-consumer events: hub {}, forwarder {}, direct {}",
+        size.agents,
+        size.batches,
+        size.per_batch,
+        size.agents * size.batches * size.per_batch,
+        size.window,
+        hub.slow_consumer,
+        forwarder.slow_consumer,
+        direct.slow_consumer
+    ));
+    let rate = |value: f64| format!("{value:.0}");
+    Ok(vec![
+        Row::new(
+            INGEST[0],
+            rate(hub.per_second),
+            rate(direct.per_second),
+            hub.per_second / direct.per_second,
+        ),
+        Row::new(
+            INGEST[1],
+            rate(hub.per_second),
+            rate(forwarder.per_second),
+            hub.per_second / forwarder.per_second,
+        ),
+    ])
+}
+
+fn connection_labels(agents: u64) -> [String; 3] {
+    [
+        format!("accept + handshake {agents} agents: hub vs tokio loop"),
+        "RSS per idle connection: hub vs tokio loop".into(),
+        format!("all {agents} back after kill -9 + restart: hub vs tokio loop"),
+    ]
+}
+
+async fn connection_rows(
+    setup: &Setup,
+    agents: u64,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Row>, BenchError> {
+    let timeout = Duration::from_secs(120);
+    let baseline = {
+        let mut server = setup.baseline("connections-baseline")?;
+        connections::measure(&mut server, "idle-base", agents, timeout).await?
+    };
+    let hub = {
+        let mut server = setup.hub("connections-hub")?;
+        connections::measure(&mut server, "idle-hub", agents, timeout).await?
+    };
+    notes.push(format!(
+        "connections: at most 256 handshakes in flight; agents retry every {} ms after losing the server",
+        connections::RETRY.as_millis()
+    ));
+    let [accept, rss, back] = connection_labels(agents);
+    let kib = |bytes: f64| format!("{:.1} KiB", bytes / 1024.0);
+    Ok(vec![
+        Row::new(
+            accept,
+            seconds(hub.accept),
+            seconds(baseline.accept),
+            ratio(hub.accept, baseline.accept),
+        ),
+        Row::new(
+            rss,
+            kib(hub.rss_per_connection),
+            kib(baseline.rss_per_connection),
+            hub.rss_per_connection / baseline.rss_per_connection.max(1.0),
+        ),
+        Row::new(
+            back,
+            seconds(hub.back),
+            seconds(baseline.back),
+            ratio(hub.back, baseline.back),
+        ),
+    ])
+}
+
+const TASKS: [&str; 3] = [
+    "task latency p50: agent/logtail vs NATS echo",
+    "task latency p99: agent/logtail vs NATS echo",
+    "tasks/s: agent/logtail vs NATS echo",
+];
+
+fn footprint_labels() -> Vec<String> {
+    std::iter::once("agent")
+        .chain(agent::PLUGINS)
+        .map(|name| format!("idle {name}: RSS (CPU) vs sleep"))
+        .collect()
+}
+
+async fn agent_rows(
+    setup: &Setup,
+    size: agent::AgentSize,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Row>, BenchError> {
+    let hub = setup.hub("agent-hub")?;
+    let client = setup.client().await?;
+    let agent = agent::Agent::start(&setup.binaries, hub.addr(), &client).await?;
+    let footprint = agent.footprint(size.window).await?;
+    let sleep = footprint
+        .iter()
+        .find(|process| process.name == "sleep")
+        .ok_or_else(|| BenchError::Process("sleep not measured".into()))?;
+    let mut rows = Vec::new();
+    for label in footprint_labels() {
+        let name = label
+            .trim_start_matches("idle ")
+            .split(':')
+            .next()
+            .unwrap_or_default();
+        let process = footprint
+            .iter()
+            .find(|process| process.name == name)
+            .ok_or_else(|| BenchError::Process(format!("{name} is not running under the agent")))?;
+        rows.push(Row::new(
+            label.clone(),
+            format!(
+                "{:.1} MiB ({:.2}% cpu)",
+                process.rss_kib as f64 / 1024.0,
+                process.cpu_percent
+            ),
+            format!("{:.1} MiB", sleep.rss_kib as f64 / 1024.0),
+            process.rss_kib as f64 / sleep.rss_kib.max(1) as f64,
+        ));
+    }
+    notes.push(format!(
+        "footprint: {:.0} s window, CPU in % of one core from /proc/<pid>/stat utime+stime",
+        size.window.as_secs_f64()
+    ));
+    let tasks = agent::tasks(&client, size).await?;
+    let responder = agent::echo_responder(client.clone()).await?;
+    let echo = agent::echo(&client, size).await;
+    responder.abort();
+    let echo = echo?;
+    notes.push(format!(
+        "tasks: task 2112 (logtail: list files); {} sequential requests for the percentiles, {} with {} in flight for the rate",
+        size.sequential, size.concurrent, size.concurrency
+    ));
+    let rate = |value: f64| format!("{value:.0}");
+    rows.splice(
+        0..0,
+        [
+            Row::new(
+                TASKS[0],
+                millis(tasks.p50),
+                millis(echo.p50),
+                ratio(tasks.p50, echo.p50),
+            ),
+            Row::new(
+                TASKS[1],
+                millis(tasks.p99),
+                millis(echo.p99),
+                ratio(tasks.p99, echo.p99),
+            ),
+            Row::new(
+                TASKS[2],
+                rate(tasks.per_second),
+                rate(echo.per_second),
+                tasks.per_second / echo.per_second,
+            ),
+        ],
+    );
+    drop(agent);
+    Ok(rows)
+}
+
+fn print_table(rows: &[Row], notes: &[String], elapsed: Duration) {
+    let width = rows.iter().map(|row| row.what.len()).max().unwrap_or(0);
+    let herd_width = rows
+        .iter()
+        .map(|row| row.herd.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let base_width = rows
+        .iter()
+        .map(|row| row.baseline.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    println!(
+        "{:width$} | {:>herd_width$} | {:>base_width$} | ratio",
+        "benchmark", "herd", "baseline"
+    );
+    println!("{}", "-".repeat(width + herd_width + base_width + 14));
+    for row in rows {
+        let ratio = match &row.ratio {
+            Ok(ratio) => format!("{ratio:.2}"),
+            Err(_) => "FAILED".into(),
+        };
+        println!(
+            "{:width$} | {:>herd_width$} | {:>base_width$} | {ratio}",
+            row.what, row.herd, row.baseline
+        );
+    }
+    println!();
+    println!("ratio = herd / baseline (higher is better for rates, worse for times and memory)");
+    for note in notes {
+        println!("- {note}");
+    }
+    for row in rows {
+        if let Err(error) = &row.ratio {
+            println!("- FAILED {}: {error}", row.what);
+        }
+    }
+    println!("- total time: {:.0} s", elapsed.as_secs_f64());
+}
+
+async fn bench(cli: &Cli) -> Result<bool, BenchError> {
+    let started = Instant::now();
+    let mut sizes = Sizes::new(cli);
+    let mut notes = Vec::new();
+    let nofile = procs::raise_nofile()?;
+    // Each idle agent costs a descriptor here and one in the server.
+    let room = nofile.saturating_sub(200);
+    if sizes.connections > room {
+        notes.push(format!(
+            "connections: open-files hard limit {nofile} allows {room} agents, not {}",
+            sizes.connections
+        ));
+        sizes.connections = room;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("herd-bench-")
+        .tempdir()
+        .map_err(BenchError::io("creating the work directory"))?;
+    let setup = Setup {
+        binaries: Binaries::locate(cli.rebuild)?,
+        nats: start_nats(&dir)?,
+        dir,
+    };
+    let mut rows = rows_or_failed(&INGEST, ingest_rows(&setup, sizes.ingest, &mut notes).await);
+    let labels = connection_labels(sizes.connections);
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    rows.extend(rows_or_failed(
+        &labels,
+        connection_rows(&setup, sizes.connections, &mut notes).await,
+    ));
+    let mut labels: Vec<String> = TASKS.iter().map(|label| (*label).to_owned()).collect();
+    labels.extend(footprint_labels());
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    rows.extend(rows_or_failed(
+        &labels,
+        agent_rows(&setup, sizes.agent, &mut notes).await,
+    ));
+    print_table(&rows, &notes, started.elapsed());
+    Ok(rows.iter().all(|row| row.ratio.is_ok()))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.role {
+        Some(Role::ServeBaseline { listen, nats_url }) => {
+            wire::serve_baseline(*listen, nats_url).await.map(|()| true)
+        }
+        None if cli.prepare => Binaries::locate(cli.rebuild).map(|_| true),
+        None => bench(&cli).await,
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("herd-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! What herd's binaries (`herd-hub`, `herd-agent`) share, so both behave the
+//! same way: the `--log-format` choice and logging setup, reading the TOML
+//! configuration file with errors that name the file, `--print-config`, and
+//! waiting for SIGTERM / Ctrl-C.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! #[derive(Debug, serde::Deserialize)]
+//! struct Config { listen: String }
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("hub.toml");
+//! std::fs::write(&path, "listen = \"127.0.0.1:7400\"\n")?;
+//! let config: Config = herd_cli::read_toml(&path)?;
+//! assert_eq!(config.listen, "127.0.0.1:7400");
+//! # Ok(()) }
+//! ```
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Installs the global `tracing` subscriber: level from `RUST_LOG` (default
+/// `info`), lines on stderr in the given format.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this program (the message names the
+    /// line and the key).
+    #[error("invalid configuration file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its position.
+        source: Box<toml::de::Error>,
+    },
+}
+
+/// Reads and parses a TOML configuration file.
+pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigFileError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+/// `--print-config`: writes the effective configuration as TOML to stdout.
+pub fn print_config<T: Serialize>(program: &str, config: &T) -> ExitCode {
+    match toml::to_string(config) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{program}: cannot print the configuration: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM and SIGINT (Ctrl-C), installed up front so a signal that arrives
+/// while the program starts is not lost.
+#[derive(Debug)]
+pub struct ShutdownSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl ShutdownSignals {
+    /// Installs the handlers; needs a running tokio runtime.
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for the next signal and returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // only parsed
+    struct Strict {
+        listen: String,
+    }
+
+    #[test]
+    fn parse_errors_name_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, "listen = \"x\"\nbogus = 1\n").unwrap();
+        let error = read_toml::<Strict>(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("hub.toml") && error.contains("bogus"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn read_errors_name_the_file() {
+        let error = read_toml::<Strict>(Path::new("/nonexistent/herd.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("cannot read /nonexistent/herd.toml"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_signal_is_named() {
+        let mut signals = ShutdownSignals::install().unwrap();
+        raise_sigterm();
+        let name = tokio::time::timeout(std::time::Duration::from_secs(5), signals.recv())
+            .await
+            .expect("SIGTERM delivered");
+        assert_eq!(name, "SIGTERM");
+    }
+
+    /// `kill -TERM <self>` through the shell keeps this crate free of libc.
+    fn raise_sigterm() {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}

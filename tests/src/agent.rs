@@ -1,0 +1,85 @@
+//! A real `herd-agent` process with a generated configuration and a fixed
+//! agent id, and look-ups of its plugin processes.
+
+use std::path::{Path, PathBuf};
+
+use herd_actors::agent::config::AgentConfig;
+
+use crate::process::{E2eError, Process, cmdline, descendants, io_error, workspace_binary};
+
+/// A `herd-agent` child process.
+#[derive(Debug)]
+pub struct AgentProcess {
+    id: String,
+    process: Process,
+    config: AgentConfig,
+}
+
+impl AgentProcess {
+    /// Starts an agent known as `id` with `config`, its state directory and
+    /// configuration file under `<dir>/<id>/`. The id is written to the state
+    /// directory first, as an operator would, so tests know it up front.
+    pub fn start(id: &str, mut config: AgentConfig, dir: &Path) -> Result<Self, E2eError> {
+        let home = dir.join(id);
+        config.state_dir = home.join("state");
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(io_error(format!("creating {}", config.state_dir.display())))?;
+        let id_file = config.state_dir.join("agent_id");
+        std::fs::write(&id_file, id).map_err(io_error(format!("writing {}", id_file.display())))?;
+        let path = home.join("herd-agent.toml");
+        std::fs::write(&path, toml::to_string(&config)?)
+            .map_err(io_error(format!("writing {}", path.display())))?;
+        let process = Process::spawn(
+            id,
+            workspace_binary("herd-agent")?,
+            vec!["--config".into(), path.into()],
+            vec![("RUST_LOG".into(), "info,herd_actors=debug".into())],
+            home.join("herd-agent.log"),
+        )?;
+        Ok(Self {
+            id: id.to_owned(),
+            process,
+            config,
+        })
+    }
+
+    /// The agent id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// `HERD_PLUGIN_STATE_DIR` of plugin `name`.
+    pub fn plugin_state_dir(&self, name: &str) -> PathBuf {
+        self.config.state_dir.join("plugins").join(name)
+    }
+
+    /// The process, for its pid, log and liveness.
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// The pid of the running process of plugin `name` (a child of the
+    /// agent whose command line starts with the plugin's path), if any.
+    pub fn plugin_pid(&self, name: &str) -> Option<u32> {
+        let spec = self
+            .config
+            .plugins
+            .iter()
+            .find(|plugin| plugin.name == name)?;
+        let path = spec.path.to_string_lossy();
+        let agent = self.process.pid()?;
+        descendants(agent)
+            .into_iter()
+            .find(|&pid| cmdline(pid).starts_with(path.as_ref()))
+    }
+
+    /// Every live process the agent started (plugins and what they started).
+    pub fn descendants(&self) -> Vec<u32> {
+        self.process.pid().map(descendants).unwrap_or_default()
+    }
+}
