@@ -67,6 +67,8 @@ enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error("the agent's supervision tree exited: {0}")]
+    TreeExited(String),
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -99,9 +101,13 @@ async fn run(config: AgentConfig) -> Result<(), CliError> {
     let mut signals = ShutdownSignals::install().map_err(CliError::Signals)?;
     let agent = herd_actors::agent::start(config)?;
     let requested = agent.shutdown_requested();
+    let tree = agent.supervisor().clone();
     tokio::select! {
         signal = signals.recv() => tracing::info!(signal, "shutting down"),
         () = requested.cancelled() => tracing::info!("shutdown task received"),
+        // The tree gave up (restart intensity exceeded): exit non-zero so the
+        // service manager restarts the whole process.
+        exit = tree.wait() => return Err(CliError::TreeExited(exit.to_string())),
     }
     agent.shutdown().await;
     Ok(())
@@ -109,27 +115,13 @@ async fn run(config: AgentConfig) -> Result<(), CliError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match cli.effective_config() {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("herd-agent: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if cli.print_config {
-        return herd_cli::print_config("herd-agent", &config);
-    }
-    herd_cli::init_logging(cli.log_format);
-    let system = actix::System::new();
-    let outcome = system.block_on(run(config));
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("herd-agent: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    herd_cli::run_program(
+        "herd-agent",
+        cli.effective_config(),
+        cli.print_config,
+        cli.log_format,
+        run,
+    )
 }
 
 #[cfg(test)]

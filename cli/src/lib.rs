@@ -1,7 +1,7 @@
 //! What herd's binaries (`herd-hub`, `herd-agent`) share, so both behave the
 //! same way: the `--log-format` choice and logging setup, reading the TOML
-//! configuration file with errors that name the file, `--print-config`, and
-//! waiting for SIGTERM / Ctrl-C.
+//! configuration file with errors that name the file, `--print-config`, exit
+//! statuses ([`run_program`]), and waiting for SIGTERM / Ctrl-C.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -83,8 +83,47 @@ pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError>
     })
 }
 
+/// What every herd binary's `main` does once its flags are parsed: a bad
+/// configuration exits with status 2 and one line naming the problem;
+/// `print_config` prints the effective configuration as TOML and exits;
+/// otherwise logging is set up and `run` runs inside an actix system, and its
+/// error, if any, is logged and printed, exiting with status 1.
+pub fn run_program<C, E, Fut, R>(
+    program: &str,
+    config: Result<C, E>,
+    print_config: bool,
+    log_format: LogFormat,
+    run: R,
+) -> ExitCode
+where
+    C: Serialize,
+    E: std::fmt::Display,
+    R: FnOnce(C) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    let config = match config {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{program}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if print_config {
+        return print_toml(program, &config);
+    }
+    init_logging(log_format);
+    match actix::System::new().block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "{program} failed");
+            eprintln!("{program}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `--print-config`: writes the effective configuration as TOML to stdout.
-pub fn print_config<T: Serialize>(program: &str, config: &T) -> ExitCode {
+fn print_toml<T: Serialize>(program: &str, config: &T) -> ExitCode {
     match toml::to_string(config) {
         Ok(text) => {
             print!("{text}");

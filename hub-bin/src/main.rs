@@ -131,23 +131,11 @@ async fn run(config: HubConfig) -> Result<(), CliError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match cli.hub_config() {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("herd-hub: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    if cli.print_config {
-        return herd_cli::print_config("herd-hub", &config);
-    }
-    herd_cli::init_logging(cli.log_format);
-    match actix::System::new().block_on(run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(%error, "hub failed");
-            eprintln!("herd-hub: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    herd_cli::run_program(
+        "herd-hub",
+        cli.hub_config(),
+        cli.print_config,
+        cli.log_format,
+        run,
+    )
 }
