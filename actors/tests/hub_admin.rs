@@ -4,7 +4,6 @@
 mod hub_support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use actix::prelude::*;
 use herd_actors::hub::{AgentInfo, Hub, HubConfig, NatsState};
@@ -89,12 +88,12 @@ async fn metrics_pass_promtool_and_agents_and_health_are_served() {
 
     assert_eq!(get(admin, "/healthz").await.0, 200);
     nats.stop();
-    within("NATS loss noticed", async {
-        while hub.nats().state() == NatsState::Connected {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    assert!(
+        hub.nats()
+            .wait_for_state(|state| state != NatsState::Connected, hub_support::WAIT)
+            .await,
+        "NATS loss noticed"
+    );
     let (status, body) = get(admin, "/healthz").await;
     assert_eq!(status, 503);
     assert!(

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use herd_codec::proto::{Task, TaskStatus};
 use support::*;
@@ -47,9 +46,18 @@ async fn hub_outage_buffers_reconnects_and_resends_everything() {
         last_before = batch.seq;
     }
     hub.stop().await;
-    // The hub stays away long enough for several failed attempts
-    // (backoff 100..400 ms) while the plugin keeps producing.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The hub stays away for several failed attempts (backoff 100..400 ms)
+    // while the plugin keeps producing: each attempt is accepted and closed
+    // before any Welcome, and counted.
+    let refuser = tokio::net::TcpListener::bind(addr).await.unwrap();
+    for attempt in 1..=3 {
+        let (socket, _) = tokio::time::timeout(WAIT, refuser.accept())
+            .await
+            .unwrap_or_else(|_| panic!("reconnect attempt {attempt} within {WAIT:?}"))
+            .unwrap();
+        drop(socket);
+    }
+    drop(refuser);
 
     let mut hub = TestHub::bind(addr, "unused").await;
     let hello = hub.hello().await;

@@ -1,7 +1,7 @@
 //! Child processes (hub, baseline server, agent) and what `/proc` says about them.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,12 +71,7 @@ impl Binaries {
 
 /// A loopback port nothing listens on right now.
 pub(crate) fn free_port() -> Result<u16, BenchError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(BenchError::io("probing a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(BenchError::io("probing a free port"))?
-        .port())
+    herd_actors::hub::embedded::free_loopback_port().map_err(BenchError::io("probing a free port"))
 }
 
 /// A TCP server run as a child process on a fixed loopback port, so it can be

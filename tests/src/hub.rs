@@ -1,7 +1,7 @@
 //! A real `herd-hub` process with a generated configuration, and waits on
 //! its admin server (`/healthz`, `/agents`).
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -184,8 +184,8 @@ impl HubProcess {
 
 /// A loopback address with a port that was free a moment ago.
 pub fn free_loopback_addr() -> Result<SocketAddr, E2eError> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
+    herd_actors::hub::embedded::free_loopback_port()
+        .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .map_err(io_error("probing for a free port"))
 }
 

@@ -1,7 +1,6 @@
 //! A real `nats-server` for one test: free loopback port, JetStream on, its own
 //! store directory, killed when dropped.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -74,7 +73,8 @@ impl NatsServer {
         for _ in 0..START_ATTEMPTS {
             let mut server = Self {
                 binary: binary.clone(),
-                port: free_port()?,
+                port: embedded::free_loopback_port()
+                    .map_err(|source| io_error("probing for a free port", source))?,
                 dir: tempfile::Builder::new()
                     .prefix("herd-nats-")
                     .tempdir()
@@ -178,15 +178,6 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> Result<u16, HarnessError> {
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .map_err(|source| io_error("probing for a free port", source))?;
-    listener
-        .local_addr()
-        .map(|addr| addr.port())
-        .map_err(|source| io_error("probing for a free port", source))
 }
 
 /// Finds `nats-server` on `PATH`, then where Debian installs it.

@@ -44,10 +44,8 @@ impl EmbeddedNats {
         };
         std::fs::create_dir_all(&store)
             .map_err(|error| embedded_error(format!("cannot create the store: {error}")))?;
-        let port = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .and_then(|probe| probe.local_addr())
-            .map_err(|error| embedded_error(format!("no free loopback port: {error}")))?
-            .port();
+        let port = free_loopback_port()
+            .map_err(|error| embedded_error(format!("no free loopback port: {error}")))?;
         let server = Server {
             binary,
             store: store.clone(),
@@ -207,6 +205,15 @@ pub async fn accepts_clients(port: u16) -> bool {
         tokio::time::timeout(Duration::from_secs(1), greeting).await,
         Ok(Some(buf)) if &buf == b"INFO"
     )
+}
+
+/// A loopback port that was free a moment ago (the OS picks it; another
+/// process may still take it before the caller binds). Test harnesses and the
+/// benchmarks use it too.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .and_then(|probe| probe.local_addr())
+        .map(|addr| addr.port())
 }
 
 /// `nats-server` on `PATH`, or where Debian installs it (`/usr/sbin`, which is

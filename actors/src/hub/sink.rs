@@ -131,13 +131,21 @@ impl NatsLink {
 
     /// Waits until the client is connected, at most `timeout`.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        self.wait_for_state(|state| state == NatsState::Connected, timeout)
+            .await
+    }
+
+    /// Waits until the connection state satisfies `condition` (checked on the
+    /// current state first, then on every change), at most `timeout`.
+    pub async fn wait_for_state(
+        &self,
+        mut condition: impl FnMut(NatsState) -> bool,
+        timeout: Duration,
+    ) -> bool {
         let mut state = self.state.clone();
-        tokio::time::timeout(
-            timeout,
-            state.wait_for(|state| *state == NatsState::Connected),
-        )
-        .await
-        .is_ok_and(|result| result.is_ok())
+        tokio::time::timeout(timeout, state.wait_for(|state| condition(*state)))
+            .await
+            .is_ok_and(|result| result.is_ok())
     }
 
     /// Publishes every record of `batch` and returns once the sink accepted
