@@ -19,9 +19,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use herd_actors::hub::{Hub, HubConfig};
-use herd_actors::supervisor::ChildSpec;
 use herd_examples::RecordCounter;
+use herd_hub::{Hub, HubConfig};
+use herd_supervision::ChildSpec;
 
 #[derive(Debug, Parser)]
 #[command(about = "A program of your own with the herd hub and an extra supervised actor inside")]

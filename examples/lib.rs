@@ -13,9 +13,9 @@ mod record_counter;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use herd_actors::hub::config_watcher::{AGENT_KEY_PREFIX, FLEET_KEY, parse_config};
 use herd_codec::NameError;
 use herd_codec::proto::{ConfigSet, Envelope, Task, TaskResult, TaskStatus};
+use herd_hub::config_watcher::{AGENT_KEY_PREFIX, FLEET_KEY, parse_config};
 use prost::Message as _;
 
 pub use record_counter::{Counts, RecordCounter, RecordCounts};
@@ -312,7 +312,7 @@ pub async fn set_config(
         })?;
     }
     let jetstream = async_nats::jetstream::new(client.clone());
-    let bucket = herd_actors::hub::config_bucket(&jetstream)
+    let bucket = herd_hub::config_bucket(&jetstream)
         .await
         .map_err(ExampleError::Bucket)?;
     let revision = bucket

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix::prelude::*;
-use herd_actors::supervisor::stop_abnormal;
+use herd_supervision::stop_abnormal;
 
 /// Counts the records the hub publishes on `herd.data.>`, by data type, and
 /// logs the counts of each period.

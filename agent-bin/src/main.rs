@@ -1,5 +1,5 @@
 //! The herd agent binary: configuration (TOML file, environment, flags),
-//! logging, and the wiring of `herd_actors::agent` into one process.
+//! logging, and the wiring of `herd_agent` into one process.
 //!
 //! Precedence, highest first: command-line flags, `HERD_AGENT_*` environment
 //! variables (one per flag), the TOML file given by `--config`, built-in
@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use herd_actors::agent::config::AgentConfig;
-use herd_actors::agent::error::{AgentError, ConfigError};
+use herd_agent::config::AgentConfig;
+use herd_agent::error::{AgentError, ConfigError};
 use herd_cli::{ConfigFileError, LogFormat, ShutdownSignals};
 
 /// herd-agent: runs plugins as child processes and ships their records,
@@ -99,7 +99,7 @@ impl Cli {
 
 async fn run(config: AgentConfig) -> Result<(), CliError> {
     let mut signals = ShutdownSignals::install().map_err(CliError::Signals)?;
-    let agent = herd_actors::agent::start(config)?;
+    let agent = herd_agent::start(config)?;
     let requested = agent.shutdown_requested();
     let tree = agent.supervisor().clone();
     tokio::select! {

@@ -145,7 +145,7 @@ async fn sha256_mismatch_refuses_the_start() {
     let mut hub = TestHub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let plugin = write_plugin(dir.path());
-    let actual = herd_actors::agent::plugin::sha256_file(&plugin).unwrap();
+    let actual = herd_agent::plugin::sha256_file(&plugin).unwrap();
     let expected = "0".repeat(64);
     let pinned = format!("sha256 = \"{expected}\"\n");
     let plugins = plugin_toml("tampered", &plugin, "serve", &pinned)

@@ -10,8 +10,8 @@ use crate::error::BenchError;
 
 /// The binaries the bench drives, as (binary, package).
 const BINARIES: [(&str, &str); 4] = [
-    ("herd-hub", "herd-hub"),
-    ("herd-agent", "herd-agent"),
+    ("herd-hub", "herd-hub-bin"),
+    ("herd-agent", "herd-agent-bin"),
     ("herd-sysmetrics", "herd-plugin-sysmetrics"),
     ("herd-logtail", "herd-plugin-logtail"),
 ];
@@ -71,7 +71,7 @@ impl Binaries {
 
 /// A loopback port nothing listens on right now.
 pub(crate) fn free_port() -> Result<u16, BenchError> {
-    herd_actors::hub::embedded::free_loopback_port().map_err(BenchError::io("probing a free port"))
+    herd_hub::embedded::free_loopback_port().map_err(BenchError::io("probing a free port"))
 }
 
 /// A TCP server run as a child process on a fixed loopback port, so it can be

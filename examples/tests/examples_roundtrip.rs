@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use herd_actors::hub::{Hub, HubConfig, config_bucket};
-use herd_actors::supervisor::ChildSpec;
 use herd_codec::proto::hub_message::Kind;
 use herd_codec::proto::{
     AgentMessage, Batch, ConfigSet, Hello, HubMessage, Pong, Record, Task, TaskResult, TaskStatus,
 };
 use herd_codec::{AgentCodec, PROTOCOL_VERSION};
 use herd_examples::{ConfigScope, Counts, ExampleError, RecordCounter, RecordCounts};
+use herd_hub::{Hub, HubConfig, config_bucket};
+use herd_supervision::ChildSpec;
 use herd_tests::nats::NatsServer;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;

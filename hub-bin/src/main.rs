@@ -1,5 +1,5 @@
 //! The herd hub binary: configuration (TOML file, environment, flags), logging,
-//! and the wiring of `herd_actors::hub` into one process.
+//! and the wiring of `herd_hub` into one process.
 //!
 //! Precedence: flags > environment (`HERD_HUB_*`) > the TOML file > defaults.
 //! Every option of the file is documented in `herd-hub.example.toml`.
@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use herd_actors::hub::{Hub, HubConfig, HubError};
 use herd_cli::{ConfigFileError, LogFormat, ShutdownSignals};
+use herd_hub::{Hub, HubConfig, HubError};
 
 /// Accepts herd agents over TCP and publishes their records to NATS.
 ///

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use herd_actors::agent::config::AgentConfig;
+use herd_agent::config::AgentConfig;
 
 use crate::process::{E2eError, Process, cmdline, descendants, io_error, workspace_binary};
 
@@ -33,7 +33,10 @@ impl AgentProcess {
             id,
             workspace_binary("herd-agent")?,
             vec!["--config".into(), path.into()],
-            vec![("RUST_LOG".into(), "info,herd_actors=debug".into())],
+            vec![(
+                "RUST_LOG".into(),
+                "info,herd_hub=debug,herd_agent=debug,herd_supervision=debug".into(),
+            )],
             home.join("herd-agent.log"),
         )?;
         Ok(Self {

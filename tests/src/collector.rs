@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
-use herd_actors::hub::HEADER_MSG_ID;
 use herd_codec::proto::Envelope;
+use herd_hub::HEADER_MSG_ID;
 use prost::Message as _;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

@@ -16,10 +16,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use herd_actors::agent::config::{
-    AgentConfig, BatchConfig, PluginRestart, PluginSpec, ReconnectConfig,
-};
-use herd_actors::hub::{AckMode, HubConfig};
+use herd_agent::config::{AgentConfig, BatchConfig, PluginRestart, PluginSpec, ReconnectConfig};
+use herd_hub::{AckMode, HubConfig};
 
 use crate::agent::AgentProcess;
 use crate::collector::{Collector, Tally, create_data_stream};

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use herd_actors::hub::{AgentInfo, HubConfig};
+use herd_hub::{AgentInfo, HubConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -47,7 +47,10 @@ impl HubProcess {
             "herd-hub",
             workspace_binary("herd-hub")?,
             vec!["--config".into(), path.into()],
-            vec![("RUST_LOG".into(), "info,herd_actors=debug".into())],
+            vec![(
+                "RUST_LOG".into(),
+                "info,herd_hub=debug,herd_agent=debug,herd_supervision=debug".into(),
+            )],
             dir.join("herd-hub.log"),
         )?;
         Ok(Self { process, config })
@@ -184,7 +187,7 @@ impl HubProcess {
 
 /// A loopback address with a port that was free a moment ago.
 pub fn free_loopback_addr() -> Result<SocketAddr, E2eError> {
-    herd_actors::hub::embedded::free_loopback_port()
+    herd_hub::embedded::free_loopback_port()
         .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .map_err(io_error("probing for a free port"))
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use herd_actors::hub::embedded;
+use herd_hub::embedded;
 
 /// How long a freshly spawned server gets to accept clients.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,533 @@
+//! The Connector: the agent's one connection to a hub.
+//!
+//! It dials the hub list in order; on the first that answers it sends
+//! `Hello` (host facts, plugins, last acked seq), takes the `Welcome`
+//! (persisting the assigned id, applying the pushed configuration and the
+//! heartbeat interval, following a redirect), then sends every unacked batch
+//! in order followed by new ones as the batcher cuts them. It answers
+//! `Ping`, forwards `Ack`s to the batcher and runs `Command`s (tasks are
+//! routed by target: the agent itself or a plugin; configuration goes to the
+//! plugin manager).
+//!
+//! When the connection dies the next attempt waits an exponential backoff
+//! (the supervision runtime's
+//! [`ExponentialBackoff`](herd_supervision::ExponentialBackoff): 1 s doubling up to
+//! 60 s by default, each delay stretched by a random factor in [1, 1.5]),
+//! reset after a session that stayed up `reset_after_ms`. A round tries every hub once; the next round
+//! starts again from the first, so the list is a failover order.
+//!
+//! Writes go through a [`FrameWriter`] (bounded queue, own task): a slow
+//! hub makes the session wait instead of buffering without bound; batches
+//! it has not taken yet stay in the batcher's unacked window.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures::StreamExt;
+use herd_codec::proto::{
+    AgentMessage, CloseReason, Hello, HubMessage, Pong, Task, TaskResult, TaskStatus, hub_message,
+};
+use herd_codec::{AgentCodec, PROTOCOL_VERSION, data_type};
+use prost::Message as _;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use crate::batcher::Batcher;
+use crate::config::AgentConfig;
+use crate::heartbeat::Heartbeat;
+use crate::hostinfo;
+use crate::messages::{
+    Acked, ApplyHubConfig, Attach, ListPlugins, RunTask, SetAgentId, SetHeartbeatInterval, Stop,
+};
+use crate::plugin::agent_result;
+use crate::plugin_manager::PluginManager;
+use crate::state::StateDir;
+use herd_supervision::io::{FrameSender, FrameWriter};
+use herd_supervision::{Backoff, BackoffPolicy};
+
+/// Frames queued for the socket before the session waits for the writer.
+const WRITE_QUEUE: usize = 256;
+/// Reconnect delays are stretched by a random factor in `[1, 1 + this]`, so
+/// that agents cut off together do not come back together.
+const RECONNECT_JITTER: f64 = 0.5;
+/// A chain of redirects longer than this falls back to the configured list.
+const MAX_REDIRECTS: usize = 4;
+
+/// Connection counters, shared with the heartbeat.
+#[derive(Debug, Default)]
+pub struct ConnectorStats {
+    /// Whether a session is established right now.
+    pub connected: AtomicBool,
+    /// Sessions that ended after a successful handshake.
+    pub reconnects: AtomicU64,
+    /// Failed connection attempts.
+    pub failed_attempts: AtomicU64,
+    /// Batch frames written (resends included).
+    pub batches_sent: AtomicU64,
+    /// Batch bytes handed to the socket writer.
+    pub bytes_sent: AtomicU64,
+    /// The hub of the current (or last) session.
+    pub hub: Mutex<String>,
+}
+
+/// The other actors a session talks to.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    /// Unacked window and feed of batches.
+    pub batcher: Addr<Batcher>,
+    /// Tasks for plugins, configuration pushes.
+    pub plugins: Addr<PluginManager>,
+    /// Interval changes from `Welcome`.
+    pub heartbeat: Addr<Heartbeat>,
+    /// Cancelled when a task asks the agent to shut down.
+    pub shutdown_requested: CancellationToken,
+}
+
+/// The connection actor; see the module docs.
+#[derive(Debug)]
+pub struct Connector {
+    /// The connection loop, taken when the actor starts.
+    dialer: Option<Dialer>,
+    cancel: CancellationToken,
+    done: CancellationToken,
+}
+
+impl Connector {
+    /// A connector for `config.hubs`; `agent_id` is the persisted id (empty
+    /// if none yet).
+    pub fn new(
+        config: Arc<AgentConfig>,
+        state: StateDir,
+        agent_id: String,
+        peers: Peers,
+        stats: Arc<ConnectorStats>,
+    ) -> Self {
+        let cancel = CancellationToken::new();
+        Self {
+            dialer: Some(Dialer {
+                config,
+                state,
+                agent_id: Arc::new(Mutex::new(agent_id)),
+                peers,
+                stats,
+                cancel: cancel.clone(),
+            }),
+            cancel,
+            done: CancellationToken::new(),
+        }
+    }
+}
+
+impl Actor for Connector {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(dialer) = self.dialer.take() else {
+            return;
+        };
+        ctx.spawn(dialer.run().into_actor(self).map(|(), act, ctx| {
+            act.done.cancel();
+            ctx.stop();
+        }));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.cancel.cancel();
+        self.done.cancel();
+    }
+}
+
+/// Ends the session (queued frames, such as a last task result, are still
+/// written, for at most a second) and resolves once the connection is closed.
+impl Handler<Stop> for Connector {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Stop, _: &mut Context<Self>) -> Self::Result {
+        self.cancel.cancel();
+        let done = self.done.clone();
+        Box::pin(async move { done.cancelled().await })
+    }
+}
+
+/// How a session ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// The agent is stopping.
+    Cancelled,
+    /// The hub sent us elsewhere.
+    Redirect(Vec<String>),
+    /// Anything else; `established` says whether the handshake succeeded.
+    Lost { established: bool, reason: String },
+}
+
+/// The connection loop, owned by the Connector actor.
+#[derive(Debug)]
+struct Dialer {
+    config: Arc<AgentConfig>,
+    state: StateDir,
+    agent_id: Arc<Mutex<String>>,
+    peers: Peers,
+    stats: Arc<ConnectorStats>,
+    cancel: CancellationToken,
+}
+
+impl Dialer {
+    async fn run(self) {
+        let reconnect = &self.config.reconnect;
+        let reset_after = Duration::from_millis(reconnect.reset_after_ms);
+        // The configuration was validated (min > 0, min <= max).
+        let backoff = Backoff::exponential(
+            Duration::from_millis(reconnect.min_backoff_ms),
+            Duration::from_millis(reconnect.max_backoff_ms),
+            RECONNECT_JITTER,
+        )
+        .unwrap_or_default()
+        .reset_after(reset_after);
+        let mut attempt = 0;
+        let mut redirect: Vec<String> = Vec::new();
+        let mut redirects = 0;
+        loop {
+            let round = if redirect.is_empty() {
+                redirects = 0;
+                self.config.hubs.clone()
+            } else {
+                std::mem::take(&mut redirect)
+            };
+            for hub in round {
+                let started = Instant::now();
+                match self.session(&hub).await {
+                    SessionEnd::Cancelled => return,
+                    SessionEnd::Redirect(to) => {
+                        tracing::info!(%hub, redirect = ?to, "hub redirected the agent");
+                        redirects += 1;
+                        if redirects <= MAX_REDIRECTS {
+                            redirect = to;
+                        }
+                        break;
+                    }
+                    SessionEnd::Lost {
+                        established,
+                        reason,
+                    } => {
+                        if established {
+                            tracing::warn!(%hub, %reason, "hub connection lost");
+                            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                            if started.elapsed() >= BackoffPolicy::reset_after(&backoff) {
+                                attempt = 0;
+                            }
+                            // Start over from the first hub after the delay.
+                            break;
+                        }
+                        tracing::info!(%hub, %reason, "cannot connect to hub");
+                        self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if !redirect.is_empty() {
+                continue;
+            }
+            let delay = backoff.delay(attempt);
+            attempt = attempt.saturating_add(1);
+            tracing::debug!(?delay, "waiting before the next connection round");
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn session(&self, hub: &str) -> SessionEnd {
+        let end = self.connect_and_serve(hub).await;
+        self.stats.connected.store(false, Ordering::Relaxed);
+        end
+    }
+
+    async fn connect_and_serve(&self, hub: &str) -> SessionEnd {
+        let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let connect = tokio::time::timeout(connect_timeout, TcpStream::connect(hub));
+        let stream = tokio::select! {
+            () = self.cancel.cancelled() => return SessionEnd::Cancelled,
+            connected = connect => match connected {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return SessionEnd::Lost { established: false, reason: e.to_string() },
+                Err(_) => return SessionEnd::Lost {
+                    established: false,
+                    reason: format!("no connection within {connect_timeout:?}"),
+                },
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let mut frames = FramedRead::new(
+            read,
+            AgentCodec::with_max_frame_length(self.config.max_frame_length),
+        );
+        let codec = LengthDelimitedCodec::builder()
+            .length_field_length(herd_codec::FRAME_HEADER_LEN)
+            .max_frame_length(self.config.max_frame_length)
+            .new_codec();
+        let writer = FrameWriter::new(write, codec, WRITE_QUEUE);
+        let end = tokio::select! {
+            () = self.cancel.cancelled() => SessionEnd::Cancelled,
+            end = self.handshake_and_serve(hub, &mut frames, writer.sender()) => end,
+        };
+        // Queued frames (a last task result, say) are still written, for at
+        // most a second.
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), writer.close()).await {
+            tracing::debug!(error = %e, "hub writer failed");
+        }
+        end
+    }
+
+    async fn handshake_and_serve(
+        &self,
+        hub: &str,
+        frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, AgentCodec>,
+        out: FrameSender<Bytes>,
+    ) -> SessionEnd {
+        let lost = |established, reason: String| SessionEnd::Lost {
+            established,
+            reason,
+        };
+        let hello = match self.hello().await {
+            Ok(hello) => hello,
+            Err(reason) => return lost(false, reason),
+        };
+        if out.send(encode(hello)).await.is_err() {
+            return lost(false, "connection closed while sending Hello".into());
+        }
+        let handshake_timeout = Duration::from_millis(self.config.handshake_timeout_ms);
+        let welcome = match tokio::time::timeout(handshake_timeout, frames.next()).await {
+            Err(_) => return lost(false, format!("no Welcome within {handshake_timeout:?}")),
+            Ok(None) => return lost(false, "hub closed the connection before Welcome".into()),
+            Ok(Some(Err(e))) => return lost(false, format!("bad frame before Welcome: {e}")),
+            Ok(Some(Ok(HubMessage {
+                kind: Some(hub_message::Kind::Welcome(welcome)),
+            }))) => welcome,
+            Ok(Some(Ok(other))) => {
+                return lost(false, format!("expected Welcome, got {other:?}"));
+            }
+        };
+        if !welcome.redirect.is_empty() {
+            return SessionEnd::Redirect(welcome.redirect);
+        }
+        if !welcome.ok {
+            return lost(false, format!("hub refused the agent: {}", welcome.message));
+        }
+        if let Err(reason) = self.adopt_id(&welcome.agent_id) {
+            return lost(false, reason);
+        }
+        tracing::info!(%hub, hub_id = %welcome.hub_id, agent_id = %welcome.agent_id, "connected to hub");
+        *self.stats.hub.lock().unwrap_or_else(|e| e.into_inner()) = hub.to_owned();
+        self.stats.connected.store(true, Ordering::Relaxed);
+        if welcome.heartbeat_interval_secs > 0 {
+            self.peers
+                .heartbeat
+                .do_send(SetHeartbeatInterval(Duration::from_secs(u64::from(
+                    welcome.heartbeat_interval_secs,
+                ))));
+        }
+        if let Some(config) = welcome.config {
+            self.peers.plugins.do_send(ApplyHubConfig(config));
+        }
+        let Ok(attachment) = self.peers.batcher.send(Attach).await else {
+            return SessionEnd::Cancelled;
+        };
+        for frame in attachment.backlog {
+            if !self.send_batch(&out, frame).await {
+                return lost(true, "connection closed while resending".into());
+            }
+        }
+        self.serve(frames, out, attachment.live).await
+    }
+
+    async fn serve(
+        &self,
+        frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, AgentCodec>,
+        out: FrameSender<Bytes>,
+        mut live: mpsc::UnboundedReceiver<Bytes>,
+    ) -> SessionEnd {
+        let lost = |reason: String| SessionEnd::Lost {
+            established: true,
+            reason,
+        };
+        loop {
+            tokio::select! {
+                frame = frames.next() => match frame {
+                    None => return lost("hub closed the connection".into()),
+                    Some(Err(e)) => return lost(format!("bad frame from hub: {e}")),
+                    Some(Ok(message)) => {
+                        if let Some(end) = self.on_message(message, &out).await {
+                            return end;
+                        }
+                    }
+                },
+                batch = live.recv() => {
+                    let Some(batch) = batch else {
+                        return SessionEnd::Cancelled; // the batcher is gone
+                    };
+                    if !self.send_batch(&out, batch).await {
+                        return lost("connection closed while sending".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues one batch frame (waiting while the socket is backed up).
+    async fn send_batch(&self, out: &FrameSender<Bytes>, frame: Bytes) -> bool {
+        let len = frame.len() as u64;
+        if out.send(frame).await.is_err() {
+            return false;
+        }
+        self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
+        true
+    }
+
+    async fn on_message(
+        &self,
+        message: HubMessage,
+        out: &FrameSender<Bytes>,
+    ) -> Option<SessionEnd> {
+        match message.kind? {
+            hub_message::Kind::Ack(ack) => self.peers.batcher.do_send(Acked(ack.seq)),
+            hub_message::Kind::Ping(ping) => {
+                if out.send(encode(Pong { nonce: ping.nonce })).await.is_err() {
+                    return Some(SessionEnd::Lost {
+                        established: true,
+                        reason: "connection closed while answering Ping".into(),
+                    });
+                }
+            }
+            hub_message::Kind::Command(command) => {
+                if let Some(config) = command.config {
+                    self.peers.plugins.do_send(ApplyHubConfig(config));
+                }
+                if let Some(task) = command.task {
+                    let peers = self.peers.clone();
+                    let out = out.clone();
+                    actix::spawn(async move {
+                        let shutdown =
+                            is_agent_task(&task) && task.data_type == data_type::SHUTDOWN;
+                        let result = run_task(task, &peers).await;
+                        if out.send(encode(result)).await.is_err() {
+                            tracing::warn!("task result lost: the hub connection closed");
+                        }
+                        // Only now: the answer is queued ahead of the goodbye.
+                        if shutdown {
+                            peers.shutdown_requested.cancel();
+                        }
+                    });
+                }
+            }
+            hub_message::Kind::Goodbye(goodbye) => {
+                let reason =
+                    CloseReason::try_from(goodbye.reason).map_or("unknown", |r| r.as_str_name());
+                return Some(SessionEnd::Lost {
+                    established: true,
+                    reason: format!("hub said goodbye ({reason}): {}", goodbye.message),
+                });
+            }
+            hub_message::Kind::Welcome(_) => {
+                tracing::warn!("ignoring a second Welcome from the hub");
+            }
+        }
+        None
+    }
+
+    async fn hello(&self) -> Result<Hello, String> {
+        let plugins = self
+            .peers
+            .plugins
+            .send(ListPlugins)
+            .await
+            .map_err(|e| format!("plugin manager unavailable: {e}"))?;
+        let last_acked_seq = self
+            .peers
+            .batcher
+            .send(super::messages::GetBatcherStats)
+            .await
+            .map_err(|e| format!("batcher unavailable: {e}"))?
+            .spool
+            .last_acked;
+        let mut hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_id: self
+                .agent_id
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            token: self.config.token.clone(),
+            product: "herd-agent".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            plugins,
+            last_acked_seq,
+            ..Hello::default()
+        };
+        hostinfo::fill_hello(&mut hello);
+        Ok(hello)
+    }
+
+    /// Takes the id from `Welcome`, persisting it when it is new.
+    fn adopt_id(&self, id: &str) -> Result<(), String> {
+        let mut current = self.agent_id.lock().unwrap_or_else(|e| e.into_inner());
+        if id.is_empty() || *current == id {
+            return if current.is_empty() {
+                Err("Welcome carries no agent id and none is configured".into())
+            } else {
+                Ok(())
+            };
+        }
+        herd_codec::validate_agent_id(id)
+            .map_err(|e| format!("hub assigned agent id {id:?}: {e}"))?;
+        self.state
+            .store_agent_id(id)
+            .map_err(|e| format!("cannot persist the assigned agent id: {e}"))?;
+        tracing::info!(agent_id = id, "agent id assigned by the hub and persisted");
+        id.clone_into(&mut current);
+        self.peers.plugins.do_send(SetAgentId(id.to_owned()));
+        Ok(())
+    }
+}
+
+/// Runs a task from the hub: the agent's own tasks here, the rest by the
+/// plugin named in `target`.
+async fn run_task(task: Task, peers: &Peers) -> TaskResult {
+    if !is_agent_task(&task) {
+        return match peers.plugins.send(RunTask(task.clone())).await {
+            Ok(result) => result,
+            Err(_) => agent_result(
+                &task.id,
+                &task.target,
+                TaskStatus::Failed,
+                "the plugin manager is stopping".into(),
+            ),
+        };
+    }
+    if task.data_type == data_type::SHUTDOWN {
+        tracing::info!(task_id = %task.id, "shutdown requested by the hub");
+        let mut result = agent_result(&task.id, "agent", TaskStatus::Ok, String::new());
+        result.output = Bytes::from_static(b"shutting down");
+        return result;
+    }
+    agent_result(
+        &task.id,
+        "agent",
+        TaskStatus::Rejected,
+        format!("the agent has no task with data type {}", task.data_type),
+    )
+}
+
+fn is_agent_task(task: &Task) -> bool {
+    task.target.is_empty() || task.target == "agent"
+}
+
+fn encode(message: impl Into<AgentMessage>) -> Bytes {
+    Bytes::from(message.into().encode_to_vec())
+}

@@ -1,0 +1,356 @@
+//! The Heartbeat actor: every interval one 1000 record (host and agent
+//! process stats) and one 1001 record per plugin (process stats and state).
+//!
+//! Values are strings in `Record.fields`: sizes in bytes, CPU in percent of
+//! one core (so a process may exceed 100), load as the kernel reports it.
+//! CPU figures are averages since the previous heartbeat.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use herd_codec::data_type;
+use herd_codec::proto::Record;
+use sysinfo::{Disks, Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+use crate::batcher::Batcher;
+use crate::connector::ConnectorStats;
+use crate::messages::{
+    BatcherStats, GetBatcherStats, GetPluginInfo, Ingest, SetHeartbeatInterval, Stop,
+};
+use crate::plugin::PluginInfo;
+use crate::plugin_manager::PluginManager;
+
+/// CPU and memory of one process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessStats {
+    /// Percent of one core since the last refresh.
+    pub cpu: f32,
+    /// Resident set size in bytes.
+    pub rss: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn record(data_type: u32, source: &str, fields: HashMap<String, String>) -> Record {
+    Record {
+        data_type,
+        timestamp_ms: now_ms(),
+        source: source.to_owned(),
+        fields,
+        ..Record::default()
+    }
+}
+
+/// The 1001 record of one plugin (`process`: its stats if it is running).
+pub fn plugin_record(info: &PluginInfo, process: Option<ProcessStats>) -> Record {
+    let mut fields: HashMap<String, String> = [
+        ("name", info.name.clone()),
+        ("version", info.version.clone()),
+        ("state", info.state.as_str().to_owned()),
+        ("pid", info.pid.unwrap_or_default().to_string()),
+        ("restarts", info.restarts.to_string()),
+        ("last_error", info.last_error.clone()),
+        ("records_in", info.records_in.to_string()),
+        ("records_rejected", info.records_rejected.to_string()),
+        ("tasks_out", info.tasks_out.to_string()),
+        ("results_in", info.results_in.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if let Some(process) = process {
+        fields.insert("cpu".into(), format!("{:.2}", process.cpu));
+        fields.insert("rss".into(), process.rss.to_string());
+    }
+    // The source is the plugin, so a consumer can follow one plugin's records.
+    record(data_type::PLUGIN_HEARTBEAT, &info.name, fields)
+}
+
+/// Emits heartbeats; see the module docs.
+#[derive(Debug)]
+pub struct Heartbeat {
+    interval: Duration,
+    timer: Option<SpawnHandle>,
+    system: System,
+    networks: Networks,
+    disks: Disks,
+    own_pid: Option<Pid>,
+    batcher: Addr<Batcher>,
+    plugins: Addr<PluginManager>,
+    connector: Arc<ConnectorStats>,
+}
+
+impl Heartbeat {
+    /// A heartbeat every `interval` (until the hub sets another).
+    pub fn new(
+        interval: Duration,
+        batcher: Addr<Batcher>,
+        plugins: Addr<PluginManager>,
+        connector: Arc<ConnectorStats>,
+    ) -> Self {
+        Self {
+            interval,
+            timer: None,
+            system: System::new(),
+            networks: Networks::new(),
+            disks: Disks::new(),
+            own_pid: sysinfo::get_current_pid().ok(),
+            batcher,
+            plugins,
+            connector,
+        }
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        self.timer = Some(ctx.run_interval(self.interval, |act, ctx| act.beat(ctx)));
+    }
+
+    fn beat(&mut self, ctx: &mut Context<Self>) {
+        let batcher = self.batcher.clone();
+        let plugins = self.plugins.clone();
+        let gather = async move {
+            let stats = batcher.send(GetBatcherStats).await.ok();
+            let plugins = plugins.send(GetPluginInfo).await.ok();
+            (stats, plugins)
+        };
+        ctx.spawn(gather.into_actor(self).map(|(stats, plugins), act, _| {
+            let (Some(stats), Some(plugins)) = (stats, plugins) else {
+                return; // the agent is stopping
+            };
+            let records = act.records(&stats, &plugins);
+            act.batcher.do_send(Ingest(records));
+        }));
+    }
+
+    fn process_stats(&self, pid: u32) -> Option<ProcessStats> {
+        self.system
+            .process(Pid::from_u32(pid))
+            .map(|p| ProcessStats {
+                cpu: p.cpu_usage(),
+                rss: p.memory(),
+            })
+    }
+
+    fn records(&mut self, stats: &BatcherStats, plugins: &[PluginInfo]) -> Vec<Record> {
+        let pids: Vec<Pid> = plugins
+            .iter()
+            .filter_map(|p| p.pid.map(Pid::from_u32))
+            .chain(self.own_pid)
+            .collect();
+        self.system.refresh_cpu_usage();
+        self.system.refresh_memory();
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&pids),
+            true,
+            ProcessRefreshKind::nothing().with_cpu().with_memory(),
+        );
+        self.networks.refresh(true);
+        self.disks.refresh(true);
+
+        let mut records = vec![self.agent_record(stats)];
+        records.extend(
+            plugins
+                .iter()
+                .map(|info| plugin_record(info, info.pid.and_then(|pid| self.process_stats(pid)))),
+        );
+        records
+    }
+
+    fn agent_record(&self, stats: &BatcherStats) -> Record {
+        let system = &self.system;
+        let load = System::load_average();
+        let mut fields: HashMap<String, String> = HashMap::new();
+        let mut put = |key: &str, value: String| {
+            fields.insert(key.to_owned(), value);
+        };
+        put("hostname", System::host_name().unwrap_or_default());
+        put("cpu", format!("{:.2}", system.global_cpu_usage()));
+        put("cpu_cores", system.cpus().len().to_string());
+        put("mem_total", system.total_memory().to_string());
+        put("mem_used", system.used_memory().to_string());
+        put("mem_available", system.available_memory().to_string());
+        put("swap_total", system.total_swap().to_string());
+        put("swap_used", system.used_swap().to_string());
+        put("load1", format!("{:.2}", load.one));
+        put("load5", format!("{:.2}", load.five));
+        put("load15", format!("{:.2}", load.fifteen));
+        put("boot_time", System::boot_time().to_string());
+        put("uptime", System::uptime().to_string());
+        if let Some(count) = count_processes() {
+            put("processes", count.to_string());
+        }
+        for disk in self.disks.list() {
+            if disk.total_space() == 0 {
+                continue;
+            }
+            let mount = disk.mount_point().display();
+            put(
+                &format!("disk.{mount}.total"),
+                disk.total_space().to_string(),
+            );
+            put(
+                &format!("disk.{mount}.available"),
+                disk.available_space().to_string(),
+            );
+        }
+        for (name, data) in self.networks.iter() {
+            put(
+                &format!("net.{name}.rx_bytes"),
+                data.total_received().to_string(),
+            );
+            put(
+                &format!("net.{name}.tx_bytes"),
+                data.total_transmitted().to_string(),
+            );
+        }
+
+        if let Some(own) = self
+            .own_pid
+            .and_then(|pid| self.process_stats(pid.as_u32()))
+        {
+            put("agent.cpu", format!("{:.2}", own.cpu));
+            put("agent.rss", own.rss.to_string());
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            put("agent.fds", fds.count().to_string());
+        }
+        if let Some(threads) = own_threads() {
+            put("agent.threads", threads.to_string());
+        }
+        let connector = &self.connector;
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        put(
+            "agent.connected",
+            connector.connected.load(Ordering::Relaxed).to_string(),
+        );
+        put("agent.reconnects", load(&connector.reconnects).to_string());
+        put(
+            "agent.failed_connects",
+            load(&connector.failed_attempts).to_string(),
+        );
+        put(
+            "agent.batches_sent",
+            load(&connector.batches_sent).to_string(),
+        );
+        put("agent.bytes_sent", load(&connector.bytes_sent).to_string());
+        put("agent.records_in", stats.records_in.to_string());
+        put("agent.pending_records", stats.pending_records.to_string());
+        put("agent.last_seq", stats.last_seq.to_string());
+        put("agent.last_acked_seq", stats.spool.last_acked.to_string());
+        put("agent.unacked_batches", stats.spool.batches.to_string());
+        put("agent.unacked_bytes", stats.spool.bytes.to_string());
+        put(
+            "agent.dropped_batches",
+            stats.spool.dropped_batches.to_string(),
+        );
+        put(
+            "agent.dropped_records",
+            (stats.spool.dropped_records + stats.oversized_records).to_string(),
+        );
+        record(data_type::AGENT_HEARTBEAT, "agent", fields)
+    }
+}
+
+/// Number of processes on the host (Linux: entries of /proc).
+fn count_processes() -> Option<usize> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    Some(
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .count(),
+    )
+}
+
+/// Threads of this process (Linux: /proc/self/status).
+fn own_threads() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+impl Actor for Heartbeat {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.beat(ctx);
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<Stop> for Heartbeat {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<SetHeartbeatInterval> for Heartbeat {
+    type Result = ();
+
+    fn handle(
+        &mut self,
+        SetHeartbeatInterval(interval): SetHeartbeatInterval,
+        ctx: &mut Context<Self>,
+    ) {
+        if interval != self.interval && !interval.is_zero() {
+            tracing::info!(?interval, "heartbeat interval set by the hub");
+            self.interval = interval;
+            self.schedule(ctx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::PluginState;
+
+    #[test]
+    fn plugin_record_carries_state_and_counters() {
+        let info = PluginInfo {
+            name: "p".into(),
+            version: "1".into(),
+            state: PluginState::Failed,
+            pid: None,
+            restarts: 3,
+            last_error: "crash loop".into(),
+            records_in: 7,
+            records_rejected: 0,
+            tasks_out: 1,
+            results_in: 1,
+        };
+        let record = plugin_record(&info, Some(ProcessStats { cpu: 1.5, rss: 42 }));
+        assert_eq!(record.data_type, data_type::PLUGIN_HEARTBEAT);
+        assert_eq!(record.source, "p");
+        assert_eq!(record.fields["state"], "failed");
+        assert_eq!(record.fields["restarts"], "3");
+        assert_eq!(record.fields["rss"], "42");
+        assert_eq!(record.fields["cpu"], "1.50");
+        assert!(record.timestamp_ms > 0);
+    }
+
+    #[test]
+    fn proc_counters_are_readable() {
+        assert!(count_processes().is_some_and(|n| n > 0));
+        assert!(own_threads().is_some_and(|n| n > 0));
+    }
+}

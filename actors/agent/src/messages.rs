@@ -1,0 +1,109 @@
+//! Messages between the agent's actors.
+
+use std::time::Duration;
+
+use actix::Message;
+use bytes::Bytes;
+use herd_codec::proto::{ConfigSet, PluginStatus, Record, Task, TaskResult};
+use tokio::sync::mpsc;
+
+use crate::plugin::PluginInfo;
+use crate::spool::SpoolStats;
+
+/// Records for the batcher (from plugins, the heartbeat, the agent).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Ingest(pub Vec<Record>);
+
+/// Asks the batcher for every unacked batch and a feed of the new ones; the
+/// connector sends one after each successful handshake. A later `Attach`
+/// replaces the earlier feed.
+#[derive(Debug, Message)]
+#[rtype(result = "Attachment")]
+pub struct Attach;
+
+/// What [`Attach`] returns.
+#[derive(Debug)]
+pub struct Attachment {
+    /// Encoded `AgentMessage{batch}` bodies not acked yet, oldest first.
+    pub backlog: Vec<Bytes>,
+    /// Batches cut after the attach, in order.
+    pub live: mpsc::UnboundedReceiver<Bytes>,
+}
+
+/// The hub acked everything up to `seq`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Acked(pub u64);
+
+/// Cut a batch from the pending records now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+/// Resolves once nothing is pending or unacked.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct WhenDrained;
+
+/// Asks the batcher for its counters.
+#[derive(Debug, Message)]
+#[rtype(result = "BatcherStats")]
+pub struct GetBatcherStats;
+
+/// The batcher's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatcherStats {
+    /// Records received.
+    pub records_in: u64,
+    /// Records not yet in a batch.
+    pub pending_records: usize,
+    /// Highest seq assigned.
+    pub last_seq: u64,
+    /// Records refused because one alone exceeds the batch size bound.
+    pub oversized_records: u64,
+    /// The unacked window.
+    pub spool: SpoolStats,
+}
+
+/// The full desired plugin set pushed by the hub.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ApplyHubConfig(pub ConfigSet);
+
+/// A task for a plugin; answered with its result (or REJECTED / TIMEOUT /
+/// FAILED from the agent).
+#[derive(Debug, Message)]
+#[rtype(result = "TaskResult")]
+pub struct RunTask(pub Task);
+
+/// The plugins as reported in `Hello`.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<PluginStatus>")]
+pub struct ListPlugins;
+
+/// Per-plugin details for the 1001 heartbeat records.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<PluginInfo>")]
+pub struct GetPluginInfo;
+
+/// Stop every plugin (stdin closed, then SIGTERM, then SIGKILL) and resolve
+/// once all of them are reaped. Nothing is restarted afterwards.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopPlugins;
+
+/// The agent id the hub assigned (passed to plugins started later).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SetAgentId(pub String);
+
+/// The heartbeat interval from the hub's `Welcome`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SetHeartbeatInterval(pub Duration);
+
+/// Stop the actor now (the orderly part is done by the caller).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Stop;

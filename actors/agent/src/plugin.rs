@@ -1,0 +1,642 @@
+//! The Plugin actor: one plugin child process, from spawn to reap.
+//!
+//! An actor instance lives exactly as long as its process. It owns the
+//! process's pipes: tasks go to stdin as `PluginCommand` frames (through a
+//! [`FrameWriter`]'s bounded queue, so a plugin that does not read slows its
+//! callers down instead of growing the agent), `PluginMessage` frames come from stdout,
+//! stderr lines become log lines (rate-limited). A separate reaper task owns
+//! the `Child` and always waits for it, so no zombie is left behind; on stop
+//! it escalates from closing stdin to SIGTERM to SIGKILL. Restarting is the
+//! [`PluginManager`](super::plugin_manager::PluginManager)'s business: it
+//! runs each plugin under its own [`supervisor`](herd_supervision), which
+//! builds a new actor for every start.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use actix::prelude::*;
+use herd_codec::proto::{
+    PluginCommand, PluginMessage, Record, TaskResult, TaskStatus, plugin_message,
+};
+use herd_codec::{CodecError, PluginHostCodec, data_type};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, ChildStderr, Command};
+use tokio::sync::oneshot;
+use tokio_util::codec::FramedRead;
+
+use crate::config::PluginSpec;
+use crate::error::PluginError;
+use crate::messages::{Ingest, RunTask};
+use herd_supervision::io::FrameWriter;
+use herd_supervision::stop_abnormal;
+
+/// Frames queued for a plugin's stdin before callers have to wait.
+const STDIN_QUEUE: usize = 64;
+/// Stderr lines logged in a burst, and per second after it.
+const STDERR_BURST: f64 = 20.0;
+const STDERR_PER_SEC: f64 = 5.0;
+
+/// Where a plugin is in its life, as reported in `Hello` and 1001 records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginState {
+    /// Its process is running.
+    Running,
+    /// It exited and waits for its restart delay.
+    Backoff,
+    /// It crashed too often or could not be started; not restarted until
+    /// its configuration changes.
+    Failed,
+    /// It was stopped on purpose.
+    Stopped,
+}
+
+impl PluginState {
+    /// The protocol's name for the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Backoff => "backoff",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// Counters a plugin's actors share with the manager across restarts.
+#[derive(Debug, Default)]
+pub struct PluginCounters {
+    /// Records read from the plugin's stdout.
+    pub records_in: AtomicU64,
+    /// Records refused because they used a framework data type (1000-1999).
+    pub records_rejected: AtomicU64,
+    /// Tasks written to its stdin.
+    pub tasks_out: AtomicU64,
+    /// Task results read from its stdout.
+    pub results_in: AtomicU64,
+}
+
+/// One plugin as the heartbeat reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// Its name.
+    pub name: String,
+    /// Its configured version.
+    pub version: String,
+    /// Its state.
+    pub state: PluginState,
+    /// Process id while running.
+    pub pid: Option<u32>,
+    /// Restarts since the agent started (or since its config changed).
+    pub restarts: u64,
+    /// Why it last exited or failed to start ("" if nothing went wrong).
+    pub last_error: String,
+    /// Records read from it.
+    pub records_in: u64,
+    /// Records it sent with a framework data type, refused.
+    pub records_rejected: u64,
+    /// Tasks sent to it.
+    pub tasks_out: u64,
+    /// Task results read from it.
+    pub results_in: u64,
+}
+
+/// Everything a plugin process is started with besides its spec.
+#[derive(Debug, Clone)]
+pub struct PluginEnv {
+    /// `HERD_AGENT_ID` (empty until the hub assigned one; read at each start).
+    pub agent_id: Arc<Mutex<String>>,
+    /// `HERD_PLUGIN_STATE_DIR`, already created.
+    pub state_dir: PathBuf,
+    /// Where its records go.
+    pub records: Recipient<Ingest>,
+    /// Told when the process started, exited or was refused.
+    pub events: Recipient<PluginEvent>,
+    /// Counters kept across restarts.
+    pub counters: Arc<PluginCounters>,
+    /// Timeout of tasks that name none.
+    pub task_timeout: Duration,
+    /// Largest frame accepted on stdout or written to stdin.
+    pub max_frame_length: usize,
+    /// Which configuration of the plugin this is (echoed in [`PluginEvent`]).
+    pub generation: u64,
+}
+
+/// What happened to a plugin's process, for the manager.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PluginEvent {
+    /// The plugin.
+    pub name: String,
+    /// The configuration it belongs to.
+    pub generation: u64,
+    /// What happened.
+    pub kind: PluginEventKind,
+}
+
+/// The kinds of [`PluginEvent`].
+#[derive(Debug)]
+pub enum PluginEventKind {
+    /// The process runs; tasks go to `addr`.
+    Started {
+        /// The actor owning the process.
+        addr: Addr<Plugin>,
+        /// The process id.
+        pid: u32,
+    },
+    /// The process ended (and was reaped) without being asked to; the
+    /// supervisor restarts it under its backoff.
+    Exited {
+        /// Why, e.g. "exited with status 1" or the protocol error that made
+        /// the agent kill it.
+        reason: String,
+    },
+    /// The start was refused (sha256 mismatch); not restarted.
+    Refused {
+        /// The error, naming both hashes.
+        error: String,
+    },
+}
+
+/// How to stop a plugin process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopProcess {
+    /// Close stdin, wait the grace period, SIGTERM, wait again, SIGKILL.
+    Graceful,
+    /// SIGKILL now (the plugin broke the protocol).
+    Kill,
+}
+
+/// Computes the lower-case hex SHA-256 of a file.
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// One plugin process; see the module docs. Built afresh by the plugin's
+/// supervisor for every (re)start: `started` checks the hash and spawns the
+/// process, an unexpected exit stops the actor abnormally (so the
+/// supervisor restarts it under its backoff and intensity), and being
+/// stopped stops the process first.
+#[derive(Debug)]
+pub struct Plugin {
+    spec: Arc<PluginSpec>,
+    env: PluginEnv,
+    pid: u32,
+    stdin: Option<FrameWriter<PluginCommand>>,
+    control: Option<oneshot::Sender<StopProcess>>,
+    pending: HashMap<String, oneshot::Sender<TaskResult>>,
+    /// Set when the agent kills the plugin for a protocol error.
+    kill_reason: Option<String>,
+    /// Whether the process has been reaped.
+    reaped: bool,
+    /// Whether the actor was asked to stop (so the exit is expected).
+    stopping: bool,
+}
+
+impl Plugin {
+    /// An actor that will start `spec`'s process when it starts.
+    pub fn new(spec: Arc<PluginSpec>, env: PluginEnv) -> Self {
+        Self {
+            spec,
+            env,
+            pid: 0,
+            stdin: None,
+            control: None,
+            pending: HashMap::new(),
+            kill_reason: None,
+            reaped: true,
+            stopping: false,
+        }
+    }
+
+    fn report(&self, kind: PluginEventKind) {
+        self.env.events.do_send(PluginEvent {
+            name: self.spec.name.clone(),
+            generation: self.env.generation,
+            kind,
+        });
+    }
+
+    /// Checks the executable's hash (when configured) and spawns it.
+    fn spawn_process(&self) -> Result<Child, PluginError> {
+        let spec = &self.spec;
+        let spawn_error = |source| PluginError::Spawn {
+            name: spec.name.clone(),
+            path: spec.path.clone(),
+            source,
+        };
+        if !spec.sha256.is_empty() {
+            let actual = sha256_file(&spec.path).map_err(spawn_error)?;
+            if !actual.eq_ignore_ascii_case(&spec.sha256) {
+                return Err(PluginError::Sha256Mismatch {
+                    name: spec.name.clone(),
+                    path: spec.path.clone(),
+                    expected: spec.sha256.clone(),
+                    actual,
+                });
+            }
+        }
+        let agent_id = self
+            .env
+            .agent_id
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Command::new(&spec.path)
+            .args(&spec.args)
+            .envs(&spec.env)
+            .env("HERD_PLUGIN_NAME", &spec.name)
+            .env("HERD_PLUGIN_STATE_DIR", &self.env.state_dir)
+            .env("HERD_AGENT_ID", agent_id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C in the agent's terminal must
+            // not kill plugins before the agent stops them in order.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(spawn_error)
+    }
+
+    /// Wires the pipes and the reaper of a freshly spawned process.
+    fn attach(&mut self, mut child: Child, ctx: &mut Context<Self>) {
+        self.pid = child.id().unwrap_or_default();
+        self.reaped = false;
+        let max_frame_length = self.env.max_frame_length;
+        if let Some(stdout) = child.stdout.take() {
+            ctx.add_stream(FramedRead::new(
+                stdout,
+                PluginHostCodec::with_max_frame_length(max_frame_length),
+            ));
+        }
+        if let Some(stdin) = child.stdin.take() {
+            self.stdin = Some(FrameWriter::new(
+                stdin,
+                PluginHostCodec::with_max_frame_length(max_frame_length),
+                STDIN_QUEUE,
+            ));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            actix::spawn(log_stderr(self.spec.name.clone(), stderr));
+        }
+        // The reaper is its own task, not the actor's: even if the actor
+        // is dropped, the process is stopped and waited for.
+        let (control_tx, control_rx) = oneshot::channel();
+        self.control = Some(control_tx);
+        let me = ctx.address();
+        let (pid, grace) = (self.pid, self.spec.stop_grace());
+        actix::spawn(async move {
+            let reason = reap(child, pid, control_rx, grace).await;
+            me.do_send(Reaped(reason));
+        });
+    }
+
+    fn stop_process(&mut self, how: StopProcess) {
+        // Dropping the writer ends its task once queued tasks are written;
+        // that closes stdin.
+        self.stdin = None;
+        if let Some(control) = self.control.take() {
+            let _ = control.send(how);
+        }
+    }
+
+    fn on_record(&mut self, mut record: Record) {
+        if data_type::is_reserved(record.data_type) {
+            self.env
+                .counters
+                .records_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(plugin = %self.spec.name, data_type = record.data_type,
+                "refusing a plugin record with a framework data type");
+            return;
+        }
+        self.env.counters.records_in.fetch_add(1, Ordering::Relaxed);
+        record.source.clone_from(&self.spec.name);
+        self.env.records.do_send(Ingest(vec![record]));
+    }
+
+    fn on_task_result(&mut self, mut result: TaskResult) {
+        self.env.counters.results_in.fetch_add(1, Ordering::Relaxed);
+        result.source.clone_from(&self.spec.name);
+        match self.pending.remove(&result.task_id) {
+            Some(waiter) => {
+                let _ = waiter.send(result);
+            }
+            None => tracing::warn!(plugin = %self.spec.name, task_id = %result.task_id,
+                "result for a task that is not pending (late or unknown); dropped"),
+        }
+    }
+}
+
+impl Actor for Plugin {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        match self.spawn_process() {
+            Ok(child) => {
+                self.attach(child, ctx);
+                tracing::info!(plugin = %self.spec.name, version = %self.spec.version,
+                    pid = self.pid, "plugin started");
+                self.report(PluginEventKind::Started {
+                    addr: ctx.address(),
+                    pid: self.pid,
+                });
+            }
+            Err(e @ PluginError::Sha256Mismatch { .. }) => {
+                // Restarting cannot fix the file: a normal stop, so the
+                // (transient) child is not restarted; a new config can.
+                self.report(PluginEventKind::Refused {
+                    error: e.to_string(),
+                });
+                ctx.stop();
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(plugin = %self.spec.name, %reason, "plugin did not start");
+                self.report(PluginEventKind::Exited {
+                    reason: reason.clone(),
+                });
+                stop_abnormal(ctx, reason);
+            }
+        }
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        if self.reaped {
+            return Running::Stop;
+        }
+        // Asked to stop: the process goes first; `Reaped` stops the actor.
+        self.stopping = true;
+        self.stop_process(StopProcess::Graceful);
+        Running::Continue
+    }
+}
+
+impl StreamHandler<Result<PluginMessage, CodecError>> for Plugin {
+    fn handle(&mut self, item: Result<PluginMessage, CodecError>, _: &mut Context<Self>) {
+        match item {
+            Ok(PluginMessage { kind }) => match kind {
+                Some(plugin_message::Kind::Record(record)) => self.on_record(record),
+                Some(plugin_message::Kind::TaskResult(result)) => self.on_task_result(result),
+                None => {} // the codec refuses frames without a kind
+            },
+            Err(e) if self.kill_reason.is_none() => {
+                let reason = format!("protocol error on stdout: {e}");
+                tracing::warn!(plugin = %self.spec.name, pid = self.pid, %reason,
+                    "killing plugin");
+                self.kill_reason = Some(reason);
+                self.stop_process(StopProcess::Kill);
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // stdout closed: the process is exiting; the reaper reports when it
+        // is gone, and only then does this actor stop.
+    }
+}
+
+/// The reaper's report: the process is gone.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Reaped(String);
+
+impl Handler<Reaped> for Plugin {
+    type Result = ();
+
+    fn handle(&mut self, Reaped(status): Reaped, ctx: &mut Context<Self>) {
+        self.reaped = true;
+        self.stdin = None;
+        self.pending.clear(); // their futures answer FAILED
+        if self.stopping {
+            tracing::info!(plugin = %self.spec.name, pid = self.pid, %status, "plugin stopped");
+            ctx.stop();
+            return;
+        }
+        let reason = self.kill_reason.take().unwrap_or(status);
+        tracing::warn!(plugin = %self.spec.name, pid = self.pid, %reason, "plugin exited");
+        self.report(PluginEventKind::Exited {
+            reason: reason.clone(),
+        });
+        stop_abnormal(ctx, reason);
+    }
+}
+
+/// A task result made by the agent on the plugin's behalf.
+pub(crate) fn agent_result(
+    task_id: &str,
+    source: &str,
+    status: TaskStatus,
+    error: String,
+) -> TaskResult {
+    TaskResult {
+        task_id: task_id.to_owned(),
+        status: status as i32,
+        error,
+        source: source.to_owned(),
+        ..TaskResult::default()
+    }
+}
+
+impl Handler<RunTask> for Plugin {
+    type Result = ResponseActFuture<Self, TaskResult>;
+
+    fn handle(&mut self, RunTask(task): RunTask, _: &mut Context<Self>) -> Self::Result {
+        let name = self.spec.name.clone();
+        let id = task.id.clone();
+        let refuse = |status, error: String| -> Self::Result {
+            let result = agent_result(&task.id, &name, status, error);
+            Box::pin(fut::ready(result))
+        };
+        if self.pending.contains_key(&task.id) {
+            return refuse(
+                TaskStatus::Rejected,
+                format!(
+                    "task id {:?} is already pending on plugin {name:?}",
+                    task.id
+                ),
+            );
+        }
+        let Some(stdin) = self.stdin.as_ref().map(FrameWriter::sender) else {
+            return refuse(TaskStatus::Failed, format!("plugin {name:?} is stopping"));
+        };
+        let timeout = match task.timeout_ms {
+            0 => self.env.task_timeout,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(task.id.clone(), tx);
+        self.env.counters.tasks_out.fetch_add(1, Ordering::Relaxed);
+        let command = PluginCommand::from(task);
+        let work = async move {
+            let outcome = tokio::time::timeout(timeout, async {
+                stdin.send(command).await.ok()?;
+                rx.await.ok()
+            })
+            .await;
+            match outcome {
+                Ok(Some(result)) => result,
+                Ok(None) => agent_result(
+                    &id,
+                    &name,
+                    TaskStatus::Failed,
+                    format!("plugin {name:?} exited before answering"),
+                ),
+                Err(_) => agent_result(
+                    &id,
+                    &name,
+                    TaskStatus::Timeout,
+                    format!("plugin {name:?} did not answer within {timeout:?}"),
+                ),
+            }
+        };
+        Box::pin(work.into_actor(self).map(|result, act, _| {
+            act.pending.remove(&result.task_id);
+            result
+        }))
+    }
+}
+
+/// Waits for the process; on request stops it (see [`StopProcess`]).
+/// Returns why it ended. The child is always waited for.
+async fn reap(
+    mut child: Child,
+    pid: u32,
+    control: oneshot::Receiver<StopProcess>,
+    grace: Duration,
+) -> String {
+    let status = tokio::select! {
+        status = child.wait() => status,
+        how = control => {
+            if how == Ok(StopProcess::Kill) {
+                let _ = child.start_kill();
+                child.wait().await
+            } else {
+                stop_gracefully(&mut child, pid, grace).await
+            }
+        }
+    };
+    match status {
+        Ok(status) => describe(status),
+        Err(e) => format!("waiting for the process failed: {e}"),
+    }
+}
+
+async fn stop_gracefully(
+    child: &mut Child,
+    pid: u32,
+    grace: Duration,
+) -> std::io::Result<ExitStatus> {
+    // stdin is already closed: that is the request to exit.
+    if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
+        return status;
+    }
+    if let Ok(pid) = i32::try_from(pid) {
+        tracing::warn!(pid, "plugin ignored stdin EOF; sending SIGTERM");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
+        return status;
+    }
+    tracing::warn!(pid, "plugin ignored SIGTERM; killing it");
+    let _ = child.start_kill();
+    child.wait().await
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Token bucket for log lines: `burst` at once, `rate` per second after.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    rate: f64,
+    last: tokio::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(burst: f64, rate: f64) -> Self {
+        Self {
+            tokens: burst,
+            burst,
+            rate,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Logs the plugin's stderr line by line, rate-limited; suppressed lines
+/// are counted and the count is logged with the next line that gets through.
+async fn log_stderr(plugin: String, stderr: ChildStderr) {
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut bucket = TokenBucket::new(STDERR_BURST, STDERR_PER_SEC);
+    let mut suppressed = 0u64;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if bucket.take() {
+            tracing::info!(plugin = %plugin, suppressed, "stderr: {line}");
+            suppressed = 0;
+        } else {
+            suppressed += 1;
+        }
+    }
+    if suppressed > 0 {
+        tracing::info!(plugin = %plugin, suppressed, "stderr lines suppressed by rate limit");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_allows_burst_then_rate() {
+        let mut bucket = TokenBucket::new(3.0, 2.0);
+        assert_eq!((0..5).filter(|_| bucket.take()).count(), 3);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(bucket.take());
+        assert!(!bucket.take());
+    }
+
+    #[test]
+    fn sha256_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&path).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,542 @@
+//! The PluginManager: runs every configured plugin under its own
+//! [`supervisor`](herd_supervision) and keeps the picture the agent reports.
+//!
+//! It owns the desired plugin set (the agent's own declarations, overridden
+//! by the hub's push for the names it pushes), starts what is missing,
+//! upgrades what changed (the old supervisor is shut down, which stops and
+//! reaps the process, then the new one starts), stops what was removed, and
+//! leaves everything else alone.
+//!
+//! Each plugin's supervisor has one transient child, the [`Plugin`] actor.
+//! An unexpected exit restarts it after an exponential backoff with jitter
+//! (the plugin's `restart` policy; the attempt count resets after the
+//! process stayed up a whole `period_secs`); more than `max_restarts`
+//! restarts within `period_secs` make the supervisor give up (escalate):
+//! the plugin is then **failed**, reported at once in a 1001 record and in
+//! every heartbeat, and not started again until its configuration changes.
+//! A sha256 mismatch fails it at once.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use actix::prelude::*;
+use herd_codec::proto::{PluginStatus, TaskResult, TaskStatus};
+use tokio::sync::oneshot;
+
+use crate::config::{AgentConfig, PluginSpec};
+use crate::heartbeat::plugin_record;
+use crate::messages::{
+    ApplyHubConfig, GetPluginInfo, Ingest, ListPlugins, RunTask, SetAgentId, StopPlugins,
+};
+use crate::plugin::{
+    Plugin, PluginCounters, PluginEnv, PluginEvent, PluginEventKind, PluginInfo, PluginState,
+    agent_result,
+};
+use crate::state::StateDir;
+use herd_supervision::{
+    Backoff, ChildSpec, ExitReason, Intensity, Restart, SupervisorHandle, SupervisorSpec,
+};
+
+/// Jitter of plugin restart delays: each is stretched by up to this factor.
+const RESTART_JITTER: f64 = 0.5;
+/// Time a plugin actor gets to stop on top of its process's grace periods.
+const STOP_SLACK: Duration = Duration::from_secs(2);
+
+/// What happens once a plugin's supervisor has shut down.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterStop {
+    /// Start again with a new spec (upgrade).
+    Upgrade(Box<PluginSpec>),
+    /// Forget the plugin (removed from the configuration).
+    Remove,
+    /// Stay stopped (agent shutdown).
+    Stay,
+}
+
+#[derive(Debug)]
+struct Entry {
+    spec: Arc<PluginSpec>,
+    state: PluginState,
+    supervisor: Option<SupervisorHandle>,
+    process: Option<(Addr<Plugin>, u32)>,
+    generation: u64,
+    /// Set while the supervisor is being shut down on purpose.
+    stopping: Option<AfterStop>,
+    starts: u64,
+    last_error: String,
+    counters: Arc<PluginCounters>,
+}
+
+impl Entry {
+    fn new(spec: PluginSpec) -> Self {
+        Self {
+            spec: Arc::new(spec),
+            state: PluginState::Stopped,
+            supervisor: None,
+            process: None,
+            generation: 0,
+            stopping: None,
+            starts: 0,
+            last_error: String::new(),
+            counters: Arc::default(),
+        }
+    }
+
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: self.spec.name.clone(),
+            version: self.spec.version.clone(),
+            state: self.state,
+            pid: self.process.as_ref().map(|(_, pid)| *pid),
+            restarts: self.starts.saturating_sub(1),
+            last_error: self.last_error.clone(),
+            records_in: self.counters.records_in.load(Ordering::Relaxed),
+            records_rejected: self.counters.records_rejected.load(Ordering::Relaxed),
+            tasks_out: self.counters.tasks_out.load(Ordering::Relaxed),
+            results_in: self.counters.results_in.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A plugin's supervisor exited on its own: it gave up (escalated).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct SupervisorExited {
+    name: String,
+    generation: u64,
+    reason: ExitReason,
+}
+
+/// A plugin's supervisor finished an orderly shutdown.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct SupervisorStopped {
+    name: String,
+    generation: u64,
+}
+
+/// Supervises the plugin processes; see the module docs.
+#[derive(Debug)]
+pub struct PluginManager {
+    state_dir: StateDir,
+    agent_id: Arc<Mutex<String>>,
+    records: Recipient<Ingest>,
+    task_timeout: Duration,
+    max_frame_length: usize,
+    local: Vec<PluginSpec>,
+    hub: Option<BTreeMap<String, PluginSpec>>,
+    entries: BTreeMap<String, Entry>,
+    next_generation: u64,
+    shutting_down: bool,
+    stopped_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl PluginManager {
+    /// A manager that will run the plugins declared in `config` once started.
+    pub fn new(
+        config: &AgentConfig,
+        state_dir: StateDir,
+        agent_id: String,
+        records: Recipient<Ingest>,
+    ) -> Self {
+        Self {
+            state_dir,
+            agent_id: Arc::new(Mutex::new(agent_id)),
+            records,
+            task_timeout: Duration::from_millis(config.task_timeout_ms),
+            max_frame_length: config.max_frame_length,
+            local: config.plugins.clone(),
+            hub: None,
+            entries: BTreeMap::new(),
+            next_generation: 0,
+            shutting_down: false,
+            stopped_waiters: Vec::new(),
+        }
+    }
+
+    /// Local declarations, overridden by the hub's for the names it pushes.
+    fn desired(&self) -> BTreeMap<String, PluginSpec> {
+        let mut desired: BTreeMap<_, _> = self
+            .local
+            .iter()
+            .map(|spec| (spec.name.clone(), spec.clone()))
+            .collect();
+        if let Some(hub) = &self.hub {
+            desired.extend(hub.iter().map(|(name, spec)| (name.clone(), spec.clone())));
+        }
+        desired
+    }
+
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        let desired = self.desired();
+        let names: Vec<String> = self.entries.keys().cloned().collect();
+        for name in names {
+            if !desired.contains_key(&name) {
+                self.retire(&name, AfterStop::Remove, ctx);
+            }
+        }
+        for (name, spec) in desired {
+            match self.entries.get(&name) {
+                None => {
+                    self.entries.insert(name.clone(), Entry::new(spec));
+                    self.start(&name, ctx);
+                }
+                Some(entry) if *entry.spec == spec && entry.stopping.is_none() => {}
+                Some(_) => self.retire(&name, AfterStop::Upgrade(Box::new(spec)), ctx),
+            }
+        }
+    }
+
+    /// Shuts a plugin's supervisor down (stopping and reaping its process)
+    /// and then does `then`. A later `retire` of the same plugin replaces
+    /// what happens afterwards.
+    fn retire(&mut self, name: &str, then: AfterStop, ctx: &mut Context<Self>) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        let already_stopping = entry.stopping.is_some();
+        entry.stopping = Some(then);
+        if already_stopping {
+            return;
+        }
+        match entry.supervisor.clone() {
+            Some(supervisor) => {
+                let (name, generation) = (name.to_owned(), entry.generation);
+                let me = ctx.address();
+                actix::spawn(async move {
+                    supervisor.shutdown().await;
+                    me.do_send(SupervisorStopped { name, generation });
+                });
+            }
+            None => self.stopped(name, ctx),
+        }
+    }
+
+    /// A plugin's supervisor is gone after `retire`.
+    fn stopped(&mut self, name: &str, ctx: &mut Context<Self>) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        entry.supervisor = None;
+        entry.process = None;
+        match entry.stopping.take() {
+            Some(AfterStop::Remove) => {
+                tracing::info!(plugin = name, "plugin removed");
+                self.entries.remove(name);
+            }
+            Some(AfterStop::Upgrade(spec)) => {
+                tracing::info!(plugin = name, version = %spec.version,
+                    "plugin configuration changed; starting the new one");
+                self.entries.insert(name.to_owned(), Entry::new(*spec));
+                self.start(name, ctx);
+            }
+            Some(AfterStop::Stay) | None => entry.state = PluginState::Stopped,
+        }
+        self.notify_if_all_stopped();
+    }
+
+    fn start(&mut self, name: &str, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        self.next_generation += 1;
+        entry.generation = self.next_generation;
+        let state_dir = match self.state_dir.plugin_dir(name) {
+            Ok(dir) => dir,
+            Err(e) => {
+                let error = format!("cannot create its state directory: {e}");
+                self.fail(name, error);
+                return;
+            }
+        };
+        let env = PluginEnv {
+            agent_id: self.agent_id.clone(),
+            state_dir,
+            records: self.records.clone(),
+            events: ctx.address().recipient(),
+            counters: entry.counters.clone(),
+            task_timeout: self.task_timeout,
+            max_frame_length: self.max_frame_length,
+            generation: entry.generation,
+        };
+        match supervise(entry.spec.clone(), env) {
+            Ok(supervisor) => {
+                let (name, generation) = (name.to_owned(), entry.generation);
+                let me = ctx.address();
+                let watched = supervisor.clone();
+                actix::spawn(async move {
+                    let reason = watched.wait().await;
+                    me.do_send(SupervisorExited {
+                        name,
+                        generation,
+                        reason,
+                    });
+                });
+                entry.supervisor = Some(supervisor);
+                entry.state = PluginState::Backoff; // until its process reports
+            }
+            Err(e) => {
+                let error = format!("invalid restart policy: {e}");
+                self.fail(name, error);
+            }
+        }
+    }
+
+    fn fail(&mut self, name: &str, error: String) {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return;
+        };
+        tracing::error!(plugin = name, %error, "plugin failed; not restarting it");
+        entry.state = PluginState::Failed;
+        entry.process = None;
+        entry.last_error = error;
+        self.records
+            .do_send(Ingest(vec![plugin_record(&entry.info(), None)]));
+    }
+
+    fn notify_if_all_stopped(&mut self) {
+        if self.shutting_down && self.entries.values().all(|e| e.supervisor.is_none()) {
+            self.stopped_waiters.drain(..).for_each(|tx| {
+                let _ = tx.send(());
+            });
+        }
+    }
+
+    /// The entry of a message's plugin, if the message is not stale.
+    fn current(&mut self, name: &str, generation: u64) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(name)
+            .filter(|entry| entry.generation == generation)
+    }
+}
+
+/// Starts the supervisor of one plugin: one transient child, the plugin's
+/// backoff and restart intensity.
+fn supervise(
+    spec: Arc<PluginSpec>,
+    env: PluginEnv,
+) -> Result<SupervisorHandle, herd_supervision::ConfigError> {
+    let restart = &spec.restart;
+    let backoff = Backoff::exponential(
+        Duration::from_millis(restart.min_backoff_ms),
+        Duration::from_millis(restart.max_backoff_ms),
+        RESTART_JITTER,
+    )?
+    .reset_after(spec.restart_period());
+    let intensity = Intensity::new(restart.max_restarts, spec.restart_period())?;
+    let stop_timeout = spec.stop_grace() * 2 + STOP_SLACK;
+    let factory_spec = spec.clone();
+    SupervisorSpec::new(spec.name.clone())
+        .intensity(intensity)
+        .backoff(backoff)
+        .child(
+            ChildSpec::new("process", move || {
+                Plugin::new(factory_spec.clone(), env.clone())
+            })
+            .restart(Restart::Transient)
+            .shutdown_timeout(stop_timeout),
+        )
+        .start()
+}
+
+impl Actor for PluginManager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.reconcile(ctx);
+    }
+}
+
+/// A manager that goes away any other way than through `StopPlugins` (a
+/// panic, or a restart by the agent's supervisor) must not leave its plugin
+/// subtrees running next to the ones its successor starts.
+impl Drop for PluginManager {
+    fn drop(&mut self) {
+        for (name, entry) in &self.entries {
+            if let Some(supervisor) = &entry.supervisor {
+                tracing::warn!(plugin = %name, "plugin manager gone; stopping the plugin");
+                // The first poll of `shutdown` signals the stop synchronously
+                // (stop, reap); waiting for it is not possible in `drop`.
+                let _ = futures::FutureExt::now_or_never(supervisor.shutdown());
+            }
+        }
+    }
+}
+
+impl Handler<PluginEvent> for PluginManager {
+    type Result = ();
+
+    fn handle(&mut self, event: PluginEvent, _: &mut Context<Self>) {
+        let Some(entry) = self.current(&event.name, event.generation) else {
+            return;
+        };
+        match event.kind {
+            PluginEventKind::Started { addr, pid } => {
+                entry.starts += 1;
+                entry.process = Some((addr, pid));
+                entry.state = PluginState::Running;
+            }
+            PluginEventKind::Exited { reason } => {
+                entry.process = None;
+                entry.last_error = reason;
+                if entry.stopping.is_none() {
+                    entry.state = PluginState::Backoff;
+                }
+            }
+            PluginEventKind::Refused { error } => self.fail(&event.name, error),
+        }
+    }
+}
+
+impl Handler<SupervisorExited> for PluginManager {
+    type Result = ();
+
+    fn handle(&mut self, exit: SupervisorExited, _: &mut Context<Self>) {
+        let Some(entry) = self.current(&exit.name, exit.generation) else {
+            return;
+        };
+        if entry.stopping.is_some() || entry.supervisor.is_none() {
+            return; // an orderly shutdown, handled by `SupervisorStopped`
+        }
+        entry.supervisor = None;
+        if let ExitReason::Escalated(why) = &exit.reason {
+            let error = format!("crash loop ({why}); last exit: {}", entry.last_error);
+            self.fail(&exit.name, error);
+        } else {
+            let error = format!("plugin supervisor exited: {}", exit.reason);
+            self.fail(&exit.name, error);
+        }
+    }
+}
+
+impl Handler<SupervisorStopped> for PluginManager {
+    type Result = ();
+
+    fn handle(&mut self, stopped: SupervisorStopped, ctx: &mut Context<Self>) {
+        if self.current(&stopped.name, stopped.generation).is_some() {
+            self.stopped(&stopped.name, ctx);
+        }
+    }
+}
+
+impl Handler<ApplyHubConfig> for PluginManager {
+    type Result = ();
+
+    fn handle(&mut self, ApplyHubConfig(set): ApplyHubConfig, ctx: &mut Context<Self>) {
+        let mut pushed = BTreeMap::new();
+        for config in set.plugins {
+            let spec = PluginSpec::from(config);
+            if spec.sha256.is_empty() {
+                tracing::error!(plugin = %spec.name,
+                    "ignoring a hub-pushed plugin without sha256 (only local plugins may omit it)");
+                continue;
+            }
+            if let Err(e) = spec.validate() {
+                tracing::error!(error = %e, "ignoring an invalid hub-pushed plugin");
+                continue;
+            }
+            pushed.insert(spec.name.clone(), spec);
+        }
+        self.hub = Some(pushed);
+        self.reconcile(ctx);
+    }
+}
+
+impl Handler<RunTask> for PluginManager {
+    type Result = ResponseFuture<TaskResult>;
+
+    fn handle(&mut self, RunTask(task): RunTask, _: &mut Context<Self>) -> Self::Result {
+        let refuse = |status: TaskStatus, error: String| -> Self::Result {
+            let result = agent_result(&task.id, &task.target, status, error);
+            Box::pin(async move { result })
+        };
+        let Some(entry) = self.entries.get(&task.target) else {
+            return refuse(
+                TaskStatus::Rejected,
+                format!("no plugin named {:?} on this agent", task.target),
+            );
+        };
+        let Some((addr, _)) = &entry.process else {
+            return refuse(
+                TaskStatus::Failed,
+                format!(
+                    "plugin {:?} is not running (state {})",
+                    task.target,
+                    entry.state.as_str()
+                ),
+            );
+        };
+        let addr = addr.clone();
+        let (id, target) = (task.id.clone(), task.target.clone());
+        Box::pin(async move {
+            addr.send(RunTask(task)).await.unwrap_or_else(|_| {
+                agent_result(
+                    &id,
+                    &target,
+                    TaskStatus::Failed,
+                    format!("plugin {target:?} exited before answering"),
+                )
+            })
+        })
+    }
+}
+
+impl Handler<ListPlugins> for PluginManager {
+    type Result = MessageResult<ListPlugins>;
+
+    fn handle(&mut self, _: ListPlugins, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.entries
+                .values()
+                .map(|entry| PluginStatus {
+                    name: entry.spec.name.clone(),
+                    version: entry.spec.version.clone(),
+                    pid: entry.process.as_ref().map_or(0, |(_, pid)| *pid),
+                    state: entry.state.as_str().to_owned(),
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Handler<GetPluginInfo> for PluginManager {
+    type Result = MessageResult<GetPluginInfo>;
+
+    fn handle(&mut self, _: GetPluginInfo, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.entries.values().map(Entry::info).collect())
+    }
+}
+
+impl Handler<SetAgentId> for PluginManager {
+    type Result = ();
+
+    fn handle(&mut self, SetAgentId(id): SetAgentId, _: &mut Context<Self>) {
+        *self.agent_id.lock().unwrap_or_else(PoisonError::into_inner) = id;
+    }
+}
+
+impl Handler<StopPlugins> for PluginManager {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: StopPlugins, ctx: &mut Context<Self>) -> Self::Result {
+        let names: Vec<String> = self.entries.keys().cloned().collect();
+        for name in names {
+            self.retire(&name, AfterStop::Stay, ctx);
+        }
+        self.shutting_down = true;
+        let (tx, rx) = oneshot::channel();
+        self.stopped_waiters.push(tx);
+        self.notify_if_all_stopped();
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}

@@ -1,0 +1,198 @@
+//! The agent's state directory: its id, its sequence numbers and the
+//! plugins' persistent directories.
+//!
+//! ```text
+//! <state_dir>/agent_id          the id the hub assigned (or the operator chose)
+//! <state_dir>/seq               "<last assigned seq> <last acked seq>"
+//! <state_dir>/plugins/<name>/   HERD_PLUGIN_STATE_DIR of each plugin
+//! ```
+//!
+//! Files are replaced atomically (written to a temporary file in the same
+//! directory, then renamed), so a crash leaves either the old or the new
+//! content, never a torn one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::StateError;
+
+const AGENT_ID_FILE: &str = "agent_id";
+const SEQ_FILE: &str = "seq";
+const PLUGINS_DIR: &str = "plugins";
+
+/// The sequence numbers that must survive a restart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeqState {
+    /// The highest `Batch.seq` assigned so far (0: none).
+    pub last_assigned: u64,
+    /// The highest seq the hub acknowledged (0: none).
+    pub last_acked: u64,
+}
+
+/// Handle on the agent's state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating it if needed) the state directory at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StateError> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|source| StateError::Io {
+            path: root.clone(),
+            source,
+        })?;
+        Ok(Self { root })
+    }
+
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The persisted agent id, if there is one.
+    pub fn load_agent_id(&self) -> Result<Option<String>, StateError> {
+        let path = self.root.join(AGENT_ID_FILE);
+        let Some(text) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        let id = text.trim();
+        if herd_codec::validate_agent_id(id).is_err() {
+            return Err(corrupt(path, id, "an agent id ([A-Za-z0-9_-], 1-128)"));
+        }
+        Ok(Some(id.to_owned()))
+    }
+
+    /// Persists the agent id atomically.
+    pub fn store_agent_id(&self, agent_id: &str) -> Result<(), StateError> {
+        self.write_atomic(AGENT_ID_FILE, format!("{agent_id}\n").as_bytes())
+    }
+
+    /// The persisted sequence numbers (zeros when there are none yet).
+    pub fn load_seq(&self) -> Result<SeqState, StateError> {
+        let path = self.root.join(SEQ_FILE);
+        let Some(text) = read_optional(&path)? else {
+            return Ok(SeqState::default());
+        };
+        let mut numbers = text.split_whitespace().map(str::parse::<u64>);
+        match (numbers.next(), numbers.next(), numbers.next()) {
+            (Some(Ok(last_assigned)), Some(Ok(last_acked)), None)
+                if last_acked <= last_assigned =>
+            {
+                Ok(SeqState {
+                    last_assigned,
+                    last_acked,
+                })
+            }
+            _ => Err(corrupt(path, &text, "\"<last assigned> <last acked>\"")),
+        }
+    }
+
+    /// Persists the sequence numbers atomically.
+    ///
+    /// Not fsynced: this runs on every flush, and the rename already makes
+    /// a process crash safe; only a power loss could lose the last update.
+    pub fn store_seq(&self, seq: SeqState) -> Result<(), StateError> {
+        self.write_atomic(
+            SEQ_FILE,
+            format!("{} {}\n", seq.last_assigned, seq.last_acked).as_bytes(),
+        )
+    }
+
+    /// Creates (if needed) and returns the persistent directory of a plugin.
+    pub fn plugin_dir(&self, name: &str) -> Result<PathBuf, StateError> {
+        let dir = self.root.join(PLUGINS_DIR).join(name);
+        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(dir)
+    }
+
+    fn write_atomic(&self, name: &str, content: &[u8]) -> Result<(), StateError> {
+        let path = self.root.join(name);
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = tempfile::NamedTempFile::new_in(&self.root).map_err(io)?;
+        file.write_all(content).map_err(io)?;
+        file.persist(&path).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, StateError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn corrupt(path: PathBuf, content: &str, expected: &'static str) -> StateError {
+    StateError::Corrupt {
+        path,
+        content: content.chars().take(64).collect(),
+        expected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_id_round_trips_and_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path().join("nested")).unwrap();
+        assert_eq!(state.load_agent_id().unwrap(), None);
+        state.store_agent_id("agent-1").unwrap();
+        state.store_agent_id("agent-2").unwrap();
+        let reopened = StateDir::open(dir.path().join("nested")).unwrap();
+        assert_eq!(
+            reopened.load_agent_id().unwrap().as_deref(),
+            Some("agent-2")
+        );
+    }
+
+    #[test]
+    fn seq_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert_eq!(state.load_seq().unwrap(), SeqState::default());
+        let seq = SeqState {
+            last_assigned: 42,
+            last_acked: 40,
+        };
+        state.store_seq(seq).unwrap();
+        assert_eq!(state.load_seq().unwrap(), seq);
+    }
+
+    #[test]
+    fn corrupt_files_are_reported_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join(SEQ_FILE), "7 9\n").unwrap();
+        let err = state.load_seq().unwrap_err().to_string();
+        assert!(err.contains("\"7 9\\n\""), "{err}");
+        std::fs::write(dir.path().join(AGENT_ID_FILE), "bad id").unwrap();
+        assert!(matches!(
+            state.load_agent_id(),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn plugin_dirs_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let plugin = state.plugin_dir("logtail").unwrap();
+        assert!(plugin.is_dir());
+        assert!(plugin.ends_with("plugins/logtail"));
+    }
+}

@@ -1,0 +1,601 @@
+//! One agent socket: handshake, records to NATS, acks, liveness, commands.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use futures::StreamExt;
+use herd_codec::proto::agent_message::Kind;
+use herd_codec::proto::{
+    Ack, AgentMessage, Batch, CloseReason, ConfigSet, Goodbye, Hello, HubMessage, Ping, Welcome,
+};
+use herd_codec::{CodecError, HubCodec, PROTOCOL_VERSION, data_type, validate_agent_id};
+use prost::Message as _;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::codec::FramedRead;
+
+use crate::Services;
+use crate::messages::{
+    Close, CloseKind, GetConfig, Heartbeat, Register, SendCommand, TaskDone, Unregister,
+};
+use crate::sink::AgentIdentity;
+use crate::tracker::AgentInfo;
+use herd_supervision::io::{FrameSender, FrameWriter, TrySendError};
+
+/// One frame read from the socket with the in-flight permit taken before it
+/// was read: reading stops while every permit is out.
+type Gated = (Result<AgentMessage, CodecError>, OwnedSemaphorePermit);
+
+/// A batch on its way to NATS, holding one in-flight permit until acked.
+#[derive(Debug)]
+struct InFlight {
+    batch: Batch,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Handshake,
+    /// `Hello` accepted; waiting for the Registry and the config.
+    Registering,
+    Ready {
+        identity: AgentIdentity,
+        /// `None` once shutdown stopped taking batches.
+        publisher: Option<mpsc::UnboundedSender<InFlight>>,
+        publisher_task: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// The actor owning one agent's TCP connection.
+///
+/// The read half is an actix stream gated by a semaphore of
+/// `max_in_flight_batches` permits: a permit is taken before each frame is
+/// read and a batch keeps it until its ack is queued, so a slow NATS stops the
+/// socket from being read instead of growing memory. The write half belongs to
+/// a bounded writer task. Batches are published in order by one task per
+/// connection, which acks each `seq` after the sink accepted it.
+#[derive(Debug)]
+pub struct Connection {
+    services: Services,
+    conn_id: u64,
+    peer: SocketAddr,
+    socket: Option<std::net::TcpStream>,
+    writer: Option<FrameWriter<HubMessage>>,
+    permits: Arc<Semaphore>,
+    phase: Phase,
+    last_heard: Instant,
+    nonce: u64,
+    closing: bool,
+    close_reason: String,
+}
+
+impl Connection {
+    /// A connection actor for an accepted socket. The socket is converted to
+    /// tokio's type in `started`, on the arbiter the actor runs on.
+    pub(crate) fn new(
+        services: Services,
+        conn_id: u64,
+        peer: SocketAddr,
+        socket: Option<std::net::TcpStream>,
+    ) -> Self {
+        let permits = Arc::new(Semaphore::new(services.config.max_in_flight_batches));
+        Self {
+            services,
+            conn_id,
+            peer,
+            socket,
+            writer: None,
+            permits,
+            phase: Phase::Handshake,
+            last_heard: Instant::now(),
+            nonce: 0,
+            closing: false,
+            close_reason: "connection closed by the agent".to_owned(),
+        }
+    }
+
+    fn agent_id(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Ready { identity, .. } => Some(&identity.agent_id),
+            _ => None,
+        }
+    }
+
+    /// Queues a frame; when the queue is full the frame waits in a future of
+    /// this actor rather than being dropped.
+    fn send_frame(&self, ctx: &mut Context<Self>, frame: HubMessage) {
+        let Some(writer) = &self.writer else { return };
+        if let Err(TrySendError::Full(frame)) = writer.try_send(frame) {
+            let sender = writer.sender();
+            ctx.spawn(
+                async move {
+                    let _ = sender.send(frame).await;
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
+    /// Refuses the handshake with `Welcome{ok: false}` and closes.
+    fn refuse(&mut self, ctx: &mut Context<Self>, outcome: &'static str, message: String) {
+        tracing::info!(peer = %self.peer, outcome, %message, "handshake refused");
+        self.services.metrics.handshake(outcome);
+        let welcome = Welcome {
+            ok: false,
+            message: message.clone(),
+            hub_id: self.services.hub_id.to_string(),
+            ..Welcome::default()
+        };
+        self.close(ctx, Some(welcome.into()), message);
+    }
+
+    /// Says goodbye after the handshake and closes.
+    fn goodbye(
+        &mut self,
+        ctx: &mut Context<Self>,
+        reason: CloseReason,
+        outcome: &'static str,
+        message: String,
+    ) {
+        tracing::info!(peer = %self.peer, agent_id = ?self.agent_id(), outcome, %message, "closing agent connection");
+        self.services.metrics.close(outcome);
+        let goodbye = Goodbye {
+            reason: reason as i32,
+            message: message.clone(),
+        };
+        self.close(ctx, Some(goodbye.into()), message);
+    }
+
+    /// Queues the last frame, lets the writer flush it, and stops.
+    fn close(&mut self, ctx: &mut Context<Self>, last: Option<HubMessage>, reason: String) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        self.close_reason = reason;
+        if let Some(frame) = last {
+            self.send_frame(ctx, frame);
+        }
+        ctx.stop();
+    }
+
+    fn on_hello(&mut self, ctx: &mut Context<Self>, hello: Hello) {
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return self.refuse(
+                ctx,
+                "bad_version",
+                format!(
+                    "protocol version {} is not supported; this hub speaks {PROTOCOL_VERSION}",
+                    hello.protocol_version
+                ),
+            );
+        }
+        if !self.token_ok(&hello.token) {
+            return self.refuse(ctx, "bad_token", "enrollment token is not valid".to_owned());
+        }
+        let agent_id = if hello.agent_id.is_empty() {
+            format!("{:032x}", rand::random::<u128>())
+        } else {
+            if let Err(error) = validate_agent_id(&hello.agent_id) {
+                return self.refuse(
+                    ctx,
+                    "bad_id",
+                    format!("agent id {:?} is not valid: {error}", hello.agent_id),
+                );
+            }
+            hello.agent_id.clone()
+        };
+        let identity =
+            AgentIdentity::from_hello(agent_id.clone(), &hello, self.services.hub_id.to_string());
+        let info = AgentInfo::from_hello(&agent_id, &hello, self.peer);
+        let directory = &self.services.directory;
+        let Some(registry) = directory.registry() else {
+            return self.refuse(
+                ctx,
+                "unavailable",
+                "the hub's registry is restarting; connect again".to_owned(),
+            );
+        };
+        let config = directory
+            .configs()
+            .map(|configs| configs.send(GetConfig(agent_id)));
+        self.phase = Phase::Registering;
+        let register = registry.send(Register {
+            conn_id: self.conn_id,
+            addr: ctx.address(),
+            info,
+        });
+        // `wait` holds every other message (commands, takeover) until the
+        // Welcome is queued, so the agent always sees Welcome first.
+        ctx.wait(
+            async move {
+                let registered = register.await;
+                // Without the config watcher the agent is welcomed without config.
+                let config = match config {
+                    Some(config) => config.await.ok().flatten(),
+                    None => None,
+                };
+                (registered, config)
+            }
+            .into_actor(self)
+            .map(move |(registered, config), act, ctx| match registered {
+                Ok(Ok(())) => act.welcome(ctx, identity, config),
+                Ok(Err(refusal)) => act.refuse(ctx, "full", refusal.to_string()),
+                Err(error) => act.refuse(
+                    ctx,
+                    "unavailable",
+                    format!("hub registry unavailable: {error}"),
+                ),
+            }),
+        );
+    }
+
+    fn token_ok(&self, token: &str) -> bool {
+        let tokens = &self.services.config.tokens;
+        // Every token is compared, in constant time each, so timing tells
+        // nothing about which one (or which prefix) matched.
+        tokens.is_empty()
+            || tokens
+                .iter()
+                .fold(subtle::Choice::from(0), |found, known| {
+                    found | known.as_bytes().ct_eq(token.as_bytes())
+                })
+                .into()
+    }
+
+    fn welcome(
+        &mut self,
+        ctx: &mut Context<Self>,
+        identity: AgentIdentity,
+        config: Option<ConfigSet>,
+    ) {
+        let services = &self.services;
+        services.metrics.handshake("ok");
+        services.metrics.connections.inc();
+        tracing::info!(peer = %self.peer, agent_id = %identity.agent_id, "agent connected");
+        let welcome = Welcome {
+            ok: true,
+            agent_id: identity.agent_id.clone(),
+            heartbeat_interval_secs: services.config.heartbeat_interval_secs,
+            config,
+            hub_id: services.hub_id.to_string(),
+            ..Welcome::default()
+        };
+        self.send_frame(ctx, welcome.into());
+        let (publisher, batches) = mpsc::unbounded_channel();
+        let publisher_task = actix::spawn(publish_in_order(
+            batches,
+            services.clone(),
+            identity.clone(),
+            self.writer.as_ref().map(FrameWriter::sender),
+        ));
+        self.phase = Phase::Ready {
+            identity,
+            publisher: Some(publisher),
+            publisher_task,
+        };
+        self.last_heard = Instant::now();
+        ctx.run_interval(services.config.ping_interval(), Self::check_liveness);
+    }
+
+    fn check_liveness(&mut self, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        // A connection we stopped reading (in-flight bound reached) is not
+        // silent; it is waiting for NATS.
+        if self.permits.available_permits() == 0 {
+            self.last_heard = Instant::now();
+        }
+        let silent = self.last_heard.elapsed();
+        let dead_after = self.services.config.dead_after();
+        if silent >= dead_after {
+            return self.goodbye(
+                ctx,
+                CloseReason::Idle,
+                "dead",
+                format!(
+                    "no frame for {} ms (limit {} ms)",
+                    silent.as_millis(),
+                    dead_after.as_millis()
+                ),
+            );
+        }
+        self.nonce += 1;
+        self.send_frame(ctx, Ping { nonce: self.nonce }.into());
+    }
+
+    fn on_ready_message(
+        &mut self,
+        ctx: &mut Context<Self>,
+        kind: Kind,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let Phase::Ready {
+            identity,
+            publisher,
+            ..
+        } = &self.phase
+        else {
+            return;
+        };
+        match kind {
+            Kind::Batch(batch) => {
+                self.services
+                    .metrics
+                    .records_in
+                    .inc_by(batch.records.len() as u64);
+                let tracker = self.services.directory.tracker();
+                for record in &batch.records {
+                    if let Some(tracker) = &tracker
+                        && matches!(
+                            record.data_type,
+                            data_type::AGENT_HEARTBEAT | data_type::PLUGIN_HEARTBEAT
+                        )
+                    {
+                        tracker.do_send(Heartbeat {
+                            agent_id: identity.agent_id.clone(),
+                            record: record.clone(),
+                        });
+                    }
+                }
+                // Without a publisher (shutting down) the batch is not acked
+                // and the agent re-sends it to the next hub.
+                if let Some(publisher) = publisher {
+                    let _ = publisher.send(InFlight {
+                        batch,
+                        _permit: permit,
+                    });
+                }
+            }
+            Kind::TaskResult(result) => {
+                let done = TaskDone {
+                    agent_id: identity.agent_id.clone(),
+                    result,
+                };
+                let directory = &self.services.directory;
+                if let Some(batcher) = directory.batcher() {
+                    batcher.do_send(done.clone());
+                }
+                match directory.router() {
+                    Some(router) => router.do_send(done),
+                    None => {
+                        tracing::warn!(agent_id = %done.agent_id, "command router is down; task result only batched")
+                    }
+                }
+            }
+            Kind::Pong(_) => {}
+            Kind::Hello(_) => self.goodbye(
+                ctx,
+                CloseReason::ProtocolError,
+                "protocol_error",
+                "Hello sent twice on one connection".to_owned(),
+            ),
+        }
+    }
+}
+
+/// Publishes the connection's batches one after the other and acks each once
+/// NATS accepted it. Runs until the connection drops its sender (or aborts
+/// the task when it stops: what was not acked is re-sent by the agent).
+async fn publish_in_order(
+    mut batches: mpsc::UnboundedReceiver<InFlight>,
+    services: Services,
+    identity: AgentIdentity,
+    writer: Option<FrameSender<HubMessage>>,
+) {
+    let Some(writer) = writer else { return };
+    let config = &services.config;
+    while let Some(InFlight { batch, _permit }) = batches.recv().await {
+        let seq = batch.seq;
+        services
+            .link
+            .publish_batch(
+                &identity,
+                batch,
+                config.ack_mode,
+                config.publish_timeout(),
+                &services.metrics,
+            )
+            .await;
+        if writer.send(Ack { seq }.into()).await.is_err() {
+            return;
+        }
+        services.metrics.acks.inc();
+    }
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(socket) = self.socket.take() else {
+            return ctx.stop();
+        };
+        let socket = match TcpStream::from_std(socket) {
+            Ok(socket) => socket,
+            Err(error) => {
+                tracing::warn!(peer = %self.peer, %error, "cannot adopt accepted socket");
+                return ctx.stop();
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let (read_half, write_half) = socket.into_split();
+        let config = &self.services.config;
+        let codec = HubCodec::with_max_frame_length(config.max_frame_length);
+        self.writer = Some(FrameWriter::new(
+            write_half,
+            codec.clone(),
+            config.write_queue,
+        ));
+        let frames = FramedRead::new(read_half, codec);
+        let permits = self.permits.clone();
+        let gated =
+            futures::stream::unfold((frames, permits), |(mut frames, permits)| async move {
+                let permit = permits.clone().acquire_owned().await.ok()?;
+                let frame = frames.next().await?;
+                Some(((frame, permit), (frames, permits)))
+            });
+        ctx.add_stream(gated);
+        ctx.run_later(config.handshake_timeout(), |act, ctx| {
+            if matches!(act.phase, Phase::Handshake) {
+                let timeout = act.services.config.handshake_timeout_ms;
+                act.refuse(ctx, "timeout", format!("no Hello within {timeout} ms"));
+            }
+        });
+    }
+
+    fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
+        // The publisher holds a sender of the writer; without it the writer
+        // can flush what is queued (the Goodbye) and close.
+        if let Phase::Ready { publisher_task, .. } = &self.phase {
+            publisher_task.abort();
+        }
+        let Some(writer) = self.writer.take() else {
+            return Running::Stop;
+        };
+        // Bounded: a peer that reads nothing must not keep the actor alive.
+        let timeout = self.services.config.shutdown_timeout();
+        ctx.wait(
+            async move { tokio::time::timeout(timeout, writer.close()).await }
+                .into_actor(self)
+                .map(|closed, act, ctx| {
+                    if !matches!(closed, Ok(Ok(()))) {
+                        tracing::debug!(peer = %act.peer, ?closed, "last frames not written");
+                    }
+                    ctx.stop();
+                }),
+        );
+        Running::Continue
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if let Phase::Ready {
+            identity,
+            publisher_task,
+            ..
+        } = &self.phase
+        {
+            publisher_task.abort();
+            self.services.metrics.connections.dec();
+            // A registry that is down lost its map anyway (rest-for-one
+            // restarts the connections after it).
+            if let Some(registry) = self.services.directory.registry() {
+                registry.do_send(Unregister {
+                    agent_id: identity.agent_id.clone(),
+                    conn_id: self.conn_id,
+                    reason: self.close_reason.clone(),
+                });
+            }
+            tracing::info!(peer = %self.peer, agent_id = %identity.agent_id, reason = %self.close_reason, "agent disconnected");
+        }
+    }
+}
+
+impl StreamHandler<Gated> for Connection {
+    fn handle(&mut self, (frame, permit): Gated, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        self.last_heard = Instant::now();
+        let message = match frame {
+            Ok(message) => message,
+            Err(error) => {
+                let message = format!("bad frame: {error}");
+                return match self.phase {
+                    Phase::Ready { .. } => {
+                        self.goodbye(ctx, CloseReason::ProtocolError, "protocol_error", message)
+                    }
+                    _ => self.refuse(ctx, "bad_frame", message),
+                };
+            }
+        };
+        self.services
+            .metrics
+            .bytes_in
+            .inc_by(message.encoded_len() as u64);
+        let Some(kind) = message.kind else { return };
+        match (&self.phase, kind) {
+            (Phase::Handshake, Kind::Hello(hello)) => self.on_hello(ctx, hello),
+            (Phase::Handshake, other) => {
+                let name = kind_name(&other);
+                self.refuse(
+                    ctx,
+                    "not_hello",
+                    format!("the first frame must be Hello, got {name}"),
+                );
+            }
+            // `wait` in on_hello keeps frames from arriving while registering.
+            (Phase::Registering, _) => {}
+            (Phase::Ready { .. }, kind) => self.on_ready_message(ctx, kind, permit),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if !self.closing {
+            if matches!(self.phase, Phase::Handshake) {
+                self.services.metrics.handshake("closed");
+            } else {
+                self.services.metrics.close("eof");
+            }
+            self.close(ctx, None, "connection closed by the agent".to_owned());
+        }
+    }
+}
+
+fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Hello(_) => "Hello",
+        Kind::Batch(_) => "Batch",
+        Kind::TaskResult(_) => "TaskResult",
+        Kind::Pong(_) => "Pong",
+    }
+}
+
+impl Handler<Close> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, close: Close, ctx: &mut Context<Self>) {
+        match close.kind {
+            CloseKind::Superseded => {
+                self.goodbye(ctx, CloseReason::Superseded, "superseded", close.message);
+            }
+            CloseKind::Shutdown => {
+                let message = close.message;
+                let Phase::Ready {
+                    publisher,
+                    publisher_task,
+                    ..
+                } = &mut self.phase
+                else {
+                    return self.goodbye(ctx, CloseReason::Shutdown, "shutdown", message);
+                };
+                // Let the acks of what is already in flight go out first, within bounds.
+                publisher.take();
+                let timeout = self.services.config.shutdown_timeout();
+                let mut pending = std::mem::replace(publisher_task, actix::spawn(async {}));
+                let drain = async move {
+                    if tokio::time::timeout(timeout, &mut pending).await.is_err() {
+                        pending.abort();
+                    }
+                };
+                ctx.wait(drain.into_actor(self).map(move |(), act, ctx| {
+                    act.goodbye(ctx, CloseReason::Shutdown, "shutdown", message);
+                }));
+            }
+        }
+    }
+}
+
+impl Handler<SendCommand> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, SendCommand(command): SendCommand, ctx: &mut Context<Self>) {
+        if !self.closing {
+            self.send_frame(ctx, command.into());
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! What can stop a hub from starting or running.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
+
+/// Why the hub could not start (or had to stop).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The configuration has a value the hub cannot run with.
+    #[error("invalid hub configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        /// `agents` or `admin`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A NATS URL does not parse.
+    #[error("invalid NATS URL {url:?}: {reason}")]
+    NatsUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The NATS client could not be created.
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    NatsConnect {
+        /// The URL.
+        url: String,
+        /// The client's error.
+        reason: String,
+    },
+    /// No NATS URL was configured and `nats-server` is not installed.
+    #[error(
+        "no NATS URL configured and `nats-server` was not found on PATH, /usr/sbin or /usr/bin; \
+         install it (`apt-get install nats-server`) or pass an existing server with \
+         `--nats-url nats://host:4222`"
+    )]
+    NatsServerMissing,
+    /// The embedded `nats-server` could not be started.
+    #[error("embedded nats-server (store {store:?}): {reason}")]
+    Embedded {
+        /// Its store directory.
+        store: PathBuf,
+        /// What went wrong, with its log when there is one.
+        reason: String,
+    },
+    /// The supervision tree could not start.
+    #[error("cannot start the hub's supervision tree: {0}")]
+    Supervision(String),
+}

@@ -1,0 +1,361 @@
+//! The hub: accepts agents over TCP, publishes their records to NATS, routes
+//! tasks and configuration to them.
+//!
+//! ```text
+//! NatsLink                shared NATS client (+ an embedded, supervised nats-server
+//!                         when no URL is configured); a handle, not an actor
+//! hub  (supervisor, rest-for-one)
+//! ├── tracker      HeartbeatTracker: agent detail, herd.presence.<id>, herd.heartbeat.<id>
+//! ├── registry     Registry: agent id -> Connection, cap, takeover
+//! ├── connections  dynamic supervisor: one temporary Connection per agent socket,
+//! │                spread over one arbiter per core
+//! ├── listener     Listener: accepts sockets
+//! ├── batcher      TaskBatcher: task results -> herd.task.results
+//! ├── router       CommandRouter: herd.cmd.<id> request/reply
+//! ├── configs      ConfigWatcher: KV herd_config -> Welcome / Command{config}
+//! └── ...          the embedder's own children (Hub::supervisor().start_child)
+//! admin HTTP              /metrics /healthz /agents
+//! ```
+//!
+//! Rest-for-one: when the tracker or the registry restarts, every connection
+//! after it is closed too (agents reconnect and are registered afresh), so no
+//! actor ever holds state about connections that a restart forgot. Actors
+//! find each other through [`HubDirectory`] on every use, so they always
+//! reach the current incarnation.
+//!
+//! Start a hub with [`Hub::start`] inside an actix system; it runs until
+//! [`Hub::shutdown`]. Embedders reach NATS through [`Hub::nats`], the actors
+//! through [`Hub::directory`], and add supervised actors of their own to the
+//! hub's tree:
+//!
+//! ```no_run
+//! use actix::prelude::*;
+//! use herd_hub::{Hub, HubConfig};
+//! use herd_supervision::ChildSpec;
+//!
+//! struct Audit;
+//! impl Actor for Audit {
+//!     type Context = Context<Self>;
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let hub = Hub::start(HubConfig {
+//!     nats_url: Some("nats://127.0.0.1:4222".into()),
+//!     ..HubConfig::default()
+//! })
+//! .await?;
+//! println!("agents connect to {}", hub.listen_addr());
+//! let _audit: Addr<Audit> = hub.supervisor().start_child(ChildSpec::new("audit", || Audit)).await?;
+//! hub.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod admin;
+pub mod batcher;
+pub mod config;
+pub mod config_watcher;
+pub mod connection;
+pub mod directory;
+pub mod embedded;
+pub mod error;
+pub mod listener;
+pub mod messages;
+pub mod metrics;
+pub mod registry;
+pub mod router;
+pub mod sink;
+pub mod tracker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+pub use batcher::{TASK_RESULTS_SUBJECT, TaskBatcher, TaskResultRecord};
+pub use config::{AckMode, ConfigError, HubConfig};
+pub use config_watcher::{CONFIG_BUCKET, ConfigWatcher, config_bucket};
+pub use connection::Connection;
+pub use directory::HubDirectory;
+pub use embedded::EmbeddedNats;
+pub use error::HubError;
+pub use listener::Listener;
+pub use metrics::HubMetrics;
+pub use registry::Registry;
+pub use router::CommandRouter;
+pub use sink::{AgentIdentity, HEADER_AGENT_ID, HEADER_MSG_ID, HEADER_SEQ, NatsLink, NatsState};
+pub use tracker::{AgentInfo, HeartbeatTracker, Presence};
+
+use directory::ids;
+use herd_supervision::{ChildSpec, ExitReason, SupervisorHandle, SupervisorSpec};
+
+/// What every hub actor needs: the configuration and the hub's services.
+#[derive(Debug, Clone)]
+pub(crate) struct Services {
+    pub(crate) config: Arc<HubConfig>,
+    pub(crate) hub_id: Arc<str>,
+    pub(crate) metrics: HubMetrics,
+    pub(crate) link: NatsLink,
+    pub(crate) directory: HubDirectory,
+    conn_ids: Arc<AtomicU64>,
+}
+
+impl Services {
+    /// A connection id unique in this hub process.
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// The hub's supervision tree, built afresh on every (re)start of a child.
+fn tree(
+    services: &Services,
+    socket: Arc<std::net::TcpListener>,
+    workers: Arc<[ArbiterHandle]>,
+) -> SupervisorSpec {
+    let config = &services.config;
+    let link = &services.link;
+    let directory = &services.directory;
+    let tracker = {
+        let (link, hub_id) = (link.clone(), config.hub_id.clone());
+        ChildSpec::new(ids::TRACKER, move || {
+            HeartbeatTracker::new(link.clone(), hub_id.clone())
+        })
+    };
+    let registry = {
+        let (cap, directory) = (config.max_connections, directory.clone());
+        ChildSpec::new(ids::REGISTRY, move || Registry::new(cap, directory.clone()))
+    };
+    let listener = {
+        let services = services.clone();
+        ChildSpec::new(ids::LISTENER, move || {
+            Listener::new(socket.clone(), services.clone(), workers.clone())
+        })
+    };
+    let batcher = {
+        let (link, size, interval) = (
+            link.clone(),
+            config.task_batch_size,
+            config.task_batch_interval(),
+        );
+        ChildSpec::new(ids::BATCHER, move || {
+            TaskBatcher::new(link.clone(), size, interval)
+        })
+    };
+    let router = {
+        let (link, directory, metrics) =
+            (link.clone(), directory.clone(), services.metrics.clone());
+        let timeout = config.task_timeout();
+        ChildSpec::new(ids::ROUTER, move || {
+            CommandRouter::new(link.clone(), directory.clone(), metrics.clone(), timeout)
+        })
+    };
+    let configs = {
+        let (link, directory) = (link.clone(), directory.clone());
+        ChildSpec::new(ids::CONFIGS, move || {
+            ConfigWatcher::new(link.clone(), directory.clone())
+        })
+    };
+    SupervisorSpec::new(directory::ROOT)
+        .strategy(herd_supervision::Strategy::RestForOne)
+        .registry(directory.tree().clone())
+        .child(tracker)
+        .child(registry)
+        .child(ChildSpec::supervisor(ids::CONNECTIONS, || {
+            SupervisorSpec::dynamic(ids::CONNECTIONS)
+        }))
+        .child(listener)
+        .child(batcher)
+        .child(router)
+        .child(configs)
+}
+
+/// A running hub.
+#[derive(Debug)]
+pub struct Hub {
+    services: Services,
+    root: SupervisorHandle,
+    listen_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    workers: Vec<Arbiter>,
+    admin: Option<tokio::task::JoinHandle<()>>,
+    embedded: Option<EmbeddedNats>,
+}
+
+impl Hub {
+    /// Starts a hub: NATS (embedded when `config.nats_url` is `None`), its
+    /// supervision tree, the listener and the admin server. Must run inside
+    /// an actix system (`#[actix::main]`, `#[actix::test]`, `actix::System::new()`).
+    ///
+    /// Waits (bounded) for NATS and the initial configuration so the first
+    /// agents get their `Welcome` config; when NATS is unreachable the hub
+    /// starts anyway and acks nothing until it is back.
+    pub async fn start(config: HubConfig) -> Result<Self, HubError> {
+        config.validate()?;
+        let mut config = config;
+        if config.hub_id.is_empty() {
+            config.hub_id = format!("hub-{:08x}", rand::random::<u32>());
+        }
+        let embedded = match &config.nats_url {
+            Some(_) => None,
+            None => Some(EmbeddedNats::start(&config.state_dir).await?),
+        };
+        let url = config
+            .nats_url
+            .clone()
+            .or_else(|| embedded.as_ref().map(|embedded| embedded.url().to_owned()))
+            .unwrap_or_default();
+        let link = NatsLink::connect(&url, &config.hub_id).await?;
+        let bind_error = |what, addr| move |source| HubError::Bind { what, addr, source };
+        let socket = std::net::TcpListener::bind(config.listen)
+            .map_err(bind_error("agents", config.listen))?;
+        let listen_addr = socket
+            .local_addr()
+            .map_err(bind_error("agents", config.listen))?;
+        let admin_listener = match config.admin {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_error("admin", addr))?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
+        let services = Services {
+            hub_id: config.hub_id.clone().into(),
+            config: Arc::new(config),
+            metrics: HubMetrics::new(),
+            link,
+            directory: HubDirectory::default(),
+            conn_ids: Arc::default(),
+        };
+        let workers: Vec<Arbiter> = (0..services.config.worker_count())
+            .map(|_| Arbiter::new())
+            .collect();
+        let handles: Arc<[ArbiterHandle]> = workers.iter().map(Arbiter::handle).collect();
+        let root = tree(&services, Arc::new(socket), handles)
+            .start()
+            .map_err(|error| HubError::Supervision(error.to_string()))?;
+        services.metrics.watch_supervision(root.stats().clone());
+        // Bounded: without NATS the hub still starts and serves agents.
+        if services.link.wait_connected(Duration::from_secs(5)).await {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let loaded = match services.directory.configs() {
+                    Some(configs) => configs.send(messages::IsLoaded).await.unwrap_or(false),
+                    None => false,
+                };
+                if loaded {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let admin = admin_listener.map(|listener| {
+            admin::serve(
+                listener,
+                services.metrics.clone(),
+                services.link.clone(),
+                services.directory.clone(),
+            )
+        });
+        tracing::info!(hub_id = %services.hub_id, %listen_addr, ?admin_addr, nats = %url, "hub started");
+        Ok(Self {
+            services,
+            root,
+            listen_addr,
+            admin_addr,
+            workers,
+            admin,
+            embedded,
+        })
+    }
+
+    /// Where agents connect (the bound address, with the real port).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// Where the admin HTTP server listens, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// This hub's id.
+    pub fn hub_id(&self) -> &str {
+        &self.services.hub_id
+    }
+
+    /// The configuration the hub runs with (`hub_id` filled in).
+    pub fn config(&self) -> &HubConfig {
+        &self.services.config
+    }
+
+    /// The NATS link (client, JetStream context, connection state).
+    pub fn nats(&self) -> &NatsLink {
+        &self.services.link
+    }
+
+    /// The hub's metrics.
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.services.metrics
+    }
+
+    /// Current addresses of the hub's actors.
+    pub fn directory(&self) -> &HubDirectory {
+        &self.services.directory
+    }
+
+    /// The root of the hub's supervision tree: add children with
+    /// `start_child`, watch events with `subscribe`, read `stats`.
+    pub fn supervisor(&self) -> &SupervisorHandle {
+        &self.root
+    }
+
+    /// Waits until the supervision tree has exited (after [`Hub::shutdown`],
+    /// or when a child exceeded the restart intensity) and says why.
+    pub async fn wait(&self) -> ExitReason {
+        self.root.wait().await
+    }
+
+    /// Orderly shutdown: stop accepting, let in-flight batches be acked,
+    /// send every agent `Goodbye{SHUTDOWN}`, wait (bounded) until the
+    /// connections are closed, stop the tree in reverse start order, then
+    /// the workers, NATS and the admin server.
+    pub async fn shutdown(self) {
+        let timeout = self.services.config.shutdown_timeout();
+        let _ = self.root.terminate_child(ids::LISTENER).await;
+        let registry = self.services.directory.registry();
+        let asked = match &registry {
+            Some(registry) => registry.send(messages::CloseAll).await.unwrap_or(0),
+            None => 0,
+        };
+        let deadline = Instant::now() + timeout;
+        // Polled rather than awaited: connections report their end to the
+        // Registry, the one place that knows when all are gone.
+        while let Some(registry) = &registry
+            && Instant::now() < deadline
+            && !registry
+                .send(messages::Connected)
+                .await
+                .map_or(true, |left| left.is_empty())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let exit = self.root.shutdown().await;
+        tracing::info!(agents = asked, %exit, "hub shut down");
+        let _ = tokio::time::timeout(timeout, self.services.link.client().flush()).await;
+        for worker in &self.workers {
+            worker.stop();
+        }
+        if let Some(admin) = self.admin {
+            admin.abort();
+        }
+        if let Some(embedded) = self.embedded {
+            embedded.stop().await;
+        }
+    }
+}

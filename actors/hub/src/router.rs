@@ -1,0 +1,223 @@
+//! NATS request/reply on `herd.cmd.<agent_id>`: a `Task` in, a `TaskResult` out.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use herd_codec::proto::{Command, Task, TaskResult, TaskStatus};
+use prost::Message as _;
+
+use crate::directory::HubDirectory;
+use crate::messages::{Lookup, SendCommand, TaskDone};
+use crate::metrics::HubMetrics;
+use crate::sink::NatsLink;
+
+/// Subjects the router serves.
+pub const COMMAND_SUBJECTS: &str = "herd.cmd.*";
+
+#[derive(Debug)]
+struct Pending {
+    reply: async_nats::Subject,
+    timer: SpawnHandle,
+}
+
+/// Serves task requests: routes each to the agent's Connection and replies
+/// with the agent's `TaskResult`, or at once with `OFFLINE` when the agent is
+/// not connected, or with `TIMEOUT` when no result came in time.
+#[derive(Debug)]
+pub struct CommandRouter {
+    link: NatsLink,
+    directory: HubDirectory,
+    metrics: HubMetrics,
+    default_timeout: Duration,
+    /// (agent id, task id) -> who is waiting.
+    pending: HashMap<(String, String), Pending>,
+}
+
+impl CommandRouter {
+    /// A router finding agents through the Registry in `directory`; tasks
+    /// without their own timeout get `default_timeout`.
+    pub fn new(
+        link: NatsLink,
+        directory: HubDirectory,
+        metrics: HubMetrics,
+        default_timeout: Duration,
+    ) -> Self {
+        Self {
+            link,
+            directory,
+            metrics,
+            default_timeout,
+            pending: HashMap::new(),
+        }
+    }
+
+    fn reply(&self, reply: async_nats::Subject, result: &TaskResult) {
+        self.metrics.task(outcome(result.status()));
+        let client = self.link.client().clone();
+        let payload = Bytes::from(result.encode_to_vec());
+        actix::spawn(async move {
+            if let Err(error) = client.publish(reply, payload).await {
+                tracing::warn!(%error, "task reply publish failed");
+            }
+        });
+    }
+
+    fn answer(
+        &self,
+        reply: async_nats::Subject,
+        task_id: String,
+        status: TaskStatus,
+        error: String,
+    ) {
+        let result = TaskResult {
+            task_id,
+            status: status as i32,
+            error,
+            source: "hub".to_owned(),
+            ..TaskResult::default()
+        };
+        self.reply(reply, &result);
+    }
+
+    fn route(&mut self, message: async_nats::Message, ctx: &mut Context<Self>) {
+        let Some(reply) = message.reply.clone() else {
+            self.metrics.task("bad_request");
+            tracing::debug!(subject = %message.subject, "task request without a reply subject ignored");
+            return;
+        };
+        let agent_id = message
+            .subject
+            .strip_prefix("herd.cmd.")
+            .unwrap_or_default()
+            .to_owned();
+        let mut task = match Task::decode(message.payload) {
+            Ok(task) => task,
+            Err(error) => {
+                return self.answer(
+                    reply,
+                    String::new(),
+                    TaskStatus::Rejected,
+                    format!("request body is not a herd.v1.Task: {error}"),
+                );
+            }
+        };
+        if task.id.is_empty() {
+            task.id = format!("{:016x}", rand::random::<u64>());
+        }
+        let key = (agent_id.clone(), task.id.clone());
+        if self.pending.contains_key(&key) {
+            return self.answer(
+                reply,
+                task.id,
+                TaskStatus::Rejected,
+                format!("task {} is already pending on agent {agent_id}", key.1),
+            );
+        }
+        let timeout = match task.timeout_ms {
+            0 => self.default_timeout,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let lookup = self
+            .directory
+            .registry()
+            .map(|registry| registry.send(Lookup(agent_id.clone())));
+        let lookup = async move {
+            match lookup {
+                Some(lookup) => lookup.await.ok().flatten(),
+                None => None,
+            }
+        };
+        ctx.spawn(lookup.into_actor(self).map(move |connection, act, ctx| {
+            let Some(connection) = connection else {
+                return act.answer(
+                    reply,
+                    task.id,
+                    TaskStatus::Offline,
+                    format!("agent {agent_id} is not connected"),
+                );
+            };
+            let timer_key = key.clone();
+            let timer = ctx.run_later(timeout, move |act, _ctx| {
+                if let Some(pending) = act.pending.remove(&timer_key) {
+                    act.answer(
+                        pending.reply,
+                        timer_key.1,
+                        TaskStatus::Timeout,
+                        format!(
+                            "no result from agent {} within {} ms",
+                            timer_key.0,
+                            timeout.as_millis()
+                        ),
+                    );
+                }
+            });
+            act.pending.insert(key, Pending { reply, timer });
+            connection.do_send(SendCommand(Command {
+                task: Some(task),
+                config: None,
+            }));
+        }));
+    }
+}
+
+fn outcome(status: TaskStatus) -> &'static str {
+    match status {
+        TaskStatus::Ok => "ok",
+        TaskStatus::Failed | TaskStatus::Unspecified => "failed",
+        TaskStatus::Rejected => "rejected",
+        TaskStatus::Timeout => "timeout",
+        TaskStatus::Offline => "offline",
+    }
+}
+
+impl Actor for CommandRouter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let client = self.link.client().clone();
+        // Subscribing only queues the SUB; async-nats re-subscribes after reconnects.
+        ctx.wait(
+            async move { client.subscribe(COMMAND_SUBJECTS).await }
+                .into_actor(self)
+                .map(|subscription, _act, ctx| match subscription {
+                    Ok(subscription) => {
+                        ctx.add_stream(subscription);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "cannot subscribe to {COMMAND_SUBJECTS}");
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
+}
+
+impl StreamHandler<async_nats::Message> for CommandRouter {
+    fn handle(&mut self, message: async_nats::Message, ctx: &mut Context<Self>) {
+        self.route(message, ctx);
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        tracing::warn!("task subscription ended");
+        ctx.stop();
+    }
+}
+
+impl Handler<TaskDone> for CommandRouter {
+    type Result = ();
+
+    fn handle(&mut self, done: TaskDone, ctx: &mut Context<Self>) {
+        let key = (done.agent_id, done.result.task_id.clone());
+        match self.pending.remove(&key) {
+            Some(pending) => {
+                ctx.cancel_future(pending.timer);
+                self.reply(pending.reply, &done.result);
+            }
+            None => {
+                tracing::debug!(agent_id = %key.0, task_id = %key.1, "task result nobody waits for")
+            }
+        }
+    }
+}

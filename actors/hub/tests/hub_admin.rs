@@ -1,0 +1,195 @@
+//! Admin HTTP (`/metrics` checked by promtool, `/healthz`, `/agents`) and the
+//! embedded nats-server.
+
+mod hub_support;
+
+use std::net::SocketAddr;
+
+use actix::prelude::*;
+use herd_codec::proto::Batch;
+use herd_codec::proto::hub_message::Kind;
+use herd_hub::{AgentInfo, Hub, HubConfig, NatsState};
+use herd_supervision::ChildSpec;
+use hub_support::{TestAgent, hub_with, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A plain HTTP/1.0 GET; returns the status code and the body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: hub\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("response");
+        response
+    };
+    let response = within("an HTTP response", exchange).await;
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status");
+    (status, body.to_owned())
+}
+
+#[actix::test]
+async fn metrics_pass_promtool_and_agents_and_health_are_served() {
+    let (mut nats, hub) =
+        hub_with(|config| config.admin = Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await;
+    let admin = hub.admin_addr().expect("admin enabled");
+    let mut agent = TestAgent::online(hub.listen_addr(), "seen").await;
+    agent
+        .send(Batch {
+            seq: 1,
+            records: vec![Default::default()],
+        })
+        .await;
+    assert!(matches!(agent.expect().await, Kind::Ack(_)));
+
+    let (status, metrics) = get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "herd_hub_connections 1",
+        r#"herd_hub_handshakes_total{outcome="ok"} 1"#,
+        "herd_hub_records_in_total 1",
+        "herd_hub_records_published_total 1",
+        "herd_hub_acks_total 1",
+        "herd_hub_publish_latency_seconds_count 1",
+        "herd_hub_nats_connected 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
+    }
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), &metrics).expect("write");
+    let check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(file.path()).expect("open"))
+        .output()
+        .expect("promtool runs (Debian package prometheus)");
+    assert!(
+        check.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let (status, agents) = get(admin, "/agents").await;
+    assert_eq!(status, 200);
+    let agents: Vec<AgentInfo> = serde_json::from_str(&agents).expect("agents JSON");
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agents[0].agent_id, "seen");
+    assert_eq!(agents[0].hostname, "host-seen");
+
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+    nats.stop();
+    assert!(
+        hub.nats()
+            .wait_for_state(|state| state != NatsState::Connected, hub_support::WAIT)
+            .await,
+        "NATS loss noticed"
+    );
+    let (status, body) = get(admin, "/healthz").await;
+    assert_eq!(status, 503);
+    assert!(
+        body.starts_with(&format!("NATS at {} is not reachable", nats.url())),
+        "{body}"
+    );
+    hub.shutdown().await;
+}
+
+#[actix::test]
+async fn without_a_nats_url_the_hub_runs_its_own_nats_server() {
+    let state = tempfile::tempdir().expect("state dir");
+    let config = HubConfig {
+        nats_url: None,
+        state_dir: state.path().to_owned(),
+        ..HubConfig::for_tests("unused")
+    };
+    let hub = within("hub with embedded NATS", Hub::start(config))
+        .await
+        .expect("hub");
+    let url = hub.nats().url().to_owned();
+    assert!(url.starts_with("nats://127.0.0.1:"), "{url}");
+    let mut agent = TestAgent::online(hub.listen_addr(), "local").await;
+    agent
+        .send_acked(Batch {
+            seq: 1,
+            records: vec![Default::default()],
+        })
+        .await;
+    assert!(
+        state.path().join("nats").join("jetstream").is_dir(),
+        "JetStream store under the state dir"
+    );
+    let url_file = state.path().join(herd_hub::embedded::NATS_URL_FILE);
+    assert_eq!(
+        std::fs::read_to_string(&url_file).expect("nats.url while running"),
+        format!("{url}\n")
+    );
+    within("shutdown", hub.shutdown()).await;
+    assert!(
+        async_nats::connect(&url).await.is_err(),
+        "embedded server still running after shutdown"
+    );
+    assert!(!url_file.exists(), "nats.url removed after shutdown");
+}
+
+struct Crashy;
+
+impl Actor for Crashy {
+    type Context = Context<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Crash;
+
+impl Handler<Crash> for Crashy {
+    type Result = ();
+
+    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
+        panic!("crashy crashed on purpose");
+    }
+}
+
+#[actix::test]
+async fn an_embedders_actor_is_supervised_and_its_restarts_are_metrics() {
+    let (_nats, hub) = hub_with(|_| {}).await;
+    let mut events = hub.supervisor().subscribe();
+    let crashy: Addr<Crashy> = within(
+        "start_child",
+        hub.supervisor()
+            .start_child(ChildSpec::new("crashy", || Crashy)),
+    )
+    .await
+    .expect("started");
+    crashy.do_send(Crash);
+    within("the restart", async {
+        let mut exited = false;
+        loop {
+            let event = events.recv().await.expect("events").to_string();
+            exited |= event.starts_with("hub: crashy exited (panic: crashy crashed on purpose");
+            if exited && event == "hub: crashy started" {
+                break;
+            }
+        }
+    })
+    .await;
+    let metrics = hub.metrics().render();
+    assert!(
+        metrics.contains(r#"herd_hub_actor_restarts_total{actor="hub/crashy"} 1"#),
+        "{metrics}"
+    );
+    let again: Option<Addr<Crashy>> = hub.supervisor().registry().get("hub/crashy");
+    assert!(
+        again.is_some_and(|addr| addr.connected()),
+        "the new incarnation is registered"
+    );
+    hub.shutdown().await;
+}

@@ -1,0 +1,153 @@
+//! Records to NATS: subjects, envelopes, headers, order, acks, NATS outages.
+
+mod hub_support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use herd_codec::proto::hub_message::Kind;
+use herd_codec::proto::{Batch, Envelope, Record};
+use herd_hub::{AckMode, HEADER_AGENT_ID, HEADER_MSG_ID, HEADER_SEQ};
+use hub_support::{TestAgent, WAIT, hub_with, within};
+use prost::Message as _;
+
+fn batch(seq: u64, agent: &str) -> Batch {
+    Batch {
+        seq,
+        records: (0..2)
+            .map(|index| Record {
+                data_type: 2000 + index,
+                timestamp_ms: 1_700_000_000_000,
+                source: "test".into(),
+                fields: HashMap::from([
+                    ("agent".into(), agent.into()),
+                    ("seq".into(), seq.to_string()),
+                ]),
+                body: vec![index as u8; 3].into(),
+            })
+            .collect(),
+    }
+}
+
+async fn expect_ack(agent: &mut TestAgent, seq: u64) {
+    match agent.expect().await {
+        Kind::Ack(ack) => assert_eq!(ack.seq, seq),
+        other => panic!("expected Ack{{{seq}}}, got {other:?}"),
+    }
+}
+
+#[actix::test]
+async fn records_of_several_agents_arrive_in_order_as_envelopes_with_headers() {
+    let (nats, hub) = hub_with(|_| {}).await;
+    let mut data = hub_support::subscribe(&nats, "herd.data.>").await;
+    let mut agents = Vec::new();
+    for id in ["alpha", "beta"] {
+        agents.push((id, TestAgent::online(hub.listen_addr(), id).await));
+    }
+    for seq in 1..=3 {
+        for (id, agent) in &mut agents {
+            agent.send(batch(seq, id)).await;
+        }
+    }
+    for (_, agent) in &mut agents {
+        for seq in 1..=3 {
+            expect_ack(agent, seq).await;
+        }
+    }
+    let mut seen: HashMap<String, Vec<(u64, u32)>> = HashMap::new();
+    for _ in 0..12 {
+        let message = within("a data message", data.next())
+            .await
+            .expect("subscription open");
+        let envelope = Envelope::decode(message.payload).expect("an Envelope");
+        let record = envelope.record.expect("record");
+        assert_eq!(
+            message.subject.as_str(),
+            format!("herd.data.{}.{}", envelope.agent_id, record.data_type)
+        );
+        assert_eq!(record.fields["agent"], envelope.agent_id);
+        assert_eq!(envelope.hostname, format!("host-{}", envelope.agent_id));
+        assert_eq!(envelope.hub_id, hub.hub_id());
+        let headers = message.headers.expect("headers");
+        assert_eq!(
+            headers.get(HEADER_AGENT_ID).map(|v| v.as_str()),
+            Some(envelope.agent_id.as_str())
+        );
+        assert_eq!(
+            headers.get(HEADER_SEQ).map(|v| v.as_str()),
+            Some(envelope.seq.to_string().as_str())
+        );
+        assert_eq!(
+            headers.get(HEADER_MSG_ID).map(|v| v.as_str().to_owned()),
+            Some(format!(
+                "{}.{}.{}",
+                envelope.agent_id, envelope.seq, envelope.index
+            ))
+        );
+        seen.entry(envelope.agent_id)
+            .or_default()
+            .push((envelope.seq, envelope.index));
+    }
+    let in_order: Vec<(u64, u32)> = (1..=3).flat_map(|seq| [(seq, 0), (seq, 1)]).collect();
+    assert_eq!(seen["alpha"], in_order);
+    assert_eq!(seen["beta"], in_order);
+    hub.shutdown().await;
+}
+
+#[actix::test]
+async fn nats_restart_mid_stream_loses_no_acked_record_and_stops_reading_meanwhile() {
+    let (mut nats, hub) = hub_with(|config| {
+        config.ack_mode = AckMode::Jetstream;
+        config.max_in_flight_batches = 2;
+        config.publish_timeout_ms = 500;
+    })
+    .await;
+    let jetstream = async_nats::jetstream::new(nats.client().await.expect("client"));
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "DATA".into(),
+            subjects: vec!["herd.data.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let mut agent = TestAgent::online(hub.listen_addr(), "steady").await;
+    for seq in 1..=3 {
+        agent.send(batch(seq, "steady")).await;
+        expect_ack(&mut agent, seq).await;
+    }
+
+    nats.stop();
+    for seq in 4..=7 {
+        agent.send(batch(seq, "steady")).await;
+    }
+    // No ack while NATS is down, and only the in-flight bound (2 batches) is read.
+    let early = tokio::time::timeout(Duration::from_millis(500), agent.next()).await;
+    assert!(early.is_err(), "got {early:?} while NATS was down");
+    assert!(
+        hub.metrics()
+            .render()
+            .contains("herd_hub_records_in_total 10\n"),
+        "hub read past its in-flight bound:\n{}",
+        hub.metrics().render()
+    );
+
+    within("nats restart", nats.restart())
+        .await
+        .expect("restart");
+    for seq in 4..=7 {
+        tokio::time::timeout(WAIT * 2, expect_ack(&mut agent, seq))
+            .await
+            .expect("acks after the restart");
+    }
+    // Every acked record is stored once (duplicates dropped by Nats-Msg-Id).
+    let client = nats.client().await.expect("client");
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("DATA")
+        .await
+        .expect("stream");
+    let info = within("stream info", stream.info()).await.expect("info");
+    assert_eq!(info.state.messages, 14, "7 batches of 2 records");
+    hub.shutdown().await;
+}
