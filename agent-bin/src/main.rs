@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herd_agent::config::AgentConfig;
-use herd_agent::error::{AgentError, ConfigError};
+use herd_agent::error::{AgentError, AgentConfigError};
 use herd_cli::{ConfigFileError, LogFormat, ShutdownSignals};
 
 /// herd-agent: runs plugins as child processes and ships their records,
@@ -64,7 +64,7 @@ enum CliError {
     #[error(transparent)]
     File(#[from] ConfigFileError),
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] AgentConfigError),
     #[error(transparent)]
     Agent(#[from] AgentError),
     #[error("the agent's supervision tree exited: {0}")]

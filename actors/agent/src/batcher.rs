@@ -1,5 +1,5 @@
 //! The batcher: collects records, cuts numbered batches and owns the unacked
-//! window ([`Spool`]).
+//! window ([`UnackedWindow`]).
 //!
 //! A batch is cut when the oldest pending record is `flush_interval` old or
 //! as soon as the count or byte bound is reached; the flush timer only runs
@@ -20,7 +20,7 @@ use crate::error::StateError;
 use crate::messages::{
     Acked, Attach, Attachment, BatcherStats, Flush, GetBatcherStats, Ingest, WhenDrained,
 };
-use crate::spool::{Spool, SpooledBatch};
+use crate::window::{UnackedWindow, UnackedBatch};
 use crate::state::{SeqState, StateDir};
 
 /// Bytes a record adds to a batch on top of its own encoding (field tag and
@@ -38,7 +38,7 @@ pub struct Batcher {
     pending_bytes: usize,
     flush_timer: Option<SpawnHandle>,
     seq: SeqState,
-    spool: Spool,
+    spool: UnackedWindow,
     feed: Option<mpsc::UnboundedSender<Bytes>>,
     drained: Vec<oneshot::Sender<()>>,
     records_in: u64,
@@ -56,7 +56,7 @@ impl Batcher {
             pending: Vec::new(),
             pending_bytes: 0,
             flush_timer: None,
-            spool: Spool::new(
+            spool: UnackedWindow::new(
                 config.spool.max_batches,
                 config.spool.max_bytes,
                 seq.last_acked,
@@ -89,7 +89,7 @@ impl Batcher {
         {
             self.feed = None;
         }
-        self.spool.push(SpooledBatch {
+        self.spool.push(UnackedBatch {
             seq,
             records: count,
             frame,

@@ -13,7 +13,7 @@ use herd_codec::DEFAULT_MAX_FRAME_LENGTH;
 use herd_codec::proto::{PluginConfig, RestartPolicy};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ConfigError;
+use crate::error::AgentConfigError;
 
 /// Everything the agent needs to run.
 ///
@@ -32,7 +32,7 @@ use crate::error::ConfigError;
 /// assert_eq!(config.hubs.len(), 2);
 /// assert_eq!(config.heartbeat_interval_secs, 60);
 /// assert_eq!(config.plugins[0].restart.max_restarts, 5);
-/// # Ok::<(), herd_agent::error::ConfigError>(())
+/// # Ok::<(), herd_agent::error::AgentConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -266,21 +266,21 @@ impl PluginSpec {
     }
 
     /// Checks the name, the hash format and the restart bounds.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        herd_codec::validate_name(&self.name).map_err(|source| ConfigError::PluginName {
+    pub fn validate(&self) -> Result<(), AgentConfigError> {
+        herd_codec::validate_name(&self.name).map_err(|source| AgentConfigError::PluginName {
             name: self.name.clone(),
             source,
         })?;
         if !self.sha256.is_empty()
             && (self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
         {
-            return Err(ConfigError::PluginSha256 {
+            return Err(AgentConfigError::PluginSha256 {
                 name: self.name.clone(),
                 value: self.sha256.clone(),
             });
         }
         if self.path.as_os_str().is_empty() {
-            return Err(ConfigError::PluginPath {
+            return Err(AgentConfigError::PluginPath {
                 name: self.name.clone(),
             });
         }
@@ -302,9 +302,9 @@ impl PluginSpec {
     }
 }
 
-fn check_range(what: &str, min: u64, max: u64) -> Result<(), ConfigError> {
+fn check_range(what: &str, min: u64, max: u64) -> Result<(), AgentConfigError> {
     if min == 0 || min > max {
-        return Err(ConfigError::Range {
+        return Err(AgentConfigError::Range {
             what: what.to_owned(),
             min,
             max,
@@ -313,28 +313,28 @@ fn check_range(what: &str, min: u64, max: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_positive(what: &'static str, value: u64) -> Result<(), ConfigError> {
+fn check_positive(what: &'static str, value: u64) -> Result<(), AgentConfigError> {
     if value == 0 {
-        return Err(ConfigError::Zero { what });
+        return Err(AgentConfigError::Zero { what });
     }
     Ok(())
 }
 
 impl AgentConfig {
     /// Parses and validates a TOML document.
-    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Toml(Box::new(e)))?;
+    pub fn from_toml_str(text: &str) -> Result<Self, AgentConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| AgentConfigError::Toml(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks that the values can work together; says which one cannot.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), AgentConfigError> {
         if self.hubs.is_empty() {
-            return Err(ConfigError::NoHub);
+            return Err(AgentConfigError::NoHub);
         }
         if let Some(hub) = self.hubs.iter().find(|h| !is_host_port(h)) {
-            return Err(ConfigError::HubAddress { value: hub.clone() });
+            return Err(AgentConfigError::HubAddress { value: hub.clone() });
         }
         check_positive("heartbeat_interval_secs", self.heartbeat_interval_secs)?;
         check_positive("connect_timeout_ms", self.connect_timeout_ms)?;
@@ -344,13 +344,13 @@ impl AgentConfig {
         check_positive("batch.max_records", self.batch.max_records as u64)?;
         check_positive("spool.max_batches", self.spool.max_batches as u64)?;
         if self.batch.max_bytes == 0 || self.batch.max_bytes >= self.max_frame_length {
-            return Err(ConfigError::BatchBytes {
+            return Err(AgentConfigError::BatchBytes {
                 max_bytes: self.batch.max_bytes,
                 max_frame_length: self.max_frame_length,
             });
         }
         if self.spool.max_bytes < self.batch.max_bytes {
-            return Err(ConfigError::SpoolBytes {
+            return Err(AgentConfigError::SpoolBytes {
                 spool: self.spool.max_bytes,
                 batch: self.batch.max_bytes,
             });
@@ -364,7 +364,7 @@ impl AgentConfig {
         for plugin in &self.plugins {
             plugin.validate()?;
             if !names.insert(plugin.name.as_str()) {
-                return Err(ConfigError::DuplicatePlugin {
+                return Err(AgentConfigError::DuplicatePlugin {
                     name: plugin.name.clone(),
                 });
             }
@@ -417,7 +417,7 @@ mod tests {
     fn bad_values_say_what_is_wrong() {
         assert!(matches!(
             AgentConfig::default().validate(),
-            Err(ConfigError::NoHub)
+            Err(AgentConfigError::NoHub)
         ));
         let mut config = minimal();
         config.hubs.push("nohost".into());
@@ -435,7 +435,7 @@ mod tests {
         config.batch.max_bytes = config.max_frame_length;
         assert!(matches!(
             config.validate(),
-            Err(ConfigError::BatchBytes { .. })
+            Err(AgentConfigError::BatchBytes { .. })
         ));
     }
 
@@ -448,12 +448,12 @@ mod tests {
         ];
         assert!(matches!(
             config.validate(),
-            Err(ConfigError::DuplicatePlugin { name }) if name == "a"
+            Err(AgentConfigError::DuplicatePlugin { name }) if name == "a"
         ));
         config.plugins = vec![PluginSpec::new("bad.name", "/bin/a")];
         assert!(matches!(
             config.validate(),
-            Err(ConfigError::PluginName { .. })
+            Err(AgentConfigError::PluginName { .. })
         ));
         let mut spec = PluginSpec::new("p", "/bin/p");
         spec.sha256 = "abc".into();

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batcher::Batcher;
 use crate::config::AgentConfig;
-use crate::heartbeat::Heartbeat;
+use crate::heartbeat::HeartbeatReporter;
 use crate::hostinfo;
 use crate::messages::{
     Acked, ApplyHubConfig, Attach, ListPlugins, RunTask, SetAgentId, SetHeartbeatInterval, Stop,
@@ -83,7 +83,7 @@ pub struct Peers {
     /// Tasks for plugins, configuration pushes.
     pub plugins: Addr<PluginManager>,
     /// Interval changes from `Welcome`.
-    pub heartbeat: Addr<Heartbeat>,
+    pub heartbeat: Addr<HeartbeatReporter>,
     /// Cancelled when a task asks the agent to shut down.
     pub shutdown_requested: CancellationToken,
 }

@@ -6,7 +6,7 @@ use herd_codec::NameError;
 
 /// A configuration value that cannot work.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum AgentConfigError {
     /// The TOML document did not parse (the message names the key and line).
     #[error("invalid agent configuration: {0}")]
     Toml(#[source] Box<toml::de::Error>),
@@ -146,7 +146,7 @@ pub enum PluginError {
 pub enum AgentError {
     /// The configuration is invalid.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] AgentConfigError),
     /// The state directory is unusable.
     #[error(transparent)]
     State(#[from] StateError),

@@ -1,4 +1,4 @@
-//! The Heartbeat actor: every interval one 1000 record (host and agent
+//! The HeartbeatReporter actor: every interval one 1000 record (host and agent
 //! process stats) and one 1001 record per plugin (process stats and state).
 //!
 //! Values are strings in `Record.fields`: sizes in bytes, CPU in percent of
@@ -76,7 +76,7 @@ pub fn plugin_record(info: &PluginInfo, process: Option<ProcessStats>) -> Record
 
 /// Emits heartbeats; see the module docs.
 #[derive(Debug)]
-pub struct Heartbeat {
+pub struct HeartbeatReporter {
     interval: Duration,
     timer: Option<SpawnHandle>,
     system: System,
@@ -88,7 +88,7 @@ pub struct Heartbeat {
     connector: Arc<ConnectorStats>,
 }
 
-impl Heartbeat {
+impl HeartbeatReporter {
     /// A heartbeat every `interval` (until the hub sets another).
     pub fn new(
         interval: Duration,
@@ -286,7 +286,7 @@ fn own_threads() -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-impl Actor for Heartbeat {
+impl Actor for HeartbeatReporter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -295,7 +295,7 @@ impl Actor for Heartbeat {
     }
 }
 
-impl Handler<Stop> for Heartbeat {
+impl Handler<Stop> for HeartbeatReporter {
     type Result = ();
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
@@ -303,7 +303,7 @@ impl Handler<Stop> for Heartbeat {
     }
 }
 
-impl Handler<SetHeartbeatInterval> for Heartbeat {
+impl Handler<SetHeartbeatInterval> for HeartbeatReporter {
     type Result = ();
 
     fn handle(

@@ -3,11 +3,11 @@
 //!
 //! ```text
 //! agent  (supervisor, rest-for-one)
-//! ├── batcher     Batcher: records -> numbered batches; owns the unacked window (Spool)
+//! ├── batcher     Batcher: records -> numbered batches; owns the unacked window (UnackedWindow)
 //! ├── plugins     PluginManager: desired plugin set; one supervisor per plugin
 //! │   │           (backoff, crash-loop intensity -> failed)
 //! │   └── Plugin × N  one child process each: pipes, frames, sha256 check, reaping
-//! ├── heartbeat   Heartbeat: 1000 (host + agent) and 1001 (per plugin) records
+//! ├── heartbeat   HeartbeatReporter: 1000 (host + agent) and 1001 (per plugin) records
 //! └── connector   Connector: hub list in failover order, handshake, resend, commands
 //! ```
 //!
@@ -49,7 +49,7 @@ pub mod hostinfo;
 pub mod messages;
 pub mod plugin;
 pub mod plugin_manager;
-pub mod spool;
+pub mod window;
 pub mod state;
 
 use std::sync::atomic::Ordering;
@@ -63,7 +63,7 @@ use self::batcher::Batcher;
 use self::config::AgentConfig;
 use self::connector::{Connector, ConnectorStats, Peers};
 use self::error::AgentError;
-use self::heartbeat::Heartbeat;
+use self::heartbeat::HeartbeatReporter;
 use self::messages::{Flush, GetBatcherStats, StopPlugins, WhenDrained};
 use self::plugin_manager::PluginManager;
 use self::state::StateDir;
@@ -86,7 +86,7 @@ pub mod ids {
     pub const BATCHER: &str = "batcher";
     /// The [`PluginManager`](super::plugin_manager::PluginManager).
     pub const PLUGINS: &str = "plugins";
-    /// The [`Heartbeat`](super::heartbeat::Heartbeat).
+    /// The [`HeartbeatReporter`](super::heartbeat::HeartbeatReporter).
     pub const HEARTBEAT: &str = "heartbeat";
     /// The [`Connector`](super::connector::Connector).
     pub const CONNECTOR: &str = "connector";
@@ -173,7 +173,7 @@ fn tree(
     let heartbeat = {
         let (config, registry, stats) = (config.clone(), registry.clone(), stats.clone());
         ChildSpec::new(ids::HEARTBEAT, move || {
-            Heartbeat::new(
+            HeartbeatReporter::new(
                 config.heartbeat_interval(),
                 sibling(&registry, ids::BATCHER),
                 sibling(&registry, ids::PLUGINS),

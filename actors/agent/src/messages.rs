@@ -8,7 +8,7 @@ use herd_codec::proto::{ConfigSet, PluginStatus, Record, Task, TaskResult};
 use tokio::sync::mpsc;
 
 use crate::plugin::PluginInfo;
-use crate::spool::SpoolStats;
+use crate::window::WindowStats;
 
 /// Records for the batcher (from plugins, the heartbeat, the agent).
 #[derive(Debug, Message)]
@@ -63,7 +63,7 @@ pub struct BatcherStats {
     /// Records refused because one alone exceeds the batch size bound.
     pub oversized_records: u64,
     /// The unacked window.
-    pub spool: SpoolStats,
+    pub spool: WindowStats,
 }
 
 /// The full desired plugin set pushed by the hub.

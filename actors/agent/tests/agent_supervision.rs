@@ -9,7 +9,7 @@ use actix::prelude::*;
 use futures::{SinkExt, StreamExt};
 use herd_agent::batcher::Batcher;
 use herd_agent::config::AgentConfig;
-use herd_agent::heartbeat::Heartbeat;
+use herd_agent::heartbeat::HeartbeatReporter;
 use herd_agent::messages::Stop;
 use herd_agent::{self as agent, ids};
 use herd_codec::HubCodec;
@@ -120,14 +120,14 @@ async fn an_exited_child_restarts_with_the_ones_after_it_and_delivery_goes_on() 
 
     let mut events = tree.subscribe();
     let batcher: Addr<Batcher> = tree.registry().get(&path(ids::BATCHER)).unwrap();
-    let heartbeat: Addr<Heartbeat> = tree.registry().get(&path(ids::HEARTBEAT)).unwrap();
+    let heartbeat: Addr<HeartbeatReporter> = tree.registry().get(&path(ids::HEARTBEAT)).unwrap();
     // A permanent child exiting on its own is restarted like after a crash.
     heartbeat.do_send(Stop);
     wait_for(&mut events, "agent: heartbeat exited (normal)").await;
     wait_for(&mut events, "agent: heartbeat started").await;
     wait_for(&mut events, "agent: connector started").await;
 
-    let restarted: Addr<Heartbeat> = tree.registry().get(&path(ids::HEARTBEAT)).unwrap();
+    let restarted: Addr<HeartbeatReporter> = tree.registry().get(&path(ids::HEARTBEAT)).unwrap();
     assert!(restarted != heartbeat, "a fresh heartbeat actor");
     assert!(!heartbeat.connected(), "the old incarnation is gone");
     let again: Addr<Batcher> = tree.registry().get(&path(ids::BATCHER)).unwrap();

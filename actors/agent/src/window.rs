@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 /// One encoded batch waiting for its ack.
 #[derive(Debug, Clone)]
-pub struct SpooledBatch {
+pub struct UnackedBatch {
     /// Its `Batch.seq`.
     pub seq: u64,
     /// How many records it holds.
@@ -26,7 +26,7 @@ pub struct SpooledBatch {
 
 /// Counters the heartbeat reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SpoolStats {
+pub struct WindowStats {
     /// Batches held.
     pub batches: usize,
     /// Bytes held.
@@ -43,11 +43,11 @@ pub struct SpoolStats {
 ///
 /// ```
 /// use bytes::Bytes;
-/// use herd_agent::spool::{Spool, SpooledBatch};
+/// use herd_agent::window::{UnackedWindow, UnackedBatch};
 ///
-/// let mut spool = Spool::new(2, 1024, 0);
+/// let mut spool = UnackedWindow::new(2, 1024, 0);
 /// for seq in 1..=3 {
-///     spool.push(SpooledBatch { seq, records: 1, frame: Bytes::from_static(b"x") });
+///     spool.push(UnackedBatch { seq, records: 1, frame: Bytes::from_static(b"x") });
 /// }
 /// // Bounded to 2 batches: seq 1 was dropped and counted.
 /// assert_eq!(spool.stats().dropped_records, 1);
@@ -55,8 +55,8 @@ pub struct SpoolStats {
 /// assert_eq!(spool.iter().map(|b| b.seq).collect::<Vec<_>>(), [3]);
 /// ```
 #[derive(Debug)]
-pub struct Spool {
-    batches: VecDeque<SpooledBatch>,
+pub struct UnackedWindow {
+    batches: VecDeque<UnackedBatch>,
     bytes: usize,
     max_batches: usize,
     max_bytes: usize,
@@ -65,7 +65,7 @@ pub struct Spool {
     dropped_records: u64,
 }
 
-impl Spool {
+impl UnackedWindow {
     /// An empty window holding at most `max_batches` batches and `max_bytes`
     /// bytes; `last_acked` is the persisted ack from a previous run.
     pub fn new(max_batches: usize, max_bytes: usize, last_acked: u64) -> Self {
@@ -82,7 +82,7 @@ impl Spool {
 
     /// Appends a batch (seqs must increase), dropping the oldest batches
     /// while the bounds are exceeded. The new batch itself is always kept.
-    pub fn push(&mut self, batch: SpooledBatch) {
+    pub fn push(&mut self, batch: UnackedBatch) {
         debug_assert!(self.batches.back().is_none_or(|b| b.seq < batch.seq));
         self.bytes += batch.frame.len();
         self.batches.push_back(batch);
@@ -113,7 +113,7 @@ impl Spool {
     }
 
     /// The unacked batches, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &SpooledBatch> {
+    pub fn iter(&self) -> impl Iterator<Item = &UnackedBatch> {
         self.batches.iter()
     }
 
@@ -128,8 +128,8 @@ impl Spool {
     }
 
     /// Current counters.
-    pub fn stats(&self) -> SpoolStats {
-        SpoolStats {
+    pub fn stats(&self) -> WindowStats {
+        WindowStats {
             batches: self.batches.len(),
             bytes: self.bytes,
             last_acked: self.last_acked,
@@ -143,8 +143,8 @@ impl Spool {
 mod tests {
     use super::*;
 
-    fn batch(seq: u64, len: usize) -> SpooledBatch {
-        SpooledBatch {
+    fn batch(seq: u64, len: usize) -> UnackedBatch {
+        UnackedBatch {
             seq,
             records: 2,
             frame: Bytes::from(vec![0; len]),
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn acks_are_cumulative_and_monotonic() {
-        let mut spool = Spool::new(10, 1000, 0);
+        let mut spool = UnackedWindow::new(10, 1000, 0);
         (1..=5).for_each(|seq| spool.push(batch(seq, 10)));
         assert_eq!(spool.ack(3), 3);
         assert_eq!(spool.stats().bytes, 20);
@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn byte_bound_drops_oldest_and_counts() {
-        let mut spool = Spool::new(100, 25, 0);
+        let mut spool = UnackedWindow::new(100, 25, 0);
         (1..=4).for_each(|seq| spool.push(batch(seq, 10)));
         let stats = spool.stats();
         assert_eq!(stats.batches, 2);
@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn an_oversized_batch_is_still_kept() {
-        let mut spool = Spool::new(100, 5, 0);
+        let mut spool = UnackedWindow::new(100, 5, 0);
         spool.push(batch(1, 50));
         assert_eq!(spool.stats().batches, 1);
         assert_eq!(spool.stats().dropped_batches, 0);
