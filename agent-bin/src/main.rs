@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herd_agent::config::AgentConfig;
-use herd_agent::error::{AgentError, AgentConfigError};
+use herd_agent::error::{AgentConfigError, AgentError};
 use herd_cli::{ConfigFileError, LogFormat, ShutdownSignals};
 
 /// herd-agent: runs plugins as child processes and ships their records,

@@ -20,8 +20,8 @@ use crate::error::StateError;
 use crate::messages::{
     Acked, Attach, Attachment, BatcherStats, Flush, GetBatcherStats, Ingest, WhenDrained,
 };
-use crate::window::{UnackedWindow, UnackedBatch};
 use crate::state::{SeqState, StateDir};
+use crate::window::{UnackedBatch, UnackedWindow};
 
 /// Bytes a record adds to a batch on top of its own encoding (field tag and
 /// length prefix).

@@ -20,7 +20,7 @@
 //! hub makes the session wait instead of buffering without bound; batches
 //! it has not taken yet stay in the batcher's unacked window.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,7 @@ use crate::messages::{
 };
 use crate::plugin::agent_result;
 use crate::plugin_manager::PluginManager;
+use crate::report::ConnectorStats;
 use crate::state::StateDir;
 use herd_supervision::io::{FrameSender, FrameWriter};
 use herd_supervision::{Backoff, BackoffPolicy};
@@ -57,23 +58,6 @@ const WRITE_QUEUE: usize = 256;
 const RECONNECT_JITTER: f64 = 0.5;
 /// A chain of redirects longer than this falls back to the configured list.
 const MAX_REDIRECTS: usize = 4;
-
-/// Connection counters, shared with the heartbeat.
-#[derive(Debug, Default)]
-pub struct ConnectorStats {
-    /// Whether a session is established right now.
-    pub connected: AtomicBool,
-    /// Sessions that ended after a successful handshake.
-    pub reconnects: AtomicU64,
-    /// Failed connection attempts.
-    pub failed_attempts: AtomicU64,
-    /// Batch frames written (resends included).
-    pub batches_sent: AtomicU64,
-    /// Batch bytes handed to the socket writer.
-    pub bytes_sent: AtomicU64,
-    /// The hub of the current (or last) session.
-    pub hub: Mutex<String>,
-}
 
 /// The other actors a session talks to.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix::prelude::*;
 use herd_codec::data_type;
@@ -16,63 +16,11 @@ use herd_codec::proto::Record;
 use sysinfo::{Disks, Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use crate::batcher::Batcher;
-use crate::connector::ConnectorStats;
 use crate::messages::{
     BatcherStats, GetBatcherStats, GetPluginInfo, Ingest, SetHeartbeatInterval, Stop,
 };
-use crate::plugin::PluginInfo;
 use crate::plugin_manager::PluginManager;
-
-/// CPU and memory of one process.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProcessStats {
-    /// Percent of one core since the last refresh.
-    pub cpu: f32,
-    /// Resident set size in bytes.
-    pub rss: u64,
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn record(data_type: u32, source: &str, fields: HashMap<String, String>) -> Record {
-    Record {
-        data_type,
-        timestamp_ms: now_ms(),
-        source: source.to_owned(),
-        fields,
-        ..Record::default()
-    }
-}
-
-/// The 1001 record of one plugin (`process`: its stats if it is running).
-pub fn plugin_record(info: &PluginInfo, process: Option<ProcessStats>) -> Record {
-    let mut fields: HashMap<String, String> = [
-        ("name", info.name.clone()),
-        ("version", info.version.clone()),
-        ("state", info.state.as_str().to_owned()),
-        ("pid", info.pid.unwrap_or_default().to_string()),
-        ("restarts", info.restarts.to_string()),
-        ("last_error", info.last_error.clone()),
-        ("records_in", info.records_in.to_string()),
-        ("records_rejected", info.records_rejected.to_string()),
-        ("tasks_out", info.tasks_out.to_string()),
-        ("results_in", info.results_in.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    if let Some(process) = process {
-        fields.insert("cpu".into(), format!("{:.2}", process.cpu));
-        fields.insert("rss".into(), process.rss.to_string());
-    }
-    // The source is the plugin, so a consumer can follow one plugin's records.
-    record(data_type::PLUGIN_HEARTBEAT, &info.name, fields)
-}
+use crate::report::{ConnectorStats, PluginInfo, ProcessStats, plugin_record, record};
 
 /// Emits heartbeats; see the module docs.
 #[derive(Debug)]
@@ -322,31 +270,6 @@ impl Handler<SetHeartbeatInterval> for HeartbeatReporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::PluginState;
-
-    #[test]
-    fn plugin_record_carries_state_and_counters() {
-        let info = PluginInfo {
-            name: "p".into(),
-            version: "1".into(),
-            state: PluginState::Failed,
-            pid: None,
-            restarts: 3,
-            last_error: "crash loop".into(),
-            records_in: 7,
-            records_rejected: 0,
-            tasks_out: 1,
-            results_in: 1,
-        };
-        let record = plugin_record(&info, Some(ProcessStats { cpu: 1.5, rss: 42 }));
-        assert_eq!(record.data_type, data_type::PLUGIN_HEARTBEAT);
-        assert_eq!(record.source, "p");
-        assert_eq!(record.fields["state"], "failed");
-        assert_eq!(record.fields["restarts"], "3");
-        assert_eq!(record.fields["rss"], "42");
-        assert_eq!(record.fields["cpu"], "1.50");
-        assert!(record.timestamp_ms > 0);
-    }
 
     #[test]
     fn proc_counters_are_readable() {

@@ -49,8 +49,9 @@ pub mod hostinfo;
 pub mod messages;
 pub mod plugin;
 pub mod plugin_manager;
-pub mod window;
+pub mod report;
 pub mod state;
+pub mod window;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -61,11 +62,12 @@ use tokio_util::sync::CancellationToken;
 
 use self::batcher::Batcher;
 use self::config::AgentConfig;
-use self::connector::{Connector, ConnectorStats, Peers};
+use self::connector::{Connector, Peers};
 use self::error::AgentError;
 use self::heartbeat::HeartbeatReporter;
 use self::messages::{Flush, GetBatcherStats, StopPlugins, WhenDrained};
 use self::plugin_manager::PluginManager;
+use self::report::ConnectorStats;
 use self::state::StateDir;
 use herd_supervision::{
     ChildSpec, Intensity, Registry, Restart, Strategy, SupervisorHandle, SupervisorSpec,

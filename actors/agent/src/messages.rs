@@ -7,7 +7,7 @@ use bytes::Bytes;
 use herd_codec::proto::{ConfigSet, PluginStatus, Record, Task, TaskResult};
 use tokio::sync::mpsc;
 
-use crate::plugin::PluginInfo;
+use crate::report::PluginInfo;
 use crate::window::WindowStats;
 
 /// Records for the batcher (from plugins, the heartbeat, the agent).

@@ -41,32 +41,6 @@ const STDIN_QUEUE: usize = 64;
 const STDERR_BURST: f64 = 20.0;
 const STDERR_PER_SEC: f64 = 5.0;
 
-/// Where a plugin is in its life, as reported in `Hello` and 1001 records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PluginState {
-    /// Its process is running.
-    Running,
-    /// It exited and waits for its restart delay.
-    Backoff,
-    /// It crashed too often or could not be started; not restarted until
-    /// its configuration changes.
-    Failed,
-    /// It was stopped on purpose.
-    Stopped,
-}
-
-impl PluginState {
-    /// The protocol's name for the state.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Backoff => "backoff",
-            Self::Failed => "failed",
-            Self::Stopped => "stopped",
-        }
-    }
-}
-
 /// Counters a plugin's actors share with the manager across restarts.
 #[derive(Debug, Default)]
 pub struct PluginCounters {
@@ -78,31 +52,6 @@ pub struct PluginCounters {
     pub tasks_out: AtomicU64,
     /// Task results read from its stdout.
     pub results_in: AtomicU64,
-}
-
-/// One plugin as the heartbeat reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluginInfo {
-    /// Its name.
-    pub name: String,
-    /// Its configured version.
-    pub version: String,
-    /// Its state.
-    pub state: PluginState,
-    /// Process id while running.
-    pub pid: Option<u32>,
-    /// Restarts since the agent started (or since its config changed).
-    pub restarts: u64,
-    /// Why it last exited or failed to start ("" if nothing went wrong).
-    pub last_error: String,
-    /// Records read from it.
-    pub records_in: u64,
-    /// Records it sent with a framework data type, refused.
-    pub records_rejected: u64,
-    /// Tasks sent to it.
-    pub tasks_out: u64,
-    /// Task results read from it.
-    pub results_in: u64,
 }
 
 /// Everything a plugin process is started with besides its spec.

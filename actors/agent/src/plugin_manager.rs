@@ -26,14 +26,13 @@ use herd_codec::proto::{PluginStatus, TaskResult, TaskStatus};
 use tokio::sync::oneshot;
 
 use crate::config::{AgentConfig, PluginSpec};
-use crate::heartbeat::plugin_record;
 use crate::messages::{
     ApplyHubConfig, GetPluginInfo, Ingest, ListPlugins, RunTask, SetAgentId, StopPlugins,
 };
 use crate::plugin::{
-    Plugin, PluginCounters, PluginEnv, PluginEvent, PluginEventKind, PluginInfo, PluginState,
-    agent_result,
+    Plugin, PluginCounters, PluginEnv, PluginEvent, PluginEventKind, agent_result,
 };
+use crate::report::{PluginInfo, PluginState, plugin_record};
 use crate::state::StateDir;
 use herd_supervision::{
     Backoff, ChildSpec, ExitReason, Intensity, Restart, SupervisorHandle, SupervisorSpec,
