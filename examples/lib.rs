@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use herd_codec::NameError;
 use herd_codec::proto::{ConfigSet, Envelope, Task, TaskResult, TaskStatus};
-use herd_hub::config_watcher::{AGENT_KEY_PREFIX, FLEET_KEY, parse_config};
+use herd_hub::{AGENT_KEY_PREFIX, FLEET_KEY, parse_config};
 use prost::Message as _;
 
 pub use record_counter::{Counts, RecordCounter, RecordCounts};

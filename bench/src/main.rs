@@ -174,7 +174,7 @@ fn ratio(herd: Duration, baseline: Duration) -> f64 {
 /// A core `nats-server` (no JetStream: the hub acks after a flush) on a free
 /// loopback port.
 fn start_nats(dir: &tempfile::TempDir) -> Result<Server, BenchError> {
-    let binary = herd_hub::embedded::find_nats_server().ok_or_else(|| {
+    let binary = herd_hub::find_nats_server().ok_or_else(|| {
         BenchError::Process("nats-server not found; run scripts/ensure-deps".into())
     })?;
     let port = procs::free_port()?;

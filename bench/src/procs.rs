@@ -71,7 +71,7 @@ impl Binaries {
 
 /// A loopback port nothing listens on right now.
 pub(crate) fn free_port() -> Result<u16, BenchError> {
-    herd_hub::embedded::free_loopback_port().map_err(BenchError::io("probing a free port"))
+    herd_tests::nats::free_loopback_port().map_err(BenchError::io("probing a free port"))
 }
 
 /// A TCP server run as a child process on a fixed loopback port, so it can be

@@ -287,7 +287,9 @@ async fn an_actor_added_to_the_hubs_tree_counts_the_records_it_publishes() {
             })),
     )
     .await
-    .expect("started");
+    .expect("started")
+    .addr()
+    .expect("running");
     // Answered only once the subscription is live (it subscribes before it
     // handles messages).
     let before = within("the counts", counter.send(Counts))

@@ -187,7 +187,7 @@ impl HubProcess {
 
 /// A loopback address with a port that was free a moment ago.
 pub fn free_loopback_addr() -> Result<SocketAddr, E2eError> {
-    herd_hub::embedded::free_loopback_port()
+    crate::nats::free_loopback_port()
         .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .map_err(io_error("probing for a free port"))
 }

@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use herd_hub::embedded;
-
 /// How long a freshly spawned server gets to accept clients.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at finding a free port (another process can take the one we picked
@@ -73,7 +71,7 @@ impl NatsServer {
         for _ in 0..START_ATTEMPTS {
             let mut server = Self {
                 binary: binary.clone(),
-                port: embedded::free_loopback_port()
+                port: free_loopback_port()
                     .map_err(|source| io_error("probing for a free port", source))?,
                 dir: tempfile::Builder::new()
                     .prefix("herd-nats-")
@@ -160,7 +158,7 @@ impl NatsServer {
             if !self.is_running() {
                 break;
             }
-            if embedded::accepts_clients(self.port).await {
+            if accepts_clients(self.port).await {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -182,7 +180,33 @@ impl Drop for NatsServer {
 
 /// Finds `nats-server` on `PATH`, then where Debian installs it.
 pub fn find_nats_server() -> Result<PathBuf, HarnessError> {
-    embedded::find_nats_server().ok_or(HarnessError::NatsServerMissing)
+    herd_hub::find_nats_server().ok_or(HarnessError::NatsServerMissing)
+}
+
+/// A loopback port that was free a moment ago (the OS picks it; another
+/// process may still take it before the caller binds).
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|probe| probe.local_addr())
+        .map(|addr| addr.port())
+}
+
+/// Whether a `nats-server` on this loopback port is ready: it greets a new
+/// connection with its `INFO` line within a second.
+pub async fn accepts_clients(port: u16) -> bool {
+    use tokio::io::AsyncReadExt;
+    let greeting = async {
+        let mut stream = tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+            .await
+            .ok()?;
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).await.ok()?;
+        Some(buf)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), greeting).await,
+        Ok(Some(buf)) if &buf == b"INFO"
+    )
 }
 
 fn io_error(what: &str, source: std::io::Error) -> HarnessError {

@@ -11,17 +11,18 @@
 //!
 //! When the connection dies the next attempt waits an exponential backoff
 //! (the supervision runtime's
-//! [`ExponentialBackoff`](herd_supervision::ExponentialBackoff): 1 s doubling up to
-//! 60 s by default, each delay stretched by a random factor in [1, 1.5]),
-//! reset after a session that stayed up `reset_after_ms`. A round tries every hub once; the next round
+//! [`ExponentialBackoff`](herd_supervision::ExponentialBackoff) through a
+//! [`Retry`](herd_supervision::Retry): 1 s doubling up to 60 s by default,
+//! each delay shortened by a random fraction of up to a half, never longer
+//! than the cap), reset after a session that stayed up `reset_after_ms`. A round tries every hub once; the next round
 //! starts again from the first, so the list is a failover order.
 //!
 //! Writes go through a [`FrameWriter`] (bounded queue, own task): a slow
 //! hub makes the session wait instead of buffering without bound; batches
 //! it has not taken yet stay in the batcher's unacked window.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -33,7 +34,7 @@ use herd_codec::proto::{
 use herd_codec::{AgentCodec, PROTOCOL_VERSION, data_type};
 use prost::Message as _;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
@@ -42,19 +43,19 @@ use crate::config::AgentConfig;
 use crate::heartbeat::HeartbeatReporter;
 use crate::hostinfo;
 use crate::messages::{
-    Acked, ApplyHubConfig, Attach, ListPlugins, RunTask, SetAgentId, SetHeartbeatInterval, Stop,
+    Acked, ApplyHubConfig, Attach, ListPlugins, RunTask, SetHeartbeatInterval, Stop,
 };
 use crate::plugin::agent_result;
 use crate::plugin_manager::PluginManager;
 use crate::report::ConnectorStats;
 use crate::state::StateDir;
 use herd_supervision::io::{FrameSender, FrameWriter};
-use herd_supervision::{Backoff, BackoffPolicy};
+use herd_supervision::{Backoff, Retry};
 
 /// Frames queued for the socket before the session waits for the writer.
 const WRITE_QUEUE: usize = 256;
-/// Reconnect delays are stretched by a random factor in `[1, 1 + this]`, so
-/// that agents cut off together do not come back together.
+/// Reconnect delays are shortened by a random fraction of up to this, so that
+/// agents cut off together do not come back together.
 const RECONNECT_JITTER: f64 = 0.5;
 /// A chain of redirects longer than this falls back to the configured list.
 const MAX_REDIRECTS: usize = 4;
@@ -82,12 +83,13 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// A connector for `config.hubs`; `agent_id` is the persisted id (empty
-    /// if none yet).
+    /// A connector for `config.hubs`. `agent_id` holds the persisted id (empty
+    /// if none yet); the connector is the one writer: it adopts the id a
+    /// hub assigns, persists it, and every reader sees it.
     pub fn new(
         config: Arc<AgentConfig>,
         state: StateDir,
-        agent_id: String,
+        agent_id: Arc<watch::Sender<String>>,
         peers: Peers,
         stats: Arc<ConnectorStats>,
     ) -> Self {
@@ -96,7 +98,7 @@ impl Connector {
             dialer: Some(Dialer {
                 config,
                 state,
-                agent_id: Arc::new(Mutex::new(agent_id)),
+                agent_id,
                 peers,
                 stats,
                 cancel: cancel.clone(),
@@ -154,7 +156,7 @@ enum SessionEnd {
 struct Dialer {
     config: Arc<AgentConfig>,
     state: StateDir,
-    agent_id: Arc<Mutex<String>>,
+    agent_id: Arc<watch::Sender<String>>,
     peers: Peers,
     stats: Arc<ConnectorStats>,
     cancel: CancellationToken,
@@ -165,14 +167,14 @@ impl Dialer {
         let reconnect = &self.config.reconnect;
         let reset_after = Duration::from_millis(reconnect.reset_after_ms);
         // The configuration was validated (min > 0, min <= max).
-        let backoff = Backoff::exponential(
-            Duration::from_millis(reconnect.min_backoff_ms),
-            Duration::from_millis(reconnect.max_backoff_ms),
-            RECONNECT_JITTER,
-        )
-        .unwrap_or_default()
-        .reset_after(reset_after);
-        let mut attempt = 0;
+        let mut retry = Retry::new(
+            Backoff::exponential(
+                Duration::from_millis(reconnect.min_backoff_ms),
+                Duration::from_millis(reconnect.max_backoff_ms),
+                RECONNECT_JITTER,
+            )
+            .unwrap_or_default(),
+        );
         let mut redirect: Vec<String> = Vec::new();
         let mut redirects = 0;
         loop {
@@ -201,8 +203,8 @@ impl Dialer {
                         if established {
                             tracing::warn!(%hub, %reason, "hub connection lost");
                             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                            if started.elapsed() >= BackoffPolicy::reset_after(&backoff) {
-                                attempt = 0;
+                            if started.elapsed() >= reset_after {
+                                retry.succeeded();
                             }
                             // Start over from the first hub after the delay.
                             break;
@@ -215,8 +217,7 @@ impl Dialer {
             if !redirect.is_empty() {
                 continue;
             }
-            let delay = backoff.delay(attempt);
-            attempt = attempt.saturating_add(1);
+            let delay = retry.next_delay();
             tracing::debug!(?delay, "waiting before the next connection round");
             tokio::select! {
                 () = self.cancel.cancelled() => return,
@@ -442,11 +443,7 @@ impl Dialer {
             .last_acked;
         let mut hello = Hello {
             protocol_version: PROTOCOL_VERSION,
-            agent_id: self
-                .agent_id
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            agent_id: self.agent_id.borrow().clone(),
             token: self.config.token.clone(),
             product: "herd-agent".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -460,8 +457,8 @@ impl Dialer {
 
     /// Takes the id from `Welcome`, persisting it when it is new.
     fn adopt_id(&self, id: &str) -> Result<(), String> {
-        let mut current = self.agent_id.lock().unwrap_or_else(|e| e.into_inner());
-        if id.is_empty() || *current == id {
+        let current = self.agent_id.borrow().clone();
+        if id.is_empty() || current == id {
             return if current.is_empty() {
                 Err("Welcome carries no agent id and none is configured".into())
             } else {
@@ -474,8 +471,7 @@ impl Dialer {
             .store_agent_id(id)
             .map_err(|e| format!("cannot persist the assigned agent id: {e}"))?;
         tracing::info!(agent_id = id, "agent id assigned by the hub and persisted");
-        id.clone_into(&mut current);
-        self.peers.plugins.do_send(SetAgentId(id.to_owned()));
+        self.agent_id.send_replace(id.to_owned());
         Ok(())
     }
 }

@@ -4,9 +4,11 @@
 //! ```text
 //! agent  (supervisor, rest-for-one)
 //! ├── batcher     Batcher: records -> numbered batches; owns the unacked window (UnackedWindow)
-//! ├── plugins     PluginManager: desired plugin set; one supervisor per plugin
-//! │   │           (backoff, crash-loop intensity -> failed)
-//! │   └── Plugin × N  one child process each: pipes, frames, sha256 check, reaping
+//! ├── plugins     dynamic supervisor of the plugins' supervisors
+//! │   └── <name> × N  one per plugin (backoff, crash-loop intensity -> failed)
+//! │       └── process  Plugin: one child process: pipes, frames, sha256 check, reaping
+//! ├── plugin-manager  PluginManager: desired plugin set; starts, upgrades and
+//! │                   removes the plugins' supervisors under `plugins`
 //! ├── heartbeat   HeartbeatReporter: 1000 (host + agent) and 1001 (per plugin) records
 //! └── connector   Connector: hub list in failover order, handshake, resend, commands
 //! ```
@@ -26,8 +28,8 @@
 //! restarted Batcher reloads the persisted seq (numbering continues); its
 //! unacked window is lost as on an agent restart, and the Connector
 //! restarted after it resends from the hub's last ack. A restarted
-//! PluginManager stops the old plugin processes and reconciles the plugin
-//! set again, and the Connector after it handshakes again, which re-pushes
+//! PluginManager terminates the plugin supervisors its predecessor left and
+//! reconciles the plugin set again, and the Connector after it handshakes again, which re-pushes
 //! the hub's config and the agent id. The Connector is transient: its `Stop`
 //! (close the session after its last frames) is the orderly shutdown path,
 //! which the supervisor must not undo; the others are permanent. More than
@@ -53,11 +55,12 @@ pub mod report;
 pub mod state;
 pub mod window;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use self::batcher::Batcher;
@@ -86,8 +89,10 @@ pub const ROOT: &str = "agent";
 pub mod ids {
     /// The [`Batcher`](super::batcher::Batcher).
     pub const BATCHER: &str = "batcher";
-    /// The [`PluginManager`](super::plugin_manager::PluginManager).
+    /// The dynamic supervisor of the plugins' supervisors.
     pub const PLUGINS: &str = "plugins";
+    /// The [`PluginManager`](super::plugin_manager::PluginManager).
+    pub const PLUGIN_MANAGER: &str = "plugin-manager";
     /// The [`HeartbeatReporter`](super::heartbeat::HeartbeatReporter).
     pub const HEARTBEAT: &str = "heartbeat";
     /// The [`Connector`](super::connector::Connector).
@@ -98,7 +103,7 @@ pub mod ids {
 #[derive(Debug)]
 pub struct AgentHandle {
     config: Arc<AgentConfig>,
-    agent_id: String,
+    agent_id: watch::Receiver<String>,
     supervisor: SupervisorHandle,
     connector_stats: Arc<ConnectorStats>,
     shutdown_requested: CancellationToken,
@@ -125,52 +130,31 @@ fn sibling<A: Actor>(registry: &Registry, id: &str) -> Addr<A> {
         .unwrap_or_else(|| panic!("{ROOT}/{id} is not running"))
 }
 
-/// The id persisted in `state`, else `fallback` (the one read at start).
-fn persisted_id(state: &StateDir, fallback: &str) -> String {
-    match state.load_agent_id() {
-        Ok(id) => id.unwrap_or_else(|| fallback.to_owned()),
-        Err(error) => {
-            tracing::warn!(%error, "cannot re-read the agent id; using the one read at start");
-            fallback.to_owned()
-        }
-    }
-}
-
 /// The agent's tree (see the module documentation for the strategy).
 fn tree(
     config: &Arc<AgentConfig>,
     state: &StateDir,
-    agent_id: &str,
-    first_batcher: Batcher,
+    agent_id: &Arc<watch::Sender<String>>,
     registry: &Registry,
     stats: &Arc<ConnectorStats>,
     shutdown_requested: &CancellationToken,
 ) -> SupervisorSpec {
     let batcher = {
         let (config, state) = (config.clone(), state.clone());
-        // The first incarnation was built (and its errors reported) by `start`.
-        let first = Mutex::new(Some(first_batcher));
-        ChildSpec::new(ids::BATCHER, move || {
-            let first = first.lock().unwrap_or_else(|e| e.into_inner()).take();
-            first.unwrap_or_else(|| {
-                Batcher::new(&config, state.clone())
-                    .unwrap_or_else(|error| panic!("cannot restart the batcher: {error}"))
-            })
-        })
+        ChildSpec::try_new(ids::BATCHER, move || Batcher::new(&config, state.clone()))
     };
     let plugins = {
         let (config, state, registry) = (config.clone(), state.clone(), registry.clone());
-        let agent_id = agent_id.to_owned();
-        let plugin_bound = plugin_stop_bound(&config);
-        ChildSpec::new(ids::PLUGINS, move || {
+        let agent_id = agent_id.subscribe();
+        ChildSpec::new(ids::PLUGIN_MANAGER, move || {
             PluginManager::new(
                 &config,
+                sibling(&registry, ids::PLUGINS),
                 state.clone(),
-                persisted_id(&state, &agent_id),
+                agent_id.clone(),
                 sibling::<Batcher>(&registry, ids::BATCHER).recipient(),
             )
         })
-        .shutdown_timeout(plugin_bound)
     };
     let heartbeat = {
         let (config, registry, stats) = (config.clone(), registry.clone(), stats.clone());
@@ -178,7 +162,7 @@ fn tree(
             HeartbeatReporter::new(
                 config.heartbeat_interval(),
                 sibling(&registry, ids::BATCHER),
-                sibling(&registry, ids::PLUGINS),
+                sibling(&registry, ids::PLUGIN_MANAGER),
                 stats.clone(),
             )
         })
@@ -190,15 +174,15 @@ fn tree(
             registry.clone(),
             stats.clone(),
         );
-        let (agent_id, shutdown_requested) = (agent_id.to_owned(), shutdown_requested.clone());
+        let (agent_id, shutdown_requested) = (agent_id.clone(), shutdown_requested.clone());
         ChildSpec::new(ids::CONNECTOR, move || {
             Connector::new(
                 config.clone(),
                 state.clone(),
-                persisted_id(&state, &agent_id),
+                agent_id.clone(),
                 Peers {
                     batcher: sibling(&registry, ids::BATCHER),
-                    plugins: sibling(&registry, ids::PLUGINS),
+                    plugins: sibling(&registry, ids::PLUGIN_MANAGER),
                     heartbeat: sibling(&registry, ids::HEARTBEAT),
                     shutdown_requested: shutdown_requested.clone(),
                 },
@@ -217,6 +201,10 @@ fn tree(
         )
         .registry(registry.clone())
         .child(batcher)
+        .child(
+            // Stops every plugin subtree at once; each has its own bound.
+            ChildSpec::supervisor(ids::PLUGINS, || SupervisorSpec::dynamic(ids::PLUGINS)),
+        )
         .child(plugins)
         .child(heartbeat)
         .child(connector)
@@ -240,25 +228,28 @@ pub fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     config.validate()?;
     let config = Arc::new(config);
     let state = StateDir::open(&config.state_dir)?;
-    let agent_id = state.load_agent_id()?.unwrap_or_default();
-    let first_batcher = Batcher::new(&config, state.clone())?;
+    let initial_id = state.load_agent_id()?.unwrap_or_default();
+    tracing::info!(agent_id = %initial_id, hubs = ?config.hubs, plugins = config.plugins.len(),
+        "agent starting");
+    // The connector owns the id (it adopts what a hub assigns); everyone else reads it.
+    let agent_id = Arc::new(watch::Sender::new(initial_id));
+    // Reported here, before the tree starts; a later failure is the batcher's start error.
+    state.load_seq()?;
     let connector_stats = Arc::new(ConnectorStats::default());
     let shutdown_requested = CancellationToken::new();
     let supervisor = tree(
         &config,
         &state,
         &agent_id,
-        first_batcher,
         &Registry::new(),
         &connector_stats,
         &shutdown_requested,
     )
     .start()?;
-    tracing::info!(agent_id = %agent_id, hubs = ?config.hubs, plugins = config.plugins.len(),
-        "agent started");
+
     Ok(AgentHandle {
         config,
-        agent_id,
+        agent_id: agent_id.subscribe(),
         supervisor,
         connector_stats,
         shutdown_requested,
@@ -272,10 +263,10 @@ impl AgentHandle {
         self.shutdown_requested.clone()
     }
 
-    /// The agent id persisted when the agent started (empty if the hub has
-    /// not assigned one yet).
-    pub fn initial_agent_id(&self) -> &str {
-        &self.agent_id
+    /// The agent id now: the persisted one, or the one a hub assigned since
+    /// (empty until a hub assigned one).
+    pub fn agent_id(&self) -> String {
+        self.agent_id.borrow().clone()
     }
 
     /// Connection counters.
@@ -303,7 +294,7 @@ impl AgentHandle {
             tracing::debug!(%error, "heartbeat already gone");
         }
         let plugin_bound = plugin_stop_bound(&self.config);
-        if let Some(plugins) = self.child::<PluginManager>(ids::PLUGINS)
+        if let Some(plugins) = self.child::<PluginManager>(ids::PLUGIN_MANAGER)
             && tokio::time::timeout(plugin_bound, plugins.send(StopPlugins))
                 .await
                 .is_err()

@@ -93,11 +93,6 @@ pub struct GetPluginInfo;
 #[rtype(result = "()")]
 pub struct StopPlugins;
 
-/// The agent id the hub assigned (passed to plugins started later).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct SetAgentId(pub String);
-
 /// The heartbeat interval from the hub's `Welcome`.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -26,7 +26,7 @@ use herd_codec::{CodecError, PluginHostCodec, data_type};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, ChildStderr, Command};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::codec::FramedRead;
 
 use crate::config::PluginSpec;
@@ -58,7 +58,7 @@ pub struct PluginCounters {
 #[derive(Debug, Clone)]
 pub struct PluginEnv {
     /// `HERD_AGENT_ID` (empty until the hub assigned one; read at each start).
-    pub agent_id: Arc<Mutex<String>>,
+    pub agent_id: watch::Receiver<String>,
     /// `HERD_PLUGIN_STATE_DIR`, already created.
     pub state_dir: PathBuf,
     /// Where its records go.
@@ -192,12 +192,7 @@ impl Plugin {
                 });
             }
         }
-        let agent_id = self
-            .env
-            .agent_id
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let agent_id = self.env.agent_id.borrow().clone();
         Command::new(&spec.path)
             .args(&spec.args)
             .envs(&spec.env)

@@ -3,9 +3,15 @@
 //!
 //! It owns the desired plugin set (the agent's own declarations, overridden
 //! by the hub's push for the names it pushes), starts what is missing,
-//! upgrades what changed (the old supervisor is shut down, which stops and
+//! upgrades what changed (the old supervisor is terminated, which stops and
 //! reaps the process, then the new one starts), stops what was removed, and
 //! leaves everything else alone.
+//!
+//! The plugins' supervisors are children of the agent tree's dynamic
+//! `agent/plugins` supervisor (`agent/plugins/<name>`), started with
+//! [`StartChild`] and watched through their [`ChildHandle`]; the manager only
+//! holds their handles. A manager that restarts terminates what its
+//! predecessor left there before it starts the plugin set again.
 //!
 //! Each plugin's supervisor has one transient child, the [`Plugin`] actor.
 //! An unexpected exit restarts it after an exponential backoff with jitter
@@ -17,28 +23,27 @@
 //! A sha256 mismatch fails it at once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
 use herd_codec::proto::{PluginStatus, TaskResult, TaskStatus};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::config::{AgentConfig, PluginSpec};
-use crate::messages::{
-    ApplyHubConfig, GetPluginInfo, Ingest, ListPlugins, RunTask, SetAgentId, StopPlugins,
-};
+use crate::messages::{ApplyHubConfig, GetPluginInfo, Ingest, ListPlugins, RunTask, StopPlugins};
 use crate::plugin::{
     Plugin, PluginCounters, PluginEnv, PluginEvent, PluginEventKind, agent_result,
 };
 use crate::report::{PluginInfo, PluginState, plugin_record};
 use crate::state::StateDir;
 use herd_supervision::{
-    Backoff, ChildSpec, ExitReason, Intensity, Restart, SupervisorHandle, SupervisorSpec,
+    Backoff, ChildHandle, ChildSpec, ExitReason, Intensity, Restart, StartChild, StartError,
+    Supervisor, SupervisorSpec, TerminateChild, WhichChildren,
 };
 
-/// Jitter of plugin restart delays: each is stretched by up to this factor.
+/// Jitter of plugin restart delays: each is shortened by up to this fraction.
 const RESTART_JITTER: f64 = 0.5;
 /// Time a plugin actor gets to stop on top of its process's grace periods.
 const STOP_SLACK: Duration = Duration::from_secs(2);
@@ -54,11 +59,22 @@ enum AfterStop {
     Stay,
 }
 
+/// Where a plugin's supervisor is.
+#[derive(Debug)]
+enum Subtree {
+    /// Not running.
+    Absent,
+    /// Asked for; the `StartChild` reply is on its way.
+    Starting,
+    /// Running under `agent/plugins`; its monitor reports its end.
+    Running,
+}
+
 #[derive(Debug)]
 struct Entry {
     spec: Arc<PluginSpec>,
     state: PluginState,
-    supervisor: Option<SupervisorHandle>,
+    subtree: Subtree,
     process: Option<(Addr<Plugin>, u32)>,
     generation: u64,
     /// Set while the supervisor is being shut down on purpose.
@@ -73,7 +89,7 @@ impl Entry {
         Self {
             spec: Arc::new(spec),
             state: PluginState::Stopped,
-            supervisor: None,
+            subtree: Subtree::Absent,
             process: None,
             generation: 0,
             stopping: None,
@@ -99,28 +115,13 @@ impl Entry {
     }
 }
 
-/// A plugin's supervisor exited on its own: it gave up (escalated).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct SupervisorExited {
-    name: String,
-    generation: u64,
-    reason: ExitReason,
-}
-
-/// A plugin's supervisor finished an orderly shutdown.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct SupervisorStopped {
-    name: String,
-    generation: u64,
-}
-
 /// Supervises the plugin processes; see the module docs.
 #[derive(Debug)]
 pub struct PluginManager {
+    /// The dynamic supervisor the plugins' supervisors run under.
+    plugins: Addr<Supervisor>,
     state_dir: StateDir,
-    agent_id: Arc<Mutex<String>>,
+    agent_id: watch::Receiver<String>,
     records: Recipient<Ingest>,
     task_timeout: Duration,
     max_frame_length: usize,
@@ -136,13 +137,15 @@ impl PluginManager {
     /// A manager that will run the plugins declared in `config` once started.
     pub fn new(
         config: &AgentConfig,
+        plugins: Addr<Supervisor>,
         state_dir: StateDir,
-        agent_id: String,
+        agent_id: watch::Receiver<String>,
         records: Recipient<Ingest>,
     ) -> Self {
         Self {
+            plugins,
             state_dir,
-            agent_id: Arc::new(Mutex::new(agent_id)),
+            agent_id,
             records,
             task_timeout: Duration::from_millis(config.task_timeout_ms),
             max_frame_length: config.max_frame_length,
@@ -191,7 +194,7 @@ impl PluginManager {
         }
     }
 
-    /// Shuts a plugin's supervisor down (stopping and reaping its process)
+    /// Terminates a plugin's supervisor (stopping and reaping its process)
     /// and then does `then`. A later `retire` of the same plugin replaces
     /// what happens afterwards.
     fn retire(&mut self, name: &str, then: AfterStop, ctx: &mut Context<Self>) {
@@ -203,16 +206,12 @@ impl PluginManager {
         if already_stopping {
             return;
         }
-        match entry.supervisor.clone() {
-            Some(supervisor) => {
-                let (name, generation) = (name.to_owned(), entry.generation);
-                let me = ctx.address();
-                actix::spawn(async move {
-                    supervisor.shutdown().await;
-                    me.do_send(SupervisorStopped { name, generation });
-                });
-            }
-            None => self.stopped(name, ctx),
+        match entry.subtree {
+            // Its monitor sees the end and calls `stopped`.
+            Subtree::Running => self.plugins.do_send(TerminateChild(name.to_owned())),
+            // Terminated as soon as the start is confirmed.
+            Subtree::Starting => {}
+            Subtree::Absent => self.stopped(name, ctx),
         }
     }
 
@@ -221,7 +220,7 @@ impl PluginManager {
         let Some(entry) = self.entries.get_mut(name) else {
             return;
         };
-        entry.supervisor = None;
+        entry.subtree = Subtree::Absent;
         entry.process = None;
         match entry.stopping.take() {
             Some(AfterStop::Remove) => {
@@ -266,27 +265,87 @@ impl PluginManager {
             max_frame_length: self.max_frame_length,
             generation: entry.generation,
         };
-        match supervise(entry.spec.clone(), env) {
-            Ok(supervisor) => {
-                let (name, generation) = (name.to_owned(), entry.generation);
-                let me = ctx.address();
-                let watched = supervisor.clone();
-                actix::spawn(async move {
-                    let reason = watched.wait().await;
-                    me.do_send(SupervisorExited {
-                        name,
-                        generation,
-                        reason,
-                    });
-                });
-                entry.supervisor = Some(supervisor);
-                entry.state = PluginState::Backoff; // until its process reports
-            }
+        let spec = match plugin_supervisor(entry.spec.clone(), env) {
+            Ok(spec) => spec,
             Err(e) => {
                 let error = format!("invalid restart policy: {e}");
                 self.fail(name, error);
+                return;
             }
+        };
+        entry.subtree = Subtree::Starting;
+        entry.state = PluginState::Backoff; // until its process reports
+        let (name, generation) = (name.to_owned(), entry.generation);
+        let started = self.plugins.send(StartChild(spec));
+        ctx.spawn(
+            started
+                .into_actor(self)
+                .map(move |started, act, ctx| match started {
+                    Ok(started) => act.subtree_started(&name, generation, started, ctx),
+                    Err(mailbox) => {
+                        act.subtree_started(&name, generation, Err(mailbox.into()), ctx)
+                    }
+                }),
+        );
+    }
+
+    /// The reply to a plugin supervisor's `StartChild`: watch it, or give up.
+    fn subtree_started(
+        &mut self,
+        name: &str,
+        generation: u64,
+        started: Result<ChildHandle<Supervisor>, StartError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(entry) = self.current(name, generation) else {
+            return;
+        };
+        let handle = match started {
+            Ok(handle) => handle,
+            Err(error) => {
+                entry.subtree = Subtree::Absent;
+                if entry.stopping.is_some() {
+                    return self.stopped(name, ctx);
+                }
+                return self.fail(name, format!("cannot start its supervisor: {error}"));
+            }
+        };
+        entry.subtree = Subtree::Running;
+        if entry.stopping.is_some() {
+            self.plugins.do_send(TerminateChild(name.to_owned()));
         }
+        let name = name.to_owned();
+        ctx.spawn(
+            async move { handle.wait().await }
+                .into_actor(self)
+                .map(move |reason, act, ctx| act.subtree_ended(&name, generation, reason, ctx)),
+        );
+    }
+
+    /// A plugin's supervisor left `agent/plugins`: terminated on purpose, or
+    /// it gave up (escalated).
+    fn subtree_ended(
+        &mut self,
+        name: &str,
+        generation: u64,
+        reason: ExitReason,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(entry) = self.current(name, generation) else {
+            return;
+        };
+        if entry.stopping.is_some() {
+            return self.stopped(name, ctx);
+        }
+        entry.subtree = Subtree::Absent;
+        let error = match &reason {
+            ExitReason::Escalated(why) => {
+                format!("crash loop ({why}); last exit: {}", entry.last_error)
+            }
+            other => format!("plugin supervisor exited: {other}"),
+        };
+        self.fail(name, error);
+        self.notify_if_all_stopped();
     }
 
     fn fail(&mut self, name: &str, error: String) {
@@ -302,7 +361,12 @@ impl PluginManager {
     }
 
     fn notify_if_all_stopped(&mut self) {
-        if self.shutting_down && self.entries.values().all(|e| e.supervisor.is_none()) {
+        if self.shutting_down
+            && self
+                .entries
+                .values()
+                .all(|e| matches!(e.subtree, Subtree::Absent))
+        {
             self.stopped_waiters.drain(..).for_each(|tx| {
                 let _ = tx.send(());
             });
@@ -317,12 +381,12 @@ impl PluginManager {
     }
 }
 
-/// Starts the supervisor of one plugin: one transient child, the plugin's
-/// backoff and restart intensity.
-fn supervise(
+/// The supervisor of one plugin, as a child of `agent/plugins`: one
+/// transient child, the plugin's backoff and restart intensity.
+fn plugin_supervisor(
     spec: Arc<PluginSpec>,
     env: PluginEnv,
-) -> Result<SupervisorHandle, herd_supervision::ConfigError> {
+) -> Result<ChildSpec<Supervisor>, herd_supervision::ConfigError> {
     let restart = &spec.restart;
     let backoff = Backoff::exponential(
         Duration::from_millis(restart.min_backoff_ms),
@@ -332,41 +396,41 @@ fn supervise(
     .reset_after(spec.restart_period());
     let intensity = Intensity::new(restart.max_restarts, spec.restart_period())?;
     let stop_timeout = spec.stop_grace() * 2 + STOP_SLACK;
-    let factory_spec = spec.clone();
-    SupervisorSpec::new(spec.name.clone())
-        .intensity(intensity)
-        .backoff(backoff)
-        .child(
-            ChildSpec::new("process", move || {
-                Plugin::new(factory_spec.clone(), env.clone())
-            })
-            .restart(Restart::Transient)
-            .shutdown_timeout(stop_timeout),
-        )
-        .start()
+    let name = spec.name.clone();
+    Ok(ChildSpec::supervisor(name.clone(), move || {
+        let (spec, env) = (spec.clone(), env.clone());
+        SupervisorSpec::new(name.clone())
+            .intensity(intensity)
+            .backoff(backoff)
+            .child(
+                ChildSpec::new("process", move || Plugin::new(spec.clone(), env.clone()))
+                    .restart(Restart::Transient)
+                    .shutdown_timeout(stop_timeout),
+            )
+    })
+    .restart(Restart::Temporary)
+    .shutdown_timeout(stop_timeout + STOP_SLACK))
 }
 
 impl Actor for PluginManager {
     type Context = Context<Self>;
 
+    /// Terminates the plugin supervisors a previous incarnation left (it
+    /// went away other than through `StopPlugins`: a panic, or a restart),
+    /// so none runs next to the ones this one starts; then reconciles.
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.reconcile(ctx);
-    }
-}
-
-/// A manager that goes away any other way than through `StopPlugins` (a
-/// panic, or a restart by the agent's supervisor) must not leave its plugin
-/// subtrees running next to the ones its successor starts.
-impl Drop for PluginManager {
-    fn drop(&mut self) {
-        for (name, entry) in &self.entries {
-            if let Some(supervisor) = &entry.supervisor {
-                tracing::warn!(plugin = %name, "plugin manager gone; stopping the plugin");
-                // The first poll of `shutdown` signals the stop synchronously
-                // (stop, reap); waiting for it is not possible in `drop`.
-                let _ = futures::FutureExt::now_or_never(supervisor.shutdown());
+        let plugins = self.plugins.clone();
+        ctx.wait(
+            async move {
+                let left = plugins.send(WhichChildren).await.unwrap_or_default();
+                for child in left {
+                    tracing::warn!(plugin = %child.id, "stopping a plugin the previous plugin manager left");
+                    let _ = plugins.send(TerminateChild(child.id)).await;
+                }
             }
-        }
+            .into_actor(self)
+            .map(|(), act, ctx| act.reconcile(ctx)),
+        );
     }
 }
 
@@ -391,37 +455,6 @@ impl Handler<PluginEvent> for PluginManager {
                 }
             }
             PluginEventKind::Refused { error } => self.fail(&event.name, error),
-        }
-    }
-}
-
-impl Handler<SupervisorExited> for PluginManager {
-    type Result = ();
-
-    fn handle(&mut self, exit: SupervisorExited, _: &mut Context<Self>) {
-        let Some(entry) = self.current(&exit.name, exit.generation) else {
-            return;
-        };
-        if entry.stopping.is_some() || entry.supervisor.is_none() {
-            return; // an orderly shutdown, handled by `SupervisorStopped`
-        }
-        entry.supervisor = None;
-        if let ExitReason::Escalated(why) = &exit.reason {
-            let error = format!("crash loop ({why}); last exit: {}", entry.last_error);
-            self.fail(&exit.name, error);
-        } else {
-            let error = format!("plugin supervisor exited: {}", exit.reason);
-            self.fail(&exit.name, error);
-        }
-    }
-}
-
-impl Handler<SupervisorStopped> for PluginManager {
-    type Result = ();
-
-    fn handle(&mut self, stopped: SupervisorStopped, ctx: &mut Context<Self>) {
-        if self.current(&stopped.name, stopped.generation).is_some() {
-            self.stopped(&stopped.name, ctx);
         }
     }
 }
@@ -511,14 +544,6 @@ impl Handler<GetPluginInfo> for PluginManager {
 
     fn handle(&mut self, _: GetPluginInfo, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.entries.values().map(Entry::info).collect())
-    }
-}
-
-impl Handler<SetAgentId> for PluginManager {
-    type Result = ();
-
-    fn handle(&mut self, SetAgentId(id): SetAgentId, _: &mut Context<Self>) {
-        *self.agent_id.lock().unwrap_or_else(PoisonError::into_inner) = id;
     }
 }
 

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use actix::prelude::*;
+
+use crate::directory::HubDirectory;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +38,7 @@ pub struct TaskResultRecord {
 /// Collects task results and publishes them as one JSON array when
 /// `max_batch` are pending or `interval` after the first one.
 #[derive(Debug)]
-pub struct TaskBatcher {
+pub(crate) struct TaskBatcher {
     link: NatsLink,
     max_batch: usize,
     interval: Duration,
@@ -46,7 +48,7 @@ pub struct TaskBatcher {
 
 impl TaskBatcher {
     /// A batcher flushing at `max_batch` results or after `interval`.
-    pub fn new(link: NatsLink, max_batch: usize, interval: Duration) -> Self {
+    pub(crate) fn new(link: NatsLink, max_batch: usize, interval: Duration) -> Self {
         Self {
             link,
             max_batch,
@@ -113,5 +115,12 @@ impl Handler<TaskDone> for TaskBatcher {
                 act.flush(ctx);
             }));
         }
+    }
+}
+
+impl HubDirectory {
+    /// The TaskBatcher.
+    pub(crate) fn batcher(&self) -> Option<Addr<TaskBatcher>> {
+        self.get(crate::directory::ids::BATCHER)
     }
 }

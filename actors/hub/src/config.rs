@@ -128,7 +128,7 @@ impl HubConfig {
     }
 
     /// Checks the values that would make the hub misbehave.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), HubConfigError> {
         let positive = [
             ("handshake_timeout_ms", self.handshake_timeout_ms),
             ("ping_interval_ms", self.ping_interval_ms),
@@ -143,10 +143,10 @@ impl HubConfig {
             ("task_batch_interval_ms", self.task_batch_interval_ms),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(ConfigError::Zero { field });
+            return Err(HubConfigError::Zero { field });
         }
         if let Some(position) = self.tokens.iter().position(String::is_empty) {
-            return Err(ConfigError::EmptyToken { position });
+            return Err(HubConfigError::EmptyToken { position });
         }
         Ok(())
     }
@@ -199,7 +199,7 @@ impl HubConfig {
 /// A configuration value the hub cannot run with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum HubConfigError {
     /// A count or duration that must be positive is 0.
     #[error("`{field}` is 0; it must be at least 1")]
     Zero {
@@ -243,7 +243,7 @@ mod tests {
         };
         assert_eq!(
             config.validate(),
-            Err(ConfigError::EmptyToken { position: 1 })
+            Err(HubConfigError::EmptyToken { position: 1 })
         );
     }
 

@@ -18,8 +18,9 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
 use crate::directory::HubDirectory;
-use crate::messages::{Connected, GetConfig, IsLoaded, Lookup, SendCommand};
+use crate::messages::{AgentLink, Connected, GetConfig, IsLoaded, Lookup};
 use crate::sink::NatsLink;
+use herd_supervision::{Backoff, Retry};
 
 /// The KV bucket of desired configuration.
 pub const CONFIG_BUCKET: &str = "herd_config";
@@ -119,7 +120,7 @@ fn scope(key: &str) -> Option<Scope> {
 
 /// Watches `herd_config` and serves each agent's desired configuration.
 #[derive(Debug)]
-pub struct ConfigWatcher {
+pub(crate) struct ConfigWatcher {
     link: NatsLink,
     directory: HubDirectory,
     fleet: Option<ConfigSet>,
@@ -129,7 +130,7 @@ pub struct ConfigWatcher {
 
 impl ConfigWatcher {
     /// A watcher pushing changes to the agents the Registry in `directory` knows.
-    pub fn new(link: NatsLink, directory: HubDirectory) -> Self {
+    pub(crate) fn new(link: NatsLink, directory: HubDirectory) -> Self {
         Self {
             link,
             directory,
@@ -206,27 +207,29 @@ impl ConfigWatcher {
         }
     }
 
-    fn send_config(&self, agent_id: &str, connection: &Addr<super::connection::Connection>) {
+    fn send_config(&self, agent_id: &str, connection: &AgentLink) {
         tracing::info!(agent_id, "pushing configuration");
-        connection.do_send(SendCommand(Command {
+        connection.command(Command {
             task: None,
             // No key left: an empty set removes what the hub pushed before.
             config: Some(self.desired(agent_id).unwrap_or_default()),
-        }));
+        });
     }
 }
 
 /// Opens (creating it when missing) the bucket, starts watching it, and
 /// reads its current values. Retries until NATS answers.
 async fn open(link: NatsLink) -> (kv::Watch, Vec<(String, Option<bytes::Bytes>)>) {
-    let mut delay = Duration::from_millis(100);
+    let mut retry = Retry::new(
+        Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5), 0.2)
+            .expect("constant backoff parameters are valid"),
+    );
     loop {
         match try_open(&link).await {
             Ok(opened) => return opened,
             Err(error) => {
                 tracing::warn!(%error, bucket = CONFIG_BUCKET, "cannot read configuration bucket yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                retry.wait().await;
             }
         }
     }
@@ -352,6 +355,13 @@ impl Handler<IsLoaded> for ConfigWatcher {
 
     fn handle(&mut self, _: IsLoaded, _ctx: &mut Context<Self>) -> bool {
         self.loaded
+    }
+}
+
+impl HubDirectory {
+    /// The ConfigWatcher.
+    pub(crate) fn configs(&self) -> Option<Addr<ConfigWatcher>> {
+        self.get(crate::directory::ids::CONFIGS)
     }
 }
 

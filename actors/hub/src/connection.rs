@@ -18,11 +18,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::FramedRead;
 
 use crate::Services;
+use crate::agent_info::AgentInfo;
 use crate::messages::{
-    Close, CloseKind, GetConfig, Heartbeat, Register, SendCommand, TaskDone, Unregister,
+    AgentLink, Close, CloseKind, GetConfig, HeartbeatReceived, Register, SendCommand, TaskDone,
+    Unregister,
 };
 use crate::sink::AgentIdentity;
-use crate::tracker::AgentInfo;
 use herd_supervision::io::{FrameSender, FrameWriter, TrySendError};
 
 /// One frame read from the socket with the in-flight permit taken before it
@@ -58,7 +59,7 @@ enum Phase {
 /// a bounded writer task. Batches are published in order by one task per
 /// connection, which acks each `seq` after the sink accepted it.
 #[derive(Debug)]
-pub struct Connection {
+pub(crate) struct Connection {
     services: Services,
     conn_id: u64,
     peer: SocketAddr,
@@ -79,14 +80,14 @@ impl Connection {
         services: Services,
         conn_id: u64,
         peer: SocketAddr,
-        socket: Option<std::net::TcpStream>,
+        socket: std::net::TcpStream,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(services.config.max_in_flight_batches));
         Self {
             services,
             conn_id,
             peer,
-            socket,
+            socket: Some(socket),
             writer: None,
             permits,
             phase: Phase::Handshake,
@@ -205,7 +206,7 @@ impl Connection {
         self.phase = Phase::Registering;
         let register = registry.send(Register {
             conn_id: self.conn_id,
-            addr: ctx.address(),
+            link: AgentLink::new(ctx.address()),
             info,
         });
         // `wait` holds every other message (commands, takeover) until the
@@ -336,7 +337,7 @@ impl Connection {
                             data_type::AGENT_HEARTBEAT | data_type::PLUGIN_HEARTBEAT
                         )
                     {
-                        tracker.do_send(Heartbeat {
+                        tracker.do_send(HeartbeatReceived {
                             agent_id: identity.agent_id.clone(),
                             record: record.clone(),
                         });

@@ -1,17 +1,20 @@
 //! The embedded NATS server: when no URL is configured, the hub runs its own
-//! `nats-server` child (JetStream on, store under the state directory,
-//! loopback only) and restarts it if it dies. Its client URL is written to
-//! `<state_dir>/nats.url` while it runs, so tools on the same host (the demo,
-//! a subscriber, an operator) can find the free port it was given.
+//! `nats-server` (JetStream on, store under the state directory, loopback
+//! only) as a supervised child of its tree, `hub/nats/server`, restarted with
+//! the tree's backoff whenever it dies. Its client URL is written to
+//! `<state_dir>/nats.url` while the hub runs, so tools on the same host (the
+//! demo, a subscriber, an operator) can find the free port it was given.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use actix::prelude::*;
+use herd_supervision::{Backoff, ChildSpec, Intensity, Supervisor, SupervisorSpec, stop_abnormal};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
 
 use crate::error::HubError;
 
@@ -19,23 +22,29 @@ use crate::error::HubError;
 /// URL (one line) while it runs.
 pub const NATS_URL_FILE: &str = "nats.url";
 
-/// How long a fresh server gets to accept clients.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Child id of the embedded server's supervisor under the hub's root.
+pub(crate) const NATS: &str = "nats";
+/// Child id of the server process under [`NATS`].
+const SERVER: &str = "server";
 
-/// A supervised `nats-server` child. Dropping it (or [`EmbeddedNats::stop`])
-/// kills the server.
-#[derive(Debug)]
-pub struct EmbeddedNats {
-    url: String,
+/// How long the server gets to stop after SIGTERM (JetStream flushes its
+/// store) before the supervisor kills it.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how the embedded server runs; fixed for the life of the hub, so
+/// a restarted server has the same port and store and clients reconnect to it.
+#[derive(Debug, Clone)]
+pub(crate) struct EmbeddedNats {
+    binary: PathBuf,
+    store: PathBuf,
+    port: u16,
     url_file: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl EmbeddedNats {
-    /// Starts `nats-server` with its store in `<state_dir>/nats` on a free
-    /// loopback port and waits until it accepts clients.
-    pub async fn start(state_dir: &Path) -> Result<Self, HubError> {
+    /// Finds `nats-server`, creates its store in `<state_dir>/nats`, picks a
+    /// free loopback port and publishes the URL in `<state_dir>/nats.url`.
+    pub(crate) fn prepare(state_dir: &Path) -> Result<Self, HubError> {
         let binary = find_nats_server().ok_or(HubError::NatsServerMissing)?;
         let store = state_dir.join("nats");
         let embedded_error = |reason: String| HubError::Embedded {
@@ -44,73 +53,78 @@ impl EmbeddedNats {
         };
         std::fs::create_dir_all(&store)
             .map_err(|error| embedded_error(format!("cannot create the store: {error}")))?;
-        let port = free_loopback_port()
+        let port = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .and_then(|probe| probe.local_addr())
+            .map(|addr| addr.port())
             .map_err(|error| embedded_error(format!("no free loopback port: {error}")))?;
-        let server = Server {
+        let embedded = Self {
             binary,
             store: store.clone(),
             port,
+            url_file: state_dir.join(NATS_URL_FILE),
         };
-        let child = server.spawn().await.map_err(embedded_error)?;
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(server.supervise(child, stopped));
-        let url = format!("nats://127.0.0.1:{port}");
-        let url_file = state_dir.join(NATS_URL_FILE);
         // Written aside and renamed, so a reader never sees half a URL.
         let partial = state_dir.join(format!("{NATS_URL_FILE}.partial"));
-        std::fs::write(&partial, format!("{url}\n"))
-            .and_then(|()| std::fs::rename(&partial, &url_file))
+        std::fs::write(&partial, format!("{}\n", embedded.url()))
+            .and_then(|()| std::fs::rename(&partial, &embedded.url_file))
             .map_err(|error| {
-                embedded_error(format!("cannot write {}: {error}", url_file.display()))
+                embedded_error(format!(
+                    "cannot write {}: {error}",
+                    embedded.url_file.display()
+                ))
             })?;
-        tracing::info!(port, store = %store.display(), url_file = %url_file.display(), "embedded nats-server running");
-        Ok(Self {
-            url,
-            url_file,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        Ok(embedded)
     }
 
     /// The server's client URL.
-    pub fn url(&self) -> &str {
-        &self.url
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Stops the server and waits until it is gone.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+    /// The error for a server that did not come up: `reason` and its log.
+    pub(crate) fn start_error(&self, reason: String) -> HubError {
+        HubError::Embedded {
+            store: self.store.clone(),
+            reason: format!("{reason}; {}", self.log_tail()),
         }
     }
-}
 
-impl Drop for EmbeddedNats {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        // The URL stops being valid with the server; a stale file would send
-        // tools to a port someone else may own by now.
-        let _ = std::fs::remove_file(&self.url_file);
+    /// The `nats` supervisor with the server process as its one child. It
+    /// keeps restarting the server (same port, same store) with a backoff
+    /// up to 10 s; the restarts never add up to its intensity, so a server
+    /// that cannot run is retried, not given up on.
+    pub(crate) fn child_spec(&self, client: async_nats::Client) -> ChildSpec<Supervisor> {
+        let server = self.clone();
+        ChildSpec::supervisor(NATS, move || {
+            let (server, client) = (server.clone(), client.clone());
+            SupervisorSpec::new(NATS)
+                .backoff(
+                    Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10), 0.2)
+                        .expect("constant backoff parameters are valid"),
+                )
+                .intensity(
+                    Intensity::new(20, Duration::from_secs(60))
+                        .expect("constant intensity parameters are valid"),
+                )
+                .child(
+                    ChildSpec::try_new(SERVER, move || {
+                        server.spawn().map(|child| NatsServer {
+                            child: Some(child),
+                            pid: None,
+                            exited: false,
+                            log: server.store.join("nats-server.log"),
+                            client: client.clone(),
+                        })
+                    })
+                    .shutdown_timeout(STOP_TIMEOUT),
+                )
+        })
     }
-}
 
-#[derive(Debug)]
-struct Server {
-    binary: PathBuf,
-    store: PathBuf,
-    port: u16,
-}
-
-impl Server {
-    async fn spawn(&self) -> Result<Child, String> {
+    fn spawn(&self) -> Result<Child, String> {
         let log = std::fs::File::create(self.store.join("nats-server.log"))
             .map_err(|error| format!("cannot create its log: {error}"))?;
-        let mut child = Command::new(&self.binary)
+        Command::new(&self.binary)
             .args([
                 "--addr",
                 "127.0.0.1",
@@ -129,95 +143,111 @@ impl Server {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|error| format!("cannot run {}: {error}", self.binary.display()))?;
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "exited at start with {status}; {}",
-                    self.log_tail()
-                ));
-            }
-            if accepts_clients(self.port).await {
-                return Ok(child);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err(format!(
-            "not ready after {READY_TIMEOUT:?}; {}",
-            self.log_tail()
-        ))
+            .map_err(|error| format!("cannot run {}: {error}", self.binary.display()))
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.store.join("nats-server.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        format!(
-            "its log ends with: {}",
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        )
+        log_tail(&self.store.join("nats-server.log"))
     }
 
-    /// Restarts the server (same port, same store) whenever it exits, with
-    /// a growing delay, until told to stop.
-    async fn supervise(self, mut child: Child, mut stop: oneshot::Receiver<()>) {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            tokio::select! {
-                _ = &mut stop => {
-                    let _ = child.kill().await;
-                    return;
-                }
-                status = child.wait() => {
-                    tracing::error!(?status, "embedded nats-server exited; restarting in {delay:?}");
-                }
-            }
-            loop {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-                match self.spawn().await {
-                    Ok(restarted) => {
-                        child = restarted;
-                        break;
-                    }
-                    Err(error) => tracing::error!(%error, "embedded nats-server restart failed"),
-                }
-            }
-        }
+    /// Removes the URL file when dropped.
+    pub(crate) fn url_file_guard(&self) -> UrlFile {
+        UrlFile(self.url_file.clone())
     }
 }
 
-/// Whether a `nats-server` on this loopback port is ready: it greets a new
-/// connection with its `INFO` line within a second. Test harnesses use it too.
-pub async fn accepts_clients(port: u16) -> bool {
-    let greeting = async {
-        let mut stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-            .await
-            .ok()?;
-        let mut buf = [0u8; 4];
-        stream.read_exact(&mut buf).await.ok()?;
-        Some(buf)
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), greeting).await,
-        Ok(Some(buf)) if &buf == b"INFO"
+/// Removes `nats.url` when the hub goes: the URL stops being valid with the
+/// server, and a stale file would send tools to a port someone else may own
+/// by now.
+#[derive(Debug)]
+pub(crate) struct UrlFile(PathBuf);
+
+impl Drop for UrlFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn log_tail(log: &Path) -> String {
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+    format!(
+        "its log ends with: {}",
+        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
     )
 }
 
-/// A loopback port that was free a moment ago (the OS picks it; another
-/// process may still take it before the caller binds). Test harnesses and the
-/// benchmarks use it too.
-pub fn free_loopback_port() -> std::io::Result<u16> {
-    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .and_then(|probe| probe.local_addr())
-        .map(|addr| addr.port())
+/// The running `nats-server` process, owned by this actor alone. It exits
+/// abnormally (and is restarted) when the process dies; asked to stop, it
+/// flushes the hub's client, sends SIGTERM and waits for the process.
+#[derive(Debug)]
+struct NatsServer {
+    child: Option<Child>,
+    pid: Option<Pid>,
+    exited: bool,
+    log: PathBuf,
+    client: async_nats::Client,
+}
+
+impl Actor for NatsServer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        self.pid = child
+            .id()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .map(Pid::from_raw);
+        tracing::info!(pid = ?self.pid, "embedded nats-server running");
+        // The wait owns the process: if this actor is killed, dropping the
+        // future kills the process too.
+        ctx.spawn(
+            async move { child.wait().await }
+                .into_actor(self)
+                .map(|status, act, ctx| {
+                    act.exited = true;
+                    let status = match status {
+                        Ok(status) => status.to_string(),
+                        Err(error) => format!("unknown status ({error})"),
+                    };
+                    if act.pid.take().is_some() {
+                        let reason =
+                            format!("nats-server exited with {status}; {}", log_tail(&act.log));
+                        stop_abnormal(ctx, reason);
+                    } else {
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
+
+    fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
+        if self.exited {
+            return Running::Stop;
+        }
+        if let Some(pid) = self.pid.take() {
+            // What the hub published last reaches the server before it stops.
+            let client = self.client.clone();
+            ctx.spawn(
+                async move {
+                    let _ = tokio::time::timeout(STOP_TIMEOUT / 2, client.flush()).await;
+                }
+                .into_actor(self)
+                .map(move |(), _, _| {
+                    if let Err(error) = kill(pid, Signal::SIGTERM) {
+                        tracing::warn!(%error, "cannot signal the embedded nats-server");
+                    }
+                }),
+            );
+        }
+        Running::Continue
+    }
 }
 
 /// `nats-server` on `PATH`, or where Debian installs it (`/usr/sbin`, which is
-/// not on every user's `PATH`).
+/// not on every user's `PATH`): the binary the embedded server runs.
 pub fn find_nats_server() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::config::ConfigError;
+use crate::config::HubConfigError;
 
 /// Why the hub could not start (or had to stop).
 #[derive(Debug, thiserror::Error)]
@@ -11,7 +11,7 @@ use crate::config::ConfigError;
 pub enum HubError {
     /// The configuration has a value the hub cannot run with.
     #[error("invalid hub configuration: {0}")]
-    Config(#[from] ConfigError),
+    Config(#[from] HubConfigError),
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
@@ -54,6 +54,6 @@ pub enum HubError {
         reason: String,
     },
     /// The supervision tree could not start.
-    #[error("cannot start the hub's supervision tree: {0}")]
-    Supervision(String),
+    #[error("cannot start the hub's supervision tree")]
+    Supervision(#[from] herd_supervision::ConfigError),
 }

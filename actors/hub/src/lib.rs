@@ -2,11 +2,12 @@
 //! tasks and configuration to them.
 //!
 //! ```text
-//! NatsLink                shared NATS client (+ an embedded, supervised nats-server
-//!                         when no URL is configured); a handle, not an actor
+//! NatsLink                shared NATS client; a handle, not an actor
 //! hub  (supervisor, rest-for-one)
+//! ├── nats         supervisor (only without a NATS URL): the embedded nats-server
+//! │   └── server   its process, restarted with backoff on the same port and store
 //! ├── tracker      HeartbeatTracker: agent detail, herd.presence.<id>, herd.heartbeat.<id>
-//! ├── registry     Registry: agent id -> Connection, cap, takeover
+//! ├── registry     AgentRegistry: agent id -> Connection, cap, takeover
 //! ├── connections  dynamic supervisor: one temporary Connection per agent socket,
 //! │                spread over one arbiter per core
 //! ├── listener     Listener: accepts sockets
@@ -20,13 +21,16 @@
 //! Rest-for-one: when the tracker or the registry restarts, every connection
 //! after it is closed too (agents reconnect and are registered afresh), so no
 //! actor ever holds state about connections that a restart forgot. Actors
-//! find each other through [`HubDirectory`] on every use, so they always
-//! reach the current incarnation.
+//! find each other through the tree's registry on every use, so they always
+//! reach the current incarnation. The embedded server comes first: it is up
+//! before anything publishes and stops after everything else (the hub's
+//! client is flushed before it gets SIGTERM); its own supervisor restarts it
+//! without touching the rest of the tree.
 //!
 //! Start a hub with [`Hub::start`] inside an actix system; it runs until
-//! [`Hub::shutdown`]. Embedders reach NATS through [`Hub::nats`], the actors
-//! through [`Hub::directory`], and add supervised actors of their own to the
-//! hub's tree:
+//! [`Hub::shutdown`]. Embedders reach NATS through [`Hub::nats`], the agents'
+//! detail through [`Hub::agents`], the tree through [`Hub::supervisor`], and
+//! add supervised actors of their own to it:
 //!
 //! ```no_run
 //! use actix::prelude::*;
@@ -45,26 +49,28 @@
 //! })
 //! .await?;
 //! println!("agents connect to {}", hub.listen_addr());
-//! let _audit: Addr<Audit> = hub.supervisor().start_child(ChildSpec::new("audit", || Audit)).await?;
+//! let audit = hub.supervisor().start_child(ChildSpec::new("audit", || Audit)).await?;
+//! let _current: Option<Addr<Audit>> = audit.addr();
 //! hub.shutdown().await;
 //! # Ok(()) }
 //! ```
 
 mod admin;
-pub mod batcher;
-pub mod config;
-pub mod config_watcher;
-pub mod connection;
-pub mod directory;
-pub mod embedded;
-pub mod error;
-pub mod listener;
-pub mod messages;
-pub mod metrics;
-pub mod registry;
-pub mod router;
-pub mod sink;
-pub mod tracker;
+mod agent_info;
+mod batcher;
+mod config;
+mod config_watcher;
+mod connection;
+mod directory;
+mod embedded;
+mod error;
+mod listener;
+mod messages;
+mod metrics;
+mod registry;
+mod router;
+mod sink;
+mod tracker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,22 +79,26 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-pub use batcher::{TASK_RESULTS_SUBJECT, TaskBatcher, TaskResultRecord};
-pub use config::{AckMode, ConfigError, HubConfig};
-pub use config_watcher::{CONFIG_BUCKET, ConfigWatcher, config_bucket};
-pub use connection::Connection;
-pub use directory::HubDirectory;
-pub use embedded::EmbeddedNats;
+pub use agent_info::AgentInfo;
+pub use batcher::{TASK_RESULTS_SUBJECT, TaskResultRecord};
+pub use config::{AckMode, HubConfig, HubConfigError};
+pub use config_watcher::{AGENT_KEY_PREFIX, CONFIG_BUCKET, FLEET_KEY, config_bucket, parse_config};
+pub use embedded::{NATS_URL_FILE, find_nats_server};
 pub use error::HubError;
-pub use listener::Listener;
+pub use messages::PresenceEvent;
 pub use metrics::HubMetrics;
-pub use registry::Registry;
-pub use router::CommandRouter;
-pub use sink::{AgentIdentity, HEADER_AGENT_ID, HEADER_MSG_ID, HEADER_SEQ, NatsLink, NatsState};
-pub use tracker::{AgentInfo, HeartbeatTracker, Presence};
+pub use sink::{HEADER_AGENT_ID, HEADER_MSG_ID, HEADER_SEQ, NatsLink, NatsState};
+pub use tracker::Presence;
 
-use directory::ids;
+use batcher::TaskBatcher;
+use config_watcher::ConfigWatcher;
+use directory::{HubDirectory, ids};
+use embedded::EmbeddedNats;
 use herd_supervision::{ChildSpec, ExitReason, SupervisorHandle, SupervisorSpec};
+use listener::Listener;
+use registry::AgentRegistry;
+use router::CommandRouter;
+use tracker::HeartbeatTracker;
 
 /// What every hub actor needs: the configuration and the hub's services.
 #[derive(Debug, Clone)]
@@ -113,6 +123,7 @@ fn tree(
     services: &Services,
     socket: Arc<std::net::TcpListener>,
     workers: Arc<[ArbiterHandle]>,
+    embedded: Option<&EmbeddedNats>,
 ) -> SupervisorSpec {
     let config = &services.config;
     let link = &services.link;
@@ -125,7 +136,9 @@ fn tree(
     };
     let registry = {
         let (cap, directory) = (config.max_connections, directory.clone());
-        ChildSpec::new(ids::REGISTRY, move || Registry::new(cap, directory.clone()))
+        ChildSpec::new(ids::REGISTRY, move || {
+            AgentRegistry::new(cap, directory.clone())
+        })
     };
     let listener = {
         let services = services.clone();
@@ -157,10 +170,15 @@ fn tree(
             ConfigWatcher::new(link.clone(), directory.clone())
         })
     };
-    SupervisorSpec::new(directory::ROOT)
+    let root = SupervisorSpec::new(directory::ROOT)
         .strategy(herd_supervision::Strategy::RestForOne)
-        .registry(directory.tree().clone())
-        .child(tracker)
+        .registry(directory.tree().clone());
+    // First, so it is up before anything publishes and stops after everything.
+    let root = match embedded {
+        Some(embedded) => root.child(embedded.child_spec(link.client().clone())),
+        None => root,
+    };
+    root.child(tracker)
         .child(registry)
         .child(ChildSpec::supervisor(ids::CONNECTIONS, || {
             SupervisorSpec::dynamic(ids::CONNECTIONS)
@@ -171,6 +189,41 @@ fn tree(
         .child(configs)
 }
 
+/// Waits until the hub's client reached the embedded server, or fails with
+/// the reason the server's first start did not work.
+async fn embedded_ready(
+    embedded: &EmbeddedNats,
+    link: &NatsLink,
+    events: &mut tokio::sync::broadcast::Receiver<herd_supervision::SupervisionEvent>,
+) -> Result<(), HubError> {
+    let nats_path = format!("{}/{}", directory::ROOT, embedded::NATS);
+    let server_exit = async {
+        loop {
+            match events.recv().await {
+                Ok(herd_supervision::SupervisionEvent {
+                    kind: herd_supervision::EventKind::Exited { reason, .. },
+                    supervisor,
+                    ..
+                }) if *supervisor == *nats_path => return reason.to_string(),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    return "the supervision tree stopped".to_owned();
+                }
+            }
+        }
+    };
+    tokio::select! {
+        connected = link.wait_connected(EMBEDDED_READY_TIMEOUT) => match connected {
+            true => Ok(()),
+            false => Err(embedded.start_error(format!("not ready after {EMBEDDED_READY_TIMEOUT:?}"))),
+        },
+        reason = server_exit => Err(embedded.start_error(reason)),
+    }
+}
+
+/// How long a fresh embedded server gets to accept the hub's client.
+const EMBEDDED_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running hub.
 #[derive(Debug)]
 pub struct Hub {
@@ -180,7 +233,8 @@ pub struct Hub {
     admin_addr: Option<SocketAddr>,
     workers: Vec<Arbiter>,
     admin: Option<tokio::task::JoinHandle<()>>,
-    embedded: Option<EmbeddedNats>,
+    /// With an embedded server: removes `nats.url` when the hub goes.
+    embedded_url_file: Option<embedded::UrlFile>,
 }
 
 impl Hub {
@@ -199,12 +253,13 @@ impl Hub {
         }
         let embedded = match &config.nats_url {
             Some(_) => None,
-            None => Some(EmbeddedNats::start(&config.state_dir).await?),
+            None => Some(EmbeddedNats::prepare(&config.state_dir)?),
         };
+        let url_file = embedded.as_ref().map(EmbeddedNats::url_file_guard);
         let url = config
             .nats_url
             .clone()
-            .or_else(|| embedded.as_ref().map(|embedded| embedded.url().to_owned()))
+            .or_else(|| embedded.as_ref().map(EmbeddedNats::url))
             .unwrap_or_default();
         let link = NatsLink::connect(&url, &config.hub_id).await?;
         let bind_error = |what, addr| move |source| HubError::Bind { what, addr, source };
@@ -236,10 +291,16 @@ impl Hub {
             .map(|_| Arbiter::new())
             .collect();
         let handles: Arc<[ArbiterHandle]> = workers.iter().map(Arbiter::handle).collect();
-        let root = tree(&services, Arc::new(socket), handles)
-            .start()
-            .map_err(|error| HubError::Supervision(error.to_string()))?;
+        let spec = tree(&services, Arc::new(socket), handles, embedded.as_ref());
+        let mut events = spec.subscribe();
+        let root = spec.start()?;
         services.metrics.watch_supervision(root.stats().clone());
+        if let Some(embedded) = &embedded
+            && let Err(error) = embedded_ready(embedded, &services.link, &mut events).await
+        {
+            root.shutdown().await;
+            return Err(error);
+        }
         // Bounded: without NATS the hub still starts and serves agents.
         if services.link.wait_connected(Duration::from_secs(5)).await {
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -270,7 +331,7 @@ impl Hub {
             admin_addr,
             workers,
             admin,
-            embedded,
+            embedded_url_file: url_file,
         })
     }
 
@@ -304,11 +365,6 @@ impl Hub {
         &self.services.metrics
     }
 
-    /// Current addresses of the hub's actors.
-    pub fn directory(&self) -> &HubDirectory {
-        &self.services.directory
-    }
-
     /// The root of the hub's supervision tree: add children with
     /// `start_child`, watch events with `subscribe`, read `stats`.
     pub fn supervisor(&self) -> &SupervisorHandle {
@@ -319,6 +375,15 @@ impl Hub {
     /// or when a child exceeded the restart intensity) and says why.
     pub async fn wait(&self) -> ExitReason {
         self.root.wait().await
+    }
+
+    /// The detail of every connected agent, as the admin `/agents` endpoint serves it;
+    /// empty while the heartbeat tracker restarts.
+    pub async fn agents(&self) -> Vec<AgentInfo> {
+        match self.services.directory.tracker() {
+            Some(tracker) => tracker.send(messages::ListAgents).await.unwrap_or_default(),
+            None => Vec::new(),
+        }
     }
 
     /// Orderly shutdown: stop accepting, let in-flight batches be acked,
@@ -333,29 +398,26 @@ impl Hub {
             Some(registry) => registry.send(messages::CloseAll).await.unwrap_or(0),
             None => 0,
         };
-        let deadline = Instant::now() + timeout;
-        // Polled rather than awaited: connections report their end to the
-        // Registry, the one place that knows when all are gone.
-        while let Some(registry) = &registry
-            && Instant::now() < deadline
-            && !registry
-                .send(messages::Connected)
+        // Connections report their end to the AgentRegistry, the one place
+        // that knows when all are gone.
+        if let Some(registry) = &registry
+            && tokio::time::timeout(timeout, registry.send(messages::WhenAllClosed))
                 .await
-                .map_or(true, |left| left.is_empty())
+                .is_err()
         {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tracing::warn!(?timeout, "agents still connected at the shutdown timeout");
         }
         let exit = self.root.shutdown().await;
         tracing::info!(agents = asked, %exit, "hub shut down");
-        let _ = tokio::time::timeout(timeout, self.services.link.client().flush()).await;
+        // The embedded server's actor flushed the client before the server stopped.
+        if self.embedded_url_file.is_none() {
+            let _ = tokio::time::timeout(timeout, self.services.link.client().flush()).await;
+        }
         for worker in &self.workers {
             worker.stop();
         }
         if let Some(admin) = self.admin {
             admin.abort();
-        }
-        if let Some(embedded) = self.embedded {
-            embedded.stop().await;
         }
     }
 }

@@ -1,19 +1,19 @@
 //! Accepts agent sockets and starts one Connection per socket under the
 //! connections supervisor, on the worker arbiters round-robin.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::net::TcpListener;
 
 use crate::Services;
 use crate::connection::Connection;
-use herd_supervision::{ChildSpec, Restart, StartChild};
+use herd_supervision::{ChildSpec, StartChild};
 
 /// Accepts TCP connections and hands each socket to a new [`Connection`],
 /// a temporary child of the connections supervisor on the next worker arbiter.
 #[derive(Debug)]
-pub struct Listener {
+pub(crate) struct Listener {
     /// Shared with the child spec, so a restarted Listener keeps the port.
     socket: Arc<std::net::TcpListener>,
     services: Services,
@@ -53,13 +53,9 @@ impl Listener {
         self.next_worker = self.next_worker.wrapping_add(1);
         let conn_id = self.services.next_conn_id();
         let services = self.services.clone();
-        // Temporary children are built once; the slot hands the socket over.
-        let slot = Mutex::new(Some(socket));
-        let spec = ChildSpec::new(format!("conn-{conn_id}"), move || {
-            let socket = slot.lock().ok().and_then(|mut slot| slot.take());
-            Connection::new(services.clone(), conn_id, peer, socket)
+        let spec = ChildSpec::once(format!("conn-{conn_id}"), move || {
+            Connection::new(services, conn_id, peer, socket)
         })
-        .restart(Restart::Temporary)
         .shutdown_timeout(self.services.config.shutdown_timeout())
         .arbiter(worker);
         connections.do_send(StartChild(spec));

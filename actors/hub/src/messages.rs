@@ -1,14 +1,14 @@
 //! Messages between the hub's actors.
 
-use actix::{Addr, Message};
+use actix::dev::ToEnvelope;
+use actix::{Actor, Addr, Handler, Message, Recipient};
 use herd_codec::proto::{Command, ConfigSet, Record, TaskResult};
 
-use crate::connection::Connection;
-use crate::tracker::AgentInfo;
+use crate::agent_info::AgentInfo;
 
 /// Why the hub closes an agent connection (its `Goodbye`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseKind {
+pub(crate) enum CloseKind {
     /// Another connection took the agent id over.
     Superseded,
     /// The hub is shutting down.
@@ -18,7 +18,7 @@ pub enum CloseKind {
 /// Ask a Connection to say goodbye and close.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Close {
+pub(crate) struct Close {
     /// Why.
     pub kind: CloseKind,
     /// Human-readable detail for the agent and the logs.
@@ -28,24 +28,56 @@ pub struct Close {
 /// Send a command (task and/or configuration) to the agent of a Connection.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct SendCommand(pub Command);
+pub(crate) struct SendCommand(pub Command);
 
-/// Registry: a connection finished its handshake for `info.agent_id`.
+/// How the other actors reach one agent's Connection: they can close it or send it a
+/// command, nothing else.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentLink {
+    close: Recipient<Close>,
+    command: Recipient<SendCommand>,
+}
+
+impl AgentLink {
+    /// The link to the connection actor at `addr`.
+    pub(crate) fn new<A>(addr: Addr<A>) -> Self
+    where
+        A: Actor + Handler<Close> + Handler<SendCommand>,
+        A::Context: ToEnvelope<A, Close> + ToEnvelope<A, SendCommand>,
+    {
+        Self {
+            close: addr.clone().recipient(),
+            command: addr.recipient(),
+        }
+    }
+
+    /// Asks the connection to say goodbye and close.
+    pub(crate) fn close(&self, kind: CloseKind, message: String) {
+        self.close.do_send(Close { kind, message });
+    }
+
+    /// Queues a command for the agent.
+    pub(crate) fn command(&self, command: Command) {
+        self.command.do_send(SendCommand(command));
+    }
+}
+
+/// AgentRegistry: a connection finished its handshake for `info.agent_id`.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), RegisterError>")]
-pub struct Register {
+pub(crate) struct Register {
     /// Unique id of the connection (per hub process).
     pub conn_id: u64,
     /// The connection actor.
-    pub addr: Addr<Connection>,
+    pub link: AgentLink,
     /// What the agent told about itself.
     pub info: AgentInfo,
 }
 
-/// Why the Registry refused a connection.
+/// Why the AgentRegistry refused a connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum RegisterError {
+pub(crate) enum RegisterError {
     /// The connection cap is reached.
     #[error("hub is full: {connected} agents connected, the cap is {cap}")]
     Full {
@@ -56,10 +88,10 @@ pub enum RegisterError {
     },
 }
 
-/// Registry: a registered connection has closed.
+/// AgentRegistry: a registered connection has closed.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Unregister {
+pub(crate) struct Unregister {
     /// The agent id it was registered for.
     pub agent_id: String,
     /// Its connection id; ignored when another connection took over since.
@@ -68,31 +100,36 @@ pub struct Unregister {
     pub reason: String,
 }
 
-/// Registry: the Connection of an agent, if connected.
+/// AgentRegistry: the Connection of an agent, if connected.
 #[derive(Debug, Message)]
-#[rtype(result = "Option<Addr<Connection>>")]
-pub struct Lookup(pub String);
+#[rtype(result = "Option<AgentLink>")]
+pub(crate) struct Lookup(pub String);
 
-/// Registry: every connected agent id with its Connection.
+/// AgentRegistry: every connected agent id with its Connection.
 #[derive(Debug, Message)]
-#[rtype(result = "Vec<(String, Addr<Connection>)>")]
-pub struct Connected;
+#[rtype(result = "Vec<(String, AgentLink)>")]
+pub(crate) struct Connected;
 
-/// Registry: close every connection with `Goodbye{SHUTDOWN}`; answers how
+/// AgentRegistry: close every connection with `Goodbye{SHUTDOWN}`; answers how
 /// many were asked.
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
-pub struct CloseAll;
+pub(crate) struct CloseAll;
+
+/// AgentRegistry: answers once no agent is connected any more.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct WhenAllClosed;
 
 /// HeartbeatTracker: an agent came online (after a takeover too).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Online(pub AgentInfo);
+pub(crate) struct Online(pub AgentInfo);
 
 /// HeartbeatTracker: an agent went offline or was superseded.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Offline {
+pub(crate) struct Offline {
     /// The agent.
     pub agent_id: String,
     /// `offline` or `superseded`.
@@ -116,7 +153,7 @@ pub enum PresenceEvent {
 /// HeartbeatTracker: a heartbeat record (data type 1000 or 1001) arrived.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Heartbeat {
+pub(crate) struct HeartbeatReceived {
     /// The agent.
     pub agent_id: String,
     /// The record.
@@ -126,12 +163,12 @@ pub struct Heartbeat {
 /// HeartbeatTracker: the detail of every connected agent.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<AgentInfo>")]
-pub struct ListAgents;
+pub(crate) struct ListAgents;
 
 /// CommandRouter and TaskBatcher: an agent answered a task.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
-pub struct TaskDone {
+pub(crate) struct TaskDone {
     /// The agent.
     pub agent_id: String,
     /// Its answer.
@@ -141,9 +178,9 @@ pub struct TaskDone {
 /// ConfigWatcher: the desired configuration of an agent, if any.
 #[derive(Debug, Message)]
 #[rtype(result = "Option<ConfigSet>")]
-pub struct GetConfig(pub String);
+pub(crate) struct GetConfig(pub String);
 
 /// ConfigWatcher: whether the initial load of `herd_config` is done.
 #[derive(Debug, Message)]
 #[rtype(result = "bool")]
-pub struct IsLoaded;
+pub(crate) struct IsLoaded;

@@ -3,18 +3,19 @@
 use std::collections::HashMap;
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 
-use crate::connection::Connection;
-use crate::directory::HubDirectory;
+use crate::directory::{HubDirectory, ids};
 use crate::messages::{
-    Close, CloseAll, CloseKind, Connected, Lookup, Offline, Online, PresenceEvent, Register,
-    RegisterError, Unregister,
+    AgentLink, CloseAll, CloseKind, Connected, Lookup, Offline, Online, PresenceEvent, Register,
+    RegisterError, Unregister, WhenAllClosed,
 };
+use crate::tracker::HeartbeatTracker;
 
 #[derive(Debug)]
 struct Entry {
     conn_id: u64,
-    addr: Addr<Connection>,
+    link: AgentLink,
 }
 
 /// Agent id -> Connection. The only place that decides who serves an id.
@@ -23,27 +24,30 @@ struct Entry {
 /// over: the old one gets `Goodbye{SUPERSEDED}` and a `superseded` presence
 /// event is published. Beyond `cap` agents new ids are refused.
 #[derive(Debug)]
-pub struct Registry {
+pub(crate) struct AgentRegistry {
     cap: usize,
     agents: HashMap<String, Entry>,
     directory: HubDirectory,
+    /// Waiting for the last agent to go.
+    all_closed: Vec<oneshot::Sender<()>>,
 }
 
-impl Registry {
+impl AgentRegistry {
     /// A registry refusing more than `cap` agents, reporting presence to the
     /// tracker found in `directory`.
-    pub fn new(cap: usize, directory: HubDirectory) -> Self {
+    pub(crate) fn new(cap: usize, directory: HubDirectory) -> Self {
         Self {
             cap,
             agents: HashMap::new(),
             directory,
+            all_closed: Vec::new(),
         }
     }
 
     fn tell_tracker<M>(&self, message: M)
     where
         M: Message<Result = ()> + Send + 'static,
-        super::tracker::HeartbeatTracker: Handler<M>,
+        HeartbeatTracker: Handler<M>,
     {
         match self.directory.tracker() {
             Some(tracker) => tracker.do_send(message),
@@ -52,18 +56,18 @@ impl Registry {
     }
 }
 
-impl Actor for Registry {
+impl Actor for AgentRegistry {
     type Context = Context<Self>;
 }
 
-impl Handler<Register> for Registry {
+impl Handler<Register> for AgentRegistry {
     type Result = Result<(), RegisterError>;
 
     fn handle(&mut self, register: Register, _ctx: &mut Context<Self>) -> Self::Result {
         let agent_id = register.info.agent_id.clone();
         let entry = Entry {
             conn_id: register.conn_id,
-            addr: register.addr,
+            link: register.link,
         };
         let connected = self.agents.len();
         match self.agents.insert(agent_id.clone(), entry) {
@@ -72,10 +76,7 @@ impl Handler<Register> for Registry {
                     "agent {agent_id} connected again from {}",
                     register.info.address
                 );
-                old.addr.do_send(Close {
-                    kind: CloseKind::Superseded,
-                    message: reason.clone(),
-                });
+                old.link.close(CloseKind::Superseded, reason.clone());
                 self.tell_tracker(Offline {
                     agent_id,
                     event: PresenceEvent::Superseded,
@@ -96,7 +97,7 @@ impl Handler<Register> for Registry {
     }
 }
 
-impl Handler<Unregister> for Registry {
+impl Handler<Unregister> for AgentRegistry {
     type Result = ();
 
     fn handle(&mut self, gone: Unregister, _ctx: &mut Context<Self>) {
@@ -112,39 +113,68 @@ impl Handler<Unregister> for Registry {
                 event: PresenceEvent::Offline,
                 reason: gone.reason,
             });
+            if self.agents.is_empty() {
+                for waiter in self.all_closed.drain(..) {
+                    // The waiter may have given up.
+                    let _ = waiter.send(());
+                }
+            }
         }
     }
 }
 
-impl Handler<Lookup> for Registry {
-    type Result = Option<Addr<Connection>>;
+impl Handler<Lookup> for AgentRegistry {
+    type Result = Option<AgentLink>;
 
     fn handle(&mut self, Lookup(agent_id): Lookup, _ctx: &mut Context<Self>) -> Self::Result {
-        self.agents.get(&agent_id).map(|entry| entry.addr.clone())
+        self.agents.get(&agent_id).map(|entry| entry.link.clone())
     }
 }
 
-impl Handler<Connected> for Registry {
-    type Result = Vec<(String, Addr<Connection>)>;
+impl Handler<Connected> for AgentRegistry {
+    type Result = Vec<(String, AgentLink)>;
 
     fn handle(&mut self, _: Connected, _ctx: &mut Context<Self>) -> Self::Result {
         self.agents
             .iter()
-            .map(|(agent_id, entry)| (agent_id.clone(), entry.addr.clone()))
+            .map(|(agent_id, entry)| (agent_id.clone(), entry.link.clone()))
             .collect()
     }
 }
 
-impl Handler<CloseAll> for Registry {
+impl Handler<CloseAll> for AgentRegistry {
     type Result = usize;
 
     fn handle(&mut self, _: CloseAll, _ctx: &mut Context<Self>) -> usize {
         for entry in self.agents.values() {
-            entry.addr.do_send(Close {
-                kind: CloseKind::Shutdown,
-                message: "hub shutting down".to_owned(),
-            });
+            entry
+                .link
+                .close(CloseKind::Shutdown, "hub shutting down".to_owned());
         }
         self.agents.len()
+    }
+}
+
+impl Handler<WhenAllClosed> for AgentRegistry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: WhenAllClosed, _ctx: &mut Context<Self>) -> Self::Result {
+        let (done, closed) = oneshot::channel();
+        if self.agents.is_empty() {
+            let _ = done.send(());
+        } else {
+            self.all_closed.push(done);
+        }
+        Box::pin(async move {
+            // A registry that stops has no agents left to wait for.
+            let _ = closed.await;
+        })
+    }
+}
+
+impl HubDirectory {
+    /// The AgentRegistry (agent id -> Connection).
+    pub(crate) fn registry(&self) -> Option<Addr<AgentRegistry>> {
+        self.get(ids::REGISTRY)
     }
 }

@@ -9,12 +9,12 @@ use herd_codec::proto::{Command, Task, TaskResult, TaskStatus};
 use prost::Message as _;
 
 use crate::directory::HubDirectory;
-use crate::messages::{Lookup, SendCommand, TaskDone};
+use crate::messages::{Lookup, TaskDone};
 use crate::metrics::HubMetrics;
 use crate::sink::NatsLink;
 
 /// Subjects the router serves.
-pub const COMMAND_SUBJECTS: &str = "herd.cmd.*";
+pub(crate) const COMMAND_SUBJECTS: &str = "herd.cmd.*";
 
 #[derive(Debug)]
 struct Pending {
@@ -26,7 +26,7 @@ struct Pending {
 /// with the agent's `TaskResult`, or at once with `OFFLINE` when the agent is
 /// not connected, or with `TIMEOUT` when no result came in time.
 #[derive(Debug)]
-pub struct CommandRouter {
+pub(crate) struct CommandRouter {
     link: NatsLink,
     directory: HubDirectory,
     metrics: HubMetrics,
@@ -38,7 +38,7 @@ pub struct CommandRouter {
 impl CommandRouter {
     /// A router finding agents through the Registry in `directory`; tasks
     /// without their own timeout get `default_timeout`.
-    pub fn new(
+    pub(crate) fn new(
         link: NatsLink,
         directory: HubDirectory,
         metrics: HubMetrics,
@@ -154,10 +154,10 @@ impl CommandRouter {
                 }
             });
             act.pending.insert(key, Pending { reply, timer });
-            connection.do_send(SendCommand(Command {
+            connection.command(Command {
                 task: Some(task),
                 config: None,
-            }));
+            });
         }));
     }
 }
@@ -219,5 +219,12 @@ impl Handler<TaskDone> for CommandRouter {
                 tracing::debug!(agent_id = %key.0, task_id = %key.1, "task result nobody waits for")
             }
         }
+    }
+}
+
+impl HubDirectory {
+    /// The CommandRouter.
+    pub(crate) fn router(&self) -> Option<Addr<CommandRouter>> {
+        self.get(crate::directory::ids::ROUTER)
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::config::AckMode;
 use crate::error::HubError;
 use crate::metrics::HubMetrics;
+use herd_supervision::{Backoff, BackoffPolicy, Retry};
 
 /// Header carrying the agent id of a published record.
 pub const HEADER_AGENT_ID: &str = "Herd-Agent-Id";
@@ -67,14 +68,16 @@ impl NatsLink {
                 url: url.to_owned(),
                 reason: source.to_string(),
             })?;
+        let reconnect =
+            Backoff::exponential(Duration::from_millis(50), Duration::from_secs(2), 0.2)
+                .expect("constant backoff parameters are valid");
         let client = async_nats::ConnectOptions::new()
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)
             // Reconnect quickly after a NATS restart; agents are waiting for acks.
-            .reconnect_delay_callback(|attempt| {
-                Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6)))
-                    .min(Duration::from_secs(2))
+            .reconnect_delay_callback(move |attempt| {
+                reconnect.delay(u32::try_from(attempt).unwrap_or(u32::MAX))
             })
             .event_callback(move |event| {
                 let state_tx = state_tx.clone();
@@ -162,10 +165,12 @@ impl NatsLink {
         metrics: &HubMetrics,
     ) {
         let messages = identity.envelopes(batch);
-        let mut backoff = Duration::from_millis(20);
-        let mut attempt: u32 = 0;
+        let mut retry = Retry::new(
+            Backoff::exponential(Duration::from_millis(20), Duration::from_secs(1), 0.2)
+                .expect("constant backoff parameters are valid"),
+        );
         loop {
-            attempt += 1;
+            let attempt = retry.attempt() + 1;
             let started = Instant::now();
             // Publishing while async-nats reconnects only fills its buffers.
             if !self.wait_connected(timeout).await {
@@ -191,8 +196,7 @@ impl NatsLink {
                 }
             }
             metrics.publish_retries.inc();
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            retry.wait().await;
         }
     }
 

@@ -1,74 +1,16 @@
 //! Last-seen and detail per agent; presence and heartbeat events on NATS.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::HashMap;
 
 use actix::prelude::*;
 use bytes::Bytes;
 use herd_codec::data_type;
-use herd_codec::proto::Hello;
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{Heartbeat, ListAgents, Offline, Online, PresenceEvent};
+use crate::agent_info::AgentInfo;
+use crate::directory::HubDirectory;
+use crate::messages::{HeartbeatReceived, ListAgents, Offline, Online, PresenceEvent};
 use crate::sink::{NatsLink, now_ms};
-
-/// What the hub knows about one connected agent (`/agents`, `herd.heartbeat.*`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AgentInfo {
-    /// The agent id.
-    pub agent_id: String,
-    /// Peer address of its connection.
-    pub address: SocketAddr,
-    /// Hostname from `Hello`.
-    pub hostname: String,
-    /// Agent version from `Hello`.
-    pub version: String,
-    /// Operating system and platform from `Hello`, e.g. `linux debian 12`.
-    pub platform: String,
-    /// When the handshake finished, ms since the Unix epoch.
-    pub connected_since_ms: i64,
-    /// When the last heartbeat (1000) arrived, ms since the Unix epoch.
-    pub last_heartbeat_ms: Option<i64>,
-    /// Fields of the last agent heartbeat record.
-    pub heartbeat: BTreeMap<String, String>,
-    /// Per plugin: fields of its last plugin heartbeat (1001), or the state
-    /// reported in `Hello` until one arrives.
-    pub plugins: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-impl AgentInfo {
-    /// The detail `hello` gives about agent `agent_id` connected from `address`.
-    pub fn from_hello(agent_id: &str, hello: &Hello, address: SocketAddr) -> Self {
-        let plugins = hello
-            .plugins
-            .iter()
-            .map(|plugin| {
-                let detail = BTreeMap::from([
-                    ("version".to_owned(), plugin.version.clone()),
-                    ("pid".to_owned(), plugin.pid.to_string()),
-                    ("state".to_owned(), plugin.state.clone()),
-                ]);
-                (plugin.name.clone(), detail)
-            })
-            .collect();
-        Self {
-            agent_id: agent_id.to_owned(),
-            address,
-            hostname: hello.hostname.clone(),
-            version: hello.version.clone(),
-            platform: [&hello.os, &hello.platform, &hello.platform_version]
-                .into_iter()
-                .filter(|part| !part.is_empty())
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(" "),
-            connected_since_ms: now_ms(),
-            last_heartbeat_ms: None,
-            heartbeat: BTreeMap::new(),
-            plugins,
-        }
-    }
-}
 
 /// A presence event as published on `herd.presence.<agent_id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,7 +30,7 @@ pub struct Presence {
 /// Keeps the detail of connected agents and publishes presence and
 /// heartbeat events.
 #[derive(Debug)]
-pub struct HeartbeatTracker {
+pub(crate) struct HeartbeatTracker {
     link: NatsLink,
     hub_id: String,
     agents: HashMap<String, AgentInfo>,
@@ -96,7 +38,7 @@ pub struct HeartbeatTracker {
 
 impl HeartbeatTracker {
     /// A tracker publishing through `link` in the name of `hub_id`.
-    pub fn new(link: NatsLink, hub_id: String) -> Self {
+    pub(crate) fn new(link: NatsLink, hub_id: String) -> Self {
         Self {
             link,
             hub_id,
@@ -153,10 +95,10 @@ impl Handler<Offline> for HeartbeatTracker {
     }
 }
 
-impl Handler<Heartbeat> for HeartbeatTracker {
+impl Handler<HeartbeatReceived> for HeartbeatTracker {
     type Result = ();
 
-    fn handle(&mut self, heartbeat: Heartbeat, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, heartbeat: HeartbeatReceived, _ctx: &mut Context<Self>) {
         let Some(info) = self.agents.get_mut(&heartbeat.agent_id) else {
             return;
         };
@@ -187,5 +129,12 @@ impl Handler<ListAgents> for HeartbeatTracker {
         let mut agents: Vec<_> = self.agents.values().cloned().collect();
         agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         agents
+    }
+}
+
+impl HubDirectory {
+    /// The HeartbeatTracker.
+    pub(crate) fn tracker(&self) -> Option<Addr<HeartbeatTracker>> {
+        self.get(crate::directory::ids::TRACKER)
     }
 }

@@ -127,7 +127,7 @@ async fn without_a_nats_url_the_hub_runs_its_own_nats_server() {
         state.path().join("nats").join("jetstream").is_dir(),
         "JetStream store under the state dir"
     );
-    let url_file = state.path().join(herd_hub::embedded::NATS_URL_FILE);
+    let url_file = state.path().join(herd_hub::NATS_URL_FILE);
     assert_eq!(
         std::fs::read_to_string(&url_file).expect("nats.url while running"),
         format!("{url}\n")
@@ -138,6 +138,89 @@ async fn without_a_nats_url_the_hub_runs_its_own_nats_server() {
         "embedded server still running after shutdown"
     );
     assert!(!url_file.exists(), "nats.url removed after shutdown");
+}
+
+/// The pid of the `nats-server` whose command line names `store`.
+fn nats_server_pid(store: &std::path::Path) -> Option<i32> {
+    let store = store.to_str()?;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_server = args.first()?.ends_with(b"nats-server");
+            (is_server && args.contains(&store.as_bytes())).then_some(pid)
+        })
+}
+
+/// Waits for a `nats-server` process on `store` other than `old`; a process
+/// shows up in /proc only once it has exec'd, so this polls.
+async fn server_process(store: &std::path::Path, old: Option<i32>) -> i32 {
+    loop {
+        match nats_server_pid(store) {
+            Some(pid) if Some(pid) != old => return pid,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
+#[actix::test]
+async fn a_killed_embedded_nats_server_is_restarted_by_the_tree_on_the_same_port() {
+    let state = tempfile::tempdir().expect("state dir");
+    let config = HubConfig {
+        nats_url: None,
+        state_dir: state.path().to_owned(),
+        ..HubConfig::for_tests("unused")
+    };
+    let hub = within("hub with embedded NATS", Hub::start(config))
+        .await
+        .expect("hub");
+    let url = hub.nats().url().to_owned();
+    let store = state.path().join("nats");
+    let first = within("the server process", server_process(&store, None)).await;
+    let mut events = hub.supervisor().subscribe();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    within("the server's restart", async {
+        let mut exited = false;
+        loop {
+            let event = events.recv().await.expect("events").to_string();
+            exited |= event.starts_with(
+                "hub/nats: server exited (abnormal: nats-server exited with signal: 9",
+            );
+            if exited && event == "hub/nats: server started" {
+                break;
+            }
+        }
+    })
+    .await;
+    // Only the server restarted: the hub's own children kept running.
+    assert_eq!(
+        hub.supervisor().stats().get("hub/tracker").unwrap().starts,
+        1
+    );
+    let second = within(
+        "the new server process",
+        server_process(&store, Some(first)),
+    )
+    .await;
+    assert_ne!(first, second);
+    assert_eq!(hub.nats().url(), url, "same port after the restart");
+    // The hub acks again once its client is back on the restarted server.
+    let mut agent = TestAgent::online(hub.listen_addr(), "after-restart").await;
+    agent
+        .send_acked(Batch {
+            seq: 1,
+            records: vec![Default::default()],
+        })
+        .await;
+    within("shutdown", hub.shutdown()).await;
+    assert_eq!(nats_server_pid(&store), None, "server stopped with the hub");
 }
 
 struct Crashy;
@@ -162,14 +245,14 @@ impl Handler<Crash> for Crashy {
 async fn an_embedders_actor_is_supervised_and_its_restarts_are_metrics() {
     let (_nats, hub) = hub_with(|_| {}).await;
     let mut events = hub.supervisor().subscribe();
-    let crashy: Addr<Crashy> = within(
+    let crashy = within(
         "start_child",
         hub.supervisor()
             .start_child(ChildSpec::new("crashy", || Crashy)),
     )
     .await
     .expect("started");
-    crashy.do_send(Crash);
+    crashy.addr().expect("running").do_send(Crash);
     within("the restart", async {
         let mut exited = false;
         loop {

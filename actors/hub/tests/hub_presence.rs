@@ -8,8 +8,7 @@ use futures::StreamExt;
 use herd_codec::data_type;
 use herd_codec::proto::hub_message::Kind;
 use herd_codec::proto::{Batch, CloseReason, Record};
-use herd_hub::messages::{ListAgents, PresenceEvent};
-use herd_hub::{AgentInfo, Presence};
+use herd_hub::{AgentInfo, Presence, PresenceEvent};
 use hub_support::{TestAgent, hub_with, within};
 
 async fn next_presence(presence: &mut async_nats::Subscriber) -> Presence {
@@ -135,13 +134,6 @@ async fn heartbeats_update_the_agent_detail_and_are_published() {
     assert_eq!(detail.heartbeat["cpu_percent"], "42");
     assert_eq!(detail.plugins["sysmetrics"]["rss_bytes"], "42");
     assert!(detail.last_heartbeat_ms.is_some());
-    let listed = hub
-        .directory()
-        .tracker()
-        .expect("tracker running")
-        .send(ListAgents)
-        .await
-        .expect("tracker");
-    assert_eq!(listed, vec![detail]);
+    assert_eq!(hub.agents().await, vec![detail]);
     hub.shutdown().await;
 }

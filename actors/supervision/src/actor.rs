@@ -1,6 +1,6 @@
 //! The supervisor actor and its specification.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,52 +8,37 @@ use std::time::Duration;
 use actix::{
     Actor, ActorContext, AsyncContext, Context, Handler, ResponseFuture, Running, SpawnHandle,
 };
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 
 use crate::child::{
-    AnyAddr, ChildEnv, ChildSpec, Control, DEFAULT_SUPERVISOR_SHUTDOWN_TIMEOUT, ErasedSpec,
-    ExitReporter, prepare_child, set_exit_reason,
+    ChildEnv, ChildSpec, Control, DEFAULT_SUPERVISOR_SHUTDOWN_TIMEOUT, ErasedSpec, ExitReporter,
+    set_exit_reason,
 };
 use crate::config::{BackoffPolicy, ExponentialBackoff, Intensity, Restart, Strategy, valid_name};
 use crate::error::{ConfigError, StartError, TerminateError};
-use crate::events::{EventKind, ExitReason, SupervisionEvent, SupervisionStats, record};
-use crate::handle::SupervisorHandle;
+use crate::events::{EventKind, ExitReason, SupervisionEvent, record};
 use crate::messages::{ChildExited, ChildInfo, StartChild, TerminateChild, WhereIs, WhichChildren};
-use crate::registry::Registry;
+use crate::monitor::{ChildHandle, ExitSender};
+use crate::registry::{AnyAddr, Registry};
+use crate::tree::Shared;
 
 /// Default capacity of a tree's event channel; slower subscribers see `Lagged`.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
-
-/// What every supervisor of one tree shares: events, counters, the registry.
-#[derive(Debug, Clone)]
-pub(crate) struct Shared {
-    pub(crate) events: broadcast::Sender<SupervisionEvent>,
-    pub(crate) stats: SupervisionStats,
-    pub(crate) registry: Registry,
-}
-
-impl Shared {
-    fn new(capacity: usize) -> Self {
-        Self {
-            events: broadcast::channel(capacity.max(1)).0,
-            stats: SupervisionStats::default(),
-            registry: Registry::new(),
-        }
-    }
-}
 
 /// How to build a supervisor: name, strategy, intensity, backoff and children (in start
 /// order). Start the root of a tree with [`start`](Self::start); nest one with
 /// [`ChildSpec::supervisor`].
 pub struct SupervisorSpec {
-    name: String,
+    pub(crate) name: String,
     strategy: Strategy,
     intensity: Intensity,
     backoff: Arc<dyn BackoffPolicy>,
     dynamic: bool,
     children: Vec<ErasedSpec>,
-    shared: Shared,
+    pub(crate) shared: Shared,
+    /// Root-only options that were set (refused on a nested supervisor).
+    root_options: Vec<&'static str>,
 }
 
 impl SupervisorSpec {
@@ -69,13 +54,16 @@ impl SupervisorSpec {
             dynamic: false,
             children: Vec::new(),
             shared: Shared::new(DEFAULT_EVENT_CAPACITY),
+            root_options: Vec::new(),
         }
     }
 
     /// A dynamic supervisor (OTP `simple_one_for_one`, Elixir `DynamicSupervisor`): children
     /// are added with [`StartChild`] and removed with [`TerminateChild`] at run time, are
     /// [`Restart::Temporary`] unless they say otherwise, and one's exit never touches its
-    /// siblings (the strategy stays [`Strategy::OneForOne`] unless changed).
+    /// siblings (the strategy stays [`Strategy::OneForOne`] unless changed). When it stops,
+    /// it asks all its children to stop at once and waits for every one (OTP does the same
+    /// for `simple_one_for_one`), instead of one after the other.
     pub fn dynamic(name: impl Into<String>) -> Self {
         Self {
             dynamic: true,
@@ -108,16 +96,19 @@ impl SupervisorSpec {
     }
 
     /// Publishes the tree's running children in `registry` (default: a fresh one).
-    /// Ignored for nested supervisors, which share their root's.
+    /// Root only: a nested supervisor shares its root's, and one given its own exits with
+    /// [`ConfigError::RootOnlyOption`].
     pub fn registry(mut self, registry: Registry) -> Self {
         self.shared.registry = registry;
+        self.root_options.push("registry");
         self
     }
 
     /// Sets the event channel capacity (default [`DEFAULT_EVENT_CAPACITY`]); drops current
-    /// subscriptions. Ignored for nested supervisors.
+    /// subscriptions. Root only, like [`registry`](Self::registry).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.shared.events = broadcast::channel(capacity.max(1)).0;
+        self.root_options.push("event_capacity");
         self
     }
 
@@ -127,41 +118,9 @@ impl SupervisorSpec {
         self.shared.events.subscribe()
     }
 
-    /// Starts this supervisor as the root of a tree on the current arbiter.
-    ///
-    /// # Errors
-    /// [`ConfigError::NoArbiter`] outside an actix system; [`ConfigError::InvalidName`] or
-    /// [`ConfigError::DuplicateChildId`] for a bad name or id (nested specs are checked when
-    /// they start; a bad one exits abnormally).
-    pub fn start(self) -> Result<SupervisorHandle, ConfigError> {
-        if actix::Arbiter::try_current().is_none() {
-            return Err(ConfigError::NoArbiter);
-        }
-        if !valid_name(&self.name) {
-            return Err(ConfigError::InvalidName(self.name));
-        }
-        self.validate(&self.name)?;
-        let path: Arc<str> = self.name.as_str().into();
-        let shared = self.shared.clone();
-        let control = Arc::new(Control::default());
-        let (exit_tx, exit_rx) = watch::channel(None);
-        let reporter = ExitReporter::new(move |reason| {
-            // Nobody may be waiting for the root's exit.
-            let _ = exit_tx.send(Some(reason));
-        });
-        let root_path = path.clone();
-        let (addr, launch) = prepare_child(
-            move || Supervisor::from_spec(self, root_path, None),
-            control.clone(),
-            reporter,
-            None,
-        );
-        launch();
-        Ok(SupervisorHandle::new(addr, path, shared, control, exit_rx))
-    }
-
-    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, path: &str) -> Result<(), ConfigError> {
         let mut ids = HashSet::new();
+        let default = self.default_restart();
         for child in &self.children {
             if !valid_name(&child.id) {
                 return Err(ConfigError::InvalidName(child.id.clone()));
@@ -172,8 +131,21 @@ impl SupervisorSpec {
                     id: child.id.clone(),
                 });
             }
+            if child.one_shot && child.restart.unwrap_or(default) != Restart::Temporary {
+                return Err(ConfigError::OneShotRestart {
+                    id: child.id.clone(),
+                });
+            }
         }
         Ok(())
+    }
+
+    fn default_restart(&self) -> Restart {
+        if self.dynamic {
+            Restart::Temporary
+        } else {
+            Restart::Permanent
+        }
     }
 }
 
@@ -201,7 +173,11 @@ impl ChildSpec<Supervisor> {
         factory: impl Fn() -> SupervisorSpec + Send + Sync + 'static,
     ) -> Self {
         ChildSpec::with_env(id, move |env: &ChildEnv| {
-            Supervisor::from_spec(factory(), env.path.clone(), Some(env.shared.clone()))
+            Ok(Supervisor::from_spec(
+                factory(),
+                env.path.clone(),
+                Some(env.shared.clone()),
+            ))
         })
         .shutdown_timeout(DEFAULT_SUPERVISOR_SHUTDOWN_TIMEOUT)
     }
@@ -219,9 +195,14 @@ pub struct Supervisor {
     intensity: Intensity,
     backoff: Arc<dyn BackoffPolicy>,
     default_restart: Restart,
+    dynamic: bool,
     initial: Vec<ErasedSpec>,
     invalid: Option<ConfigError>,
-    children: Vec<Child>,
+    /// Children by id (O(1) lookup) ...
+    children: HashMap<String, Child>,
+    /// ... and their ids in start order, keyed by the sequence number they were added with.
+    order: BTreeMap<u64, String>,
+    next_seq: u64,
     shared: Shared,
     restarts: VecDeque<Instant>,
     next_generation: u64,
@@ -235,9 +216,21 @@ pub struct Supervisor {
 struct Child {
     spec: ErasedSpec,
     path: Arc<str>,
+    seq: u64,
     running: Option<RunningChild>,
     /// Backoff attempt of the next restart.
     attempt: u32,
+    last_exit: Option<ExitReason>,
+    /// Set for children added with [`StartChild`]: told the last exit when the child leaves.
+    monitor: Option<ExitSender>,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(monitor) = self.monitor.take() {
+            monitor.send_replace(Some(self.last_exit.take().unwrap_or(ExitReason::Shutdown)));
+        }
+    }
 }
 
 struct RunningChild {
@@ -249,11 +242,21 @@ struct RunningChild {
     kill_timer: Option<SpawnHandle>,
 }
 
-/// A queued group operation: stop these children one at a time (each waits for the
-/// previous one's exit), then do `then`.
+/// A queued group operation: stop these children — one at a time, each waiting for the
+/// previous one's exit, or all at once — then do `then`.
 struct Plan {
     to_stop: VecDeque<String>,
+    order: StopOrder,
     then: Then,
+}
+
+enum StopOrder {
+    OneByOne,
+    /// All stops requested together; `awaiting` exits are still outstanding.
+    AllAtOnce {
+        requested: bool,
+        awaiting: usize,
+    },
 }
 
 enum Then {
@@ -269,6 +272,14 @@ enum Then {
 }
 
 impl Plan {
+    fn one_by_one(to_stop: VecDeque<String>, then: Then) -> Self {
+        Self {
+            to_stop,
+            order: StopOrder::OneByOne,
+            then,
+        }
+    }
+
     fn covers(&self, id: &str) -> bool {
         self.to_stop.iter().any(|s| s == id)
             || match &self.then {
@@ -280,20 +291,25 @@ impl Plan {
 }
 
 impl Supervisor {
-    fn from_spec(spec: SupervisorSpec, path: Arc<str>, shared: Option<Shared>) -> Self {
-        let invalid = spec.validate(&path).err();
+    pub(crate) fn from_spec(spec: SupervisorSpec, path: Arc<str>, shared: Option<Shared>) -> Self {
+        let invalid = spec.validate(&path).err().or_else(|| {
+            let option = spec.root_options.first().filter(|_| shared.is_some())?;
+            Some(ConfigError::RootOnlyOption {
+                supervisor: path.to_string(),
+                option,
+            })
+        });
         Self {
             strategy: spec.strategy,
             intensity: spec.intensity,
-            backoff: spec.backoff,
-            default_restart: if spec.dynamic {
-                Restart::Temporary
-            } else {
-                Restart::Permanent
-            },
+            backoff: spec.backoff.clone(),
+            default_restart: spec.default_restart(),
+            dynamic: spec.dynamic,
             initial: spec.children,
             invalid,
-            children: Vec::new(),
+            children: HashMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 0,
             shared: shared.unwrap_or(spec.shared),
             restarts: VecDeque::new(),
             next_generation: 0,
@@ -314,44 +330,64 @@ impl Supervisor {
         record(&self.shared.events, &self.shared.stats, &self.path, kind);
     }
 
-    fn index_of(&self, id: &str) -> Option<usize> {
-        self.children.iter().position(|c| c.spec.id == id)
-    }
-
-    fn add_child(&mut self, spec: ErasedSpec) -> usize {
+    fn add_child(&mut self, spec: ErasedSpec) -> String {
         let path: Arc<str> = format!("{}/{}", self.path, spec.id).into();
-        self.children.push(Child {
-            spec,
-            path,
-            running: None,
-            attempt: 0,
-        });
-        self.children.len() - 1
+        let id = spec.id.clone();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.order.insert(seq, id.clone());
+        self.children.insert(
+            id.clone(),
+            Child {
+                spec,
+                path,
+                seq,
+                running: None,
+                attempt: 0,
+                last_exit: None,
+                monitor: None,
+            },
+        );
+        id
     }
 
-    fn start_child(&mut self, index: usize, ctx: &mut Context<Self>) -> AnyAddr {
+    /// Removes a child for good; its counters move into the tree's totals.
+    fn remove_child(&mut self, id: &str) {
+        if let Some(child) = self.children.remove(id) {
+            self.order.remove(&child.seq);
+            self.shared.stats.retire(&child.path);
+        }
+    }
+
+    /// Ids in start order.
+    fn ids_from(&self, seq: u64) -> Vec<String> {
+        self.order.range(seq..).map(|(_, id)| id.clone()).collect()
+    }
+
+    fn start_child(&mut self, id: &str, ctx: &mut Context<Self>) -> Option<AnyAddr> {
         let generation = self.next_generation;
         self.next_generation += 1;
         let control = Arc::new(Control::default());
-        let child = &mut self.children[index];
         let me = ctx.address();
-        let id = child.spec.id.clone();
+        let env_shared = self.shared.clone();
+        let child = self.children.get_mut(id)?;
+        let reported_id = child.spec.id.clone();
         let reporter = ExitReporter::new(move |reason| {
             me.do_send(ChildExited {
-                id,
+                id: reported_id,
                 generation,
                 reason,
             })
         });
         let env = ChildEnv {
             path: child.path.clone(),
-            shared: self.shared.clone(),
+            shared: env_shared,
         };
-        let (addr, launch) =
-            child
-                .spec
-                .starter
-                .prepare(env, control.clone(), reporter, child.spec.arbiter.clone());
+        let arbiter = child.spec.arbiter.clone();
+        let (addr, launch) = child
+            .spec
+            .starter
+            .prepare(env, control.clone(), reporter, arbiter);
         self.shared
             .registry
             .insert(child.path.clone(), addr.clone());
@@ -367,37 +403,40 @@ impl Supervisor {
         // Announced before the child runs, so the start precedes anything it does.
         self.emit(EventKind::Started { child });
         launch();
-        addr
+        Some(addr)
     }
 
-    /// Asks a running child to stop and arms its kill timer.
-    fn request_stop(&mut self, index: usize, ctx: &mut Context<Self>) {
-        let child = &mut self.children[index];
+    /// Asks a running child to stop and arms its kill timer; false if it is not running.
+    fn request_stop(&mut self, id: &str, ctx: &mut Context<Self>) -> bool {
+        let Some(child) = self.children.get_mut(id) else {
+            return false;
+        };
         let Some(running) = child.running.as_mut() else {
-            return;
+            return false;
         };
         if running.stop_requested {
-            return;
+            return true;
         }
         running.stop_requested = true;
         let control = running.control.clone();
         let timeout = child.spec.shutdown_timeout;
-        let id = child.spec.id.clone();
+        let timer_id = child.spec.id.clone();
         let generation = running.generation;
         running.kill_timer = Some(ctx.run_later(timeout, move |act, _| {
-            act.kill_child(&id, generation, timeout)
+            act.kill_child(&timer_id, generation, timeout)
         }));
-        let child = child.spec.id.clone();
         // Announced first: a child on another thread may react (and emit) at once.
-        self.emit(EventKind::Stopping { child });
+        self.emit(EventKind::Stopping {
+            child: id.to_owned(),
+        });
         control.stop();
+        true
     }
 
     fn kill_child(&mut self, id: &str, generation: u64, timeout: Duration) {
         let Some(running) = self
             .children
-            .iter()
-            .find(|c| c.spec.id == id)
+            .get(id)
             .and_then(|c| c.running.as_ref())
             .filter(|r| r.generation == generation)
         else {
@@ -417,21 +456,37 @@ impl Supervisor {
             let Some(plan) = self.plans.front_mut() else {
                 return;
             };
-            if let Some(id) = plan.to_stop.front() {
-                let running = self
-                    .children
-                    .iter()
-                    .position(|c| c.spec.id == *id && c.running.is_some());
-                match running {
-                    Some(index) => {
-                        self.request_stop(index, ctx);
-                        return;
-                    }
-                    None => {
-                        plan.to_stop.pop_front();
+            match &mut plan.order {
+                StopOrder::OneByOne => {
+                    if let Some(id) = plan.to_stop.pop_front() {
+                        if self.request_stop(&id, ctx) {
+                            // Put back: it leaves the queue when its exit arrives.
+                            if let Some(plan) = self.plans.front_mut() {
+                                plan.to_stop.push_front(id);
+                            }
+                            return;
+                        }
                         continue;
                     }
                 }
+                StopOrder::AllAtOnce {
+                    requested: false, ..
+                } => {
+                    let to_stop = std::mem::take(&mut plan.to_stop);
+                    let awaiting = to_stop
+                        .into_iter()
+                        .filter(|id| self.request_stop(id, ctx))
+                        .count();
+                    if let Some(plan) = self.plans.front_mut() {
+                        plan.order = StopOrder::AllAtOnce {
+                            requested: true,
+                            awaiting,
+                        };
+                    }
+                    continue;
+                }
+                StopOrder::AllAtOnce { awaiting, .. } if *awaiting > 0 => return,
+                StopOrder::AllAtOnce { .. } => {}
             }
             let Some(plan) = self.plans.pop_front() else {
                 return;
@@ -440,17 +495,23 @@ impl Supervisor {
                 Then::Restart { ids, delay } => {
                     // OTP: a temporary sibling stopped by a group restart stays stopped.
                     let default = self.default_restart;
-                    self.children.retain(|c| {
-                        c.running.is_some()
-                            || !ids.contains(&c.spec.id)
-                            || c.spec.restart.unwrap_or(default) != Restart::Temporary
-                    });
+                    let dropped: Vec<String> = ids
+                        .iter()
+                        .filter(|id| {
+                            self.children.get(id.as_str()).is_some_and(|c| {
+                                c.running.is_none()
+                                    && c.spec.restart.unwrap_or(default) == Restart::Temporary
+                            })
+                        })
+                        .cloned()
+                        .collect();
+                    for id in &dropped {
+                        self.remove_child(id);
+                    }
                     self.schedule_restart(ids, delay, ctx);
                 }
                 Then::Remove { id, reply } => {
-                    if let Some(index) = self.index_of(&id) {
-                        self.children.remove(index);
-                    }
+                    self.remove_child(&id);
                     // The requester may have given up waiting.
                     let _ = reply.send(());
                 }
@@ -476,7 +537,8 @@ impl Supervisor {
         }
     }
 
-    /// Stops every child in reverse start order, then the supervisor itself.
+    /// Stops every child (in reverse start order, or all at once under a dynamic
+    /// supervisor), then the supervisor itself.
     fn begin_exit(&mut self, reason: ExitReason, ctx: &mut Context<Self>) {
         if self.exiting.is_some() {
             return;
@@ -485,15 +547,19 @@ impl Supervisor {
         self.emit(EventKind::ShutdownStarted { reason });
         // Pending terminations are abandoned: their requesters see `SupervisorGone`.
         self.plans.clear();
-        let to_stop = self
-            .children
-            .iter()
-            .rev()
-            .map(|c| c.spec.id.clone())
-            .collect();
+        let to_stop = self.order.values().rev().cloned().collect();
+        let order = if self.dynamic {
+            StopOrder::AllAtOnce {
+                requested: false,
+                awaiting: 0,
+            }
+        } else {
+            StopOrder::OneByOne
+        };
         self.push_plan(
             Plan {
                 to_stop,
+                order,
                 then: Then::Exit,
             },
             ctx,
@@ -514,10 +580,8 @@ impl Supervisor {
             return;
         }
         for id in ids {
-            if let Some(index) = self.index_of(id)
-                && self.children[index].running.is_none()
-            {
-                self.start_child(index, ctx);
+            if self.children.get(id).is_some_and(|c| c.running.is_none()) {
+                self.start_child(id, ctx);
             }
         }
     }
@@ -536,25 +600,33 @@ impl Supervisor {
         self.restarts.len() > self.intensity.max_restarts() as usize
     }
 
+    /// A stop this supervisor asked for ended: one fewer exit for an all-at-once stop to
+    /// wait for (a one-by-one stop sees the exit when it advances).
+    fn stop_completed(&mut self) {
+        if let Some(Plan {
+            order: StopOrder::AllAtOnce { awaiting, .. },
+            ..
+        }) = self.plans.front_mut()
+        {
+            *awaiting = awaiting.saturating_sub(1);
+        }
+    }
+
     fn child_exited(&mut self, msg: ChildExited, ctx: &mut Context<Self>) {
-        let Some(index) = self.children.iter().position(|c| {
-            c.spec.id == msg.id
-                && c.running
-                    .as_ref()
-                    .is_some_and(|r| r.generation == msg.generation)
-        }) else {
+        let id = msg.id;
+        let Some(child) = self.children.get_mut(&id) else {
             return;
         };
-        let child = &mut self.children[index];
-        let Some(running) = child.running.take() else {
+        let Some(running) = child.running.take_if(|r| r.generation == msg.generation) else {
             return;
         };
         if let Some(timer) = running.kill_timer {
             ctx.cancel_future(timer);
         }
+        child.last_exit = Some(msg.reason.clone());
         self.shared.registry.remove(&child.path, &running.addr);
         let restart = child.spec.restart.unwrap_or(self.default_restart);
-        let id = msg.id;
+        let seq = child.seq;
         self.emit(EventKind::Exited {
             child: id.clone(),
             reason: msg.reason.clone(),
@@ -562,15 +634,17 @@ impl Supervisor {
 
         // Exits the supervisor asked for, or that a pending group operation already covers,
         // only move that operation along.
-        if running.stop_requested
-            || self.exiting.is_some()
-            || self.plans.iter().any(|p| p.covers(&id))
-        {
+        if running.stop_requested {
+            self.stop_completed();
+            self.advance(ctx);
+            return;
+        }
+        if self.exiting.is_some() || self.plans.iter().any(|p| p.covers(&id)) {
             self.advance(ctx);
             return;
         }
         if !restart.should_restart(&msg.reason) {
-            self.children.remove(index);
+            self.remove_child(&id);
             return;
         }
         let now = Instant::now();
@@ -586,8 +660,11 @@ impl Supervisor {
             self.begin_exit(ExitReason::Escalated(reason), ctx);
             return;
         }
-        let child = &mut self.children[index];
-        if now.duration_since(running.started_at) >= self.backoff.reset_after() {
+        let reset_after = self.backoff.reset_after();
+        let Some(child) = self.children.get_mut(&id) else {
+            return;
+        };
+        if now.duration_since(running.started_at) >= reset_after {
             child.attempt = 0;
         }
         let attempt = child.attempt;
@@ -598,26 +675,17 @@ impl Supervisor {
             delay,
             attempt,
         });
-        let ids_from = |from: usize| -> Vec<String> {
-            self.children[from..]
-                .iter()
-                .map(|c| c.spec.id.clone())
-                .collect()
-        };
         let group = match self.strategy {
             Strategy::OneForOne => {
                 self.schedule_restart(vec![id], delay, ctx);
                 return;
             }
-            Strategy::OneForAll => ids_from(0),
-            Strategy::RestForOne => ids_from(index),
+            Strategy::OneForAll => self.ids_from(0),
+            Strategy::RestForOne => self.ids_from(seq),
         };
         let to_stop = group.iter().rev().filter(|s| **s != id).cloned().collect();
         self.push_plan(
-            Plan {
-                to_stop,
-                then: Then::Restart { ids: group, delay },
-            },
+            Plan::one_by_one(to_stop, Then::Restart { ids: group, delay }),
             ctx,
         );
     }
@@ -647,8 +715,8 @@ impl Actor for Supervisor {
             return;
         }
         for spec in std::mem::take(&mut self.initial) {
-            let index = self.add_child(spec);
-            self.start_child(index, ctx);
+            let id = self.add_child(spec);
+            self.start_child(&id, ctx);
         }
     }
 
@@ -676,35 +744,39 @@ impl<A: Actor> Handler<WhereIs<A>> for Supervisor {
     type Result = Option<actix::Addr<A>>;
 
     fn handle(&mut self, msg: WhereIs<A>, _: &mut Context<Self>) -> Self::Result {
-        let index = self.index_of(msg.id())?;
-        let running = self.children[index].running.as_ref()?;
+        let running = self.children.get(msg.id())?.running.as_ref()?;
         running.addr.downcast_ref::<actix::Addr<A>>().cloned()
     }
 }
 
 impl<A: Actor<Context = Context<A>>> Handler<StartChild<A>> for Supervisor {
-    type Result = Result<actix::Addr<A>, StartError>;
+    type Result = Result<ChildHandle<A>, StartError>;
 
     fn handle(&mut self, msg: StartChild<A>, ctx: &mut Context<Self>) -> Self::Result {
-        let spec = msg.0;
+        let spec = msg.0.erase();
         if self.exiting.is_some() {
             return Err(StartError::ShuttingDown(self.path.to_string()));
         }
-        if !valid_name(spec.id()) {
-            return Err(StartError::InvalidId(spec.id().to_owned()));
+        if !valid_name(&spec.id) {
+            return Err(StartError::InvalidId(spec.id));
         }
-        if self.index_of(spec.id()).is_some() {
+        if self.children.contains_key(&spec.id) {
             return Err(StartError::DuplicateId {
                 supervisor: self.path.to_string(),
-                id: spec.id().to_owned(),
+                id: spec.id,
             });
         }
-        let index = self.add_child(spec.erase());
-        let addr = self.start_child(index, ctx);
-        Ok(addr
-            .downcast_ref::<actix::Addr<A>>()
-            .cloned()
-            .expect("a ChildSpec<A> always starts an Addr<A>"))
+        if spec.one_shot && spec.restart.unwrap_or(self.default_restart) != Restart::Temporary {
+            return Err(StartError::OneShotRestart(spec.id));
+        }
+        let id = self.add_child(spec);
+        let child = self.children.get_mut(&id).ok_or_else(|| {
+            StartError::ShuttingDown(format!("{}: child {id} vanished", self.path))
+        })?;
+        let (handle, monitor) = ChildHandle::new(child.path.clone(), self.shared.registry.clone());
+        child.monitor = Some(monitor);
+        self.start_child(&id, ctx);
+        Ok(handle)
     }
 }
 
@@ -713,7 +785,7 @@ impl Handler<TerminateChild> for Supervisor {
 
     fn handle(&mut self, msg: TerminateChild, ctx: &mut Context<Self>) -> Self::Result {
         let id = msg.0;
-        if self.index_of(&id).is_none() {
+        if !self.children.contains_key(&id) {
             let err = TerminateError::NotFound {
                 supervisor: self.path.to_string(),
                 id,
@@ -722,10 +794,7 @@ impl Handler<TerminateChild> for Supervisor {
         }
         let (reply, done) = oneshot::channel();
         self.push_plan(
-            Plan {
-                to_stop: VecDeque::from([id.clone()]),
-                then: Then::Remove { id, reply },
-            },
+            Plan::one_by_one(VecDeque::from([id.clone()]), Then::Remove { id, reply }),
             ctx,
         );
         Box::pin(async move { done.await.map_err(|_| TerminateError::SupervisorGone) })
@@ -736,8 +805,9 @@ impl Handler<WhichChildren> for Supervisor {
     type Result = Vec<ChildInfo>;
 
     fn handle(&mut self, _: WhichChildren, _: &mut Context<Self>) -> Vec<ChildInfo> {
-        self.children
-            .iter()
+        self.order
+            .values()
+            .filter_map(|id| self.children.get(id))
             .map(|c| ChildInfo {
                 id: c.spec.id.clone(),
                 running: c.running.is_some(),

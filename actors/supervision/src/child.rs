@@ -24,6 +24,8 @@ use futures::task::AtomicWaker;
 
 use crate::config::Restart;
 use crate::events::ExitReason;
+use crate::registry::AnyAddr;
+use crate::tree::Shared;
 
 tokio::task_local! {
     /// The exit reason a running child declared, scoped around every poll of its task.
@@ -234,13 +236,17 @@ pub(crate) fn prepare_child<A, F>(
 ) -> (Addr<A>, Launch)
 where
     A: Actor<Context = Context<A>>,
-    F: FnOnce() -> A + Send + 'static,
+    F: FnOnce() -> Result<A, String> + Send + 'static,
 {
     let (tx, rx) = channel::channel(MAILBOX_CAPACITY);
     let addr = Addr::new(tx);
     let run = move || {
         let actor = match catch_unwind(AssertUnwindSafe(make)) {
-            Ok(actor) => actor,
+            Ok(Ok(actor)) => actor,
+            Ok(Err(why)) => {
+                reporter.report(ExitReason::StartFailed(why));
+                return;
+            }
             Err(payload) => {
                 reporter.report(ExitReason::Panic(panic_message(payload.as_ref())));
                 return;
@@ -282,22 +288,19 @@ where
 /// actix's default mailbox capacity (`actix::mailbox::DEFAULT_CAPACITY` is not exported).
 const MAILBOX_CAPACITY: usize = 16;
 
-/// Type-erased address of a running child (an `Addr<A>`).
-pub(crate) type AnyAddr = Arc<dyn Any + Send + Sync>;
-
 /// What a supervisor passes to a child's factory.
 #[derive(Debug, Clone)]
 pub(crate) struct ChildEnv {
     /// The child's own path, e.g. `hub/workers`.
     pub(crate) path: Arc<str>,
     /// The tree's event channel, counters and registry.
-    pub(crate) shared: super::actor::Shared,
+    pub(crate) shared: Shared,
 }
 
 /// Type-erased way to start one kind of child.
-pub(crate) trait Starter: Send + Sync {
+pub(crate) trait Starter: Send {
     fn prepare(
-        &self,
+        &mut self,
         env: ChildEnv,
         control: Arc<Control>,
         reporter: ExitReporter,
@@ -305,20 +308,45 @@ pub(crate) trait Starter: Send + Sync {
     ) -> (AnyAddr, Launch);
 }
 
-type Factory<A> = Arc<dyn Fn(&ChildEnv) -> A + Send + Sync>;
+/// Builds the actor for every (re)start; an `Err` is why the start failed.
+type ReusableFactory<A> = Arc<dyn Fn(&ChildEnv) -> Result<A, String> + Send + Sync>;
+/// Builds the actor of a one-shot child.
+type OnceFactory<A> = Box<dyn FnOnce(&ChildEnv) -> Result<A, String> + Send>;
 
-struct TypedStarter<A>(Factory<A>);
+/// Builds the actor for one start.
+enum Factory<A> {
+    /// Called on every (re)start.
+    Reusable(ReusableFactory<A>),
+    /// Called once; `None` after it ran.
+    Once(Option<OnceFactory<A>>),
+}
 
-impl<A: Actor<Context = Context<A>>> Starter for TypedStarter<A> {
+impl<A: Actor<Context = Context<A>>> Starter for Factory<A> {
     fn prepare(
-        &self,
+        &mut self,
         env: ChildEnv,
         control: Arc<Control>,
         reporter: ExitReporter,
         arbiter: Option<ArbiterHandle>,
     ) -> (AnyAddr, Launch) {
-        let factory = self.0.clone();
-        let (addr, launch) = prepare_child(move || factory(&env), control, reporter, arbiter);
+        let (addr, launch) = match self {
+            Factory::Reusable(factory) => {
+                let factory = factory.clone();
+                prepare_child(move || factory(&env), control, reporter, arbiter)
+            }
+            Factory::Once(slot) => {
+                let factory = slot.take();
+                prepare_child(
+                    move || match factory {
+                        Some(factory) => factory(&env),
+                        None => Err("a one-shot child cannot be started twice".to_owned()),
+                    },
+                    control,
+                    reporter,
+                    arbiter,
+                )
+            }
+        };
         (Arc::new(addr), launch)
     }
 }
@@ -346,19 +374,91 @@ impl<A: Actor<Context = Context<A>>> ChildSpec<A> {
     /// supervisor and [`Temporary`](Restart::Temporary) under a dynamic one; shutdown
     /// timeout [`DEFAULT_SHUTDOWN_TIMEOUT`]; the supervisor's arbiter.
     pub fn new(id: impl Into<String>, factory: impl Fn() -> A + Send + Sync + 'static) -> Self {
-        Self::with_env(id, move |_| factory())
+        Self::with_env(id, move |_| Ok(factory()))
+    }
+
+    /// Like [`new`](Self::new), but building the actor can fail: an `Err` becomes the
+    /// child's exit, [`ExitReason::StartFailed`] with the error's message, which its restart
+    /// type, backoff and the supervisor's intensity then handle like any abnormal exit.
+    ///
+    /// ```
+    /// use actix::prelude::*;
+    /// use herd_supervision::{ChildSpec, ExitReason, SupervisorSpec};
+    ///
+    /// struct Tail(std::fs::File);
+    /// impl Actor for Tail {
+    ///     type Context = Context<Self>;
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// System::new().block_on(async {
+    ///     let tail = ChildSpec::try_new("tail", || std::fs::File::open("/no/such/file").map(Tail));
+    ///     let root = SupervisorSpec::dynamic("files").start()?;
+    ///     let child = root.start_child(tail).await?;
+    ///     let ExitReason::StartFailed(why) = child.wait().await else { panic!("started") };
+    ///     assert!(why.contains("No such file"), "{why}");
+    ///     root.shutdown().await;
+    ///     Ok(())
+    /// })
+    /// # }
+    /// ```
+    pub fn try_new<E: fmt::Display>(
+        id: impl Into<String>,
+        factory: impl Fn() -> Result<A, E> + Send + Sync + 'static,
+    ) -> Self {
+        Self::with_env(id, move |_| factory().map_err(|e| e.to_string()))
+    }
+
+    /// A child started exactly once from a resource `factory` takes by value (an accepted
+    /// socket, a spawned process): it is [`Temporary`](Restart::Temporary), and a spec that
+    /// asks to restart it is refused when it is added ([`StartError::OneShotRestart`],
+    /// [`ConfigError::OneShotRestart`]).
+    ///
+    /// [`StartError::OneShotRestart`]: crate::StartError::OneShotRestart
+    /// [`ConfigError::OneShotRestart`]: crate::ConfigError::OneShotRestart
+    ///
+    /// ```
+    /// use actix::prelude::*;
+    /// use herd_supervision::{ChildSpec, SupervisorSpec};
+    ///
+    /// struct Conn(std::net::TcpStream);
+    /// impl Actor for Conn {
+    ///     type Context = Context<Self>;
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// System::new().block_on(async {
+    ///     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    ///     let _client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    ///     let (socket, _) = listener.accept()?;
+    ///     let conns = SupervisorSpec::dynamic("conns").start()?;
+    ///     let conn = conns.start_child(ChildSpec::once("conn-1", move || Conn(socket))).await?;
+    ///     assert_eq!(conn.path(), "conns/conn-1");
+    ///     conns.shutdown().await;
+    ///     Ok(())
+    /// })
+    /// # }
+    /// ```
+    pub fn once(id: impl Into<String>, factory: impl FnOnce() -> A + Send + 'static) -> Self {
+        Self {
+            id: id.into(),
+            restart: Some(Restart::Temporary),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            arbiter: None,
+            factory: Factory::Once(Some(Box::new(move |_| Ok(factory())))),
+        }
     }
 
     pub(crate) fn with_env(
         id: impl Into<String>,
-        factory: impl Fn(&ChildEnv) -> A + Send + Sync + 'static,
+        factory: impl Fn(&ChildEnv) -> Result<A, String> + Send + Sync + 'static,
     ) -> Self {
         Self {
             id: id.into(),
             restart: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             arbiter: None,
-            factory: Arc::new(factory),
+            factory: Factory::Reusable(Arc::new(factory)),
         }
     }
 
@@ -390,11 +490,12 @@ impl<A: Actor<Context = Context<A>>> ChildSpec<A> {
 
     pub(crate) fn erase(self) -> ErasedSpec {
         ErasedSpec {
+            one_shot: matches!(self.factory, Factory::Once(_)),
             id: self.id,
             restart: self.restart,
             shutdown_timeout: self.shutdown_timeout,
             arbiter: self.arbiter,
-            starter: Arc::new(TypedStarter(self.factory)),
+            starter: Box::new(self.factory),
         }
     }
 }
@@ -412,13 +513,14 @@ impl<A: Actor<Context = Context<A>>> fmt::Debug for ChildSpec<A> {
 }
 
 /// A child spec with its actor type erased, as a supervisor stores it.
-#[derive(Clone)]
 pub(crate) struct ErasedSpec {
     pub(crate) id: String,
     pub(crate) restart: Option<Restart>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) arbiter: Option<ArbiterHandle>,
-    pub(crate) starter: Arc<dyn Starter>,
+    /// Built by [`ChildSpec::once`]: it cannot be restarted.
+    pub(crate) one_shot: bool,
+    pub(crate) starter: Box<dyn Starter>,
 }
 
 impl fmt::Debug for ErasedSpec {

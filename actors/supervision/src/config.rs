@@ -101,9 +101,11 @@ pub trait BackoffPolicy: fmt::Debug + Send + Sync + 'static {
 pub struct Backoff;
 
 impl Backoff {
-    /// Exponential backoff from `min` doubling up to `max`, each delay stretched by a random
-    /// factor in `[1, 1 + random_factor]` (Akka `BackoffSupervisor` semantics; like Akka the
-    /// jitter is applied after the cap, so a delay can reach `max * (1 + random_factor)`).
+    /// Exponential backoff from `min` doubling up to `max`, each delay shortened by a random
+    /// fraction of up to `random_factor` (but never below `min`). The jitter stays inside
+    /// the cap: no delay is ever longer than `max`, and delays at the cap still spread over
+    /// `[max * (1 - random_factor), max]`, so many peers failing together do not retry in
+    /// lockstep.
     ///
     /// The attempt counter resets once the child stays up for `max` (change it with
     /// [`ExponentialBackoff::reset_after`]).
@@ -170,8 +172,8 @@ impl BackoffPolicy for ExponentialBackoff {
         if self.random_factor == 0.0 {
             return base;
         }
-        let jitter = 1.0 + rand::random::<f64>() * self.random_factor;
-        base.mul_f64(jitter)
+        let jitter = 1.0 - rand::random::<f64>() * self.random_factor;
+        base.mul_f64(jitter).max(self.min)
     }
 
     fn reset_after(&self) -> Duration {
@@ -231,9 +233,20 @@ mod tests {
             let base = b.base_delay(attempt);
             for _ in 0..50 {
                 let d = b.delay(attempt);
-                assert!(d >= base && d <= base.mul_f64(1.5), "{d:?} vs {base:?}");
+                let floor = base.mul_f64(0.5).max(Duration::from_millis(100));
+                assert!(d >= floor && d <= base, "{d:?} vs {base:?}");
             }
         }
+    }
+
+    #[test]
+    fn jitter_never_exceeds_the_cap_and_still_spreads_there() {
+        let max = Duration::from_secs(1);
+        let b = Backoff::exponential(Duration::from_millis(100), max, 1.0).unwrap();
+        let at_cap: Vec<Duration> = (0..200).map(|_| b.delay(30)).collect();
+        assert!(at_cap.iter().all(|d| *d <= max), "{at_cap:?}");
+        let distinct: std::collections::HashSet<_> = at_cap.iter().collect();
+        assert!(distinct.len() > 100, "delays at the cap are not spread");
     }
 
     #[test]

@@ -36,6 +36,22 @@ pub enum ConfigError {
     /// A child id or supervisor name was empty or contained `/` (the path separator).
     #[error("invalid name {0:?}: it must be non-empty and must not contain '/'")]
     InvalidName(String),
+    /// A [`ChildSpec::once`](crate::ChildSpec::once) child was given a restart type other
+    /// than `Temporary`: its resource is gone after the first start.
+    #[error("one-shot child {id:?} cannot be restarted; its restart type must be Temporary")]
+    OneShotRestart {
+        /// The child id.
+        id: String,
+    },
+    /// An option that only the root of a tree has (its registry, its event capacity) was
+    /// set on a nested supervisor, which shares its root's.
+    #[error("supervisor {supervisor:?} is nested: {option} can only be set on the root of a tree")]
+    RootOnlyOption {
+        /// The nested supervisor's path.
+        supervisor: String,
+        /// The option that was set.
+        option: &'static str,
+    },
     /// `SupervisorSpec::start` was called outside a running actix system.
     #[error("no actix arbiter is running on this thread; start supervisors inside an actix System")]
     NoArbiter,
@@ -55,6 +71,10 @@ pub enum StartError {
     /// The child id was empty or contained `/`.
     #[error("invalid child id {0:?}: it must be non-empty and must not contain '/'")]
     InvalidId(String),
+    /// A [`ChildSpec::once`](crate::ChildSpec::once) child was given a restart type other
+    /// than `Temporary`.
+    #[error("one-shot child {0:?} cannot be restarted; its restart type must be Temporary")]
+    OneShotRestart(String),
     /// The supervisor is shutting down and accepts no new children.
     #[error("supervisor {0:?} is shutting down")]
     ShuttingDown(String),

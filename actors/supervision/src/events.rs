@@ -19,6 +19,9 @@ pub enum ExitReason {
     Abnormal(String),
     /// A handler, lifecycle hook or the child's factory panicked; the panic message.
     Panic(String),
+    /// The child's fallible factory ([`ChildSpec::try_new`](super::ChildSpec::try_new))
+    /// returned an error; its message. The actor never ran.
+    StartFailed(String),
     /// It did not stop within its shutdown timeout and was force-terminated.
     Killed,
     /// A supervisor exceeded its restart intensity, stopped its children and failed.
@@ -41,6 +44,7 @@ impl fmt::Display for ExitReason {
             ExitReason::Shutdown => f.write_str("shutdown"),
             ExitReason::Abnormal(why) => write!(f, "abnormal: {why}"),
             ExitReason::Panic(msg) => write!(f, "panic: {msg}"),
+            ExitReason::StartFailed(why) => write!(f, "start failed: {why}"),
             ExitReason::Killed => f.write_str("killed"),
             ExitReason::Escalated(why) => write!(f, "escalated: {why}"),
         }
@@ -161,45 +165,92 @@ pub struct ChildStats {
 
 /// Supervision counters shared by a whole tree, cheap to clone and easy to export
 /// (e.g. one Prometheus counter family per field, labelled by path).
+///
+/// The map holds the children a supervisor still knows: when a child is removed for good
+/// (a temporary child exited, a child was terminated), its counters move into
+/// [`totals`](Self::totals) and its path is dropped, so a dynamic supervisor that starts
+/// and ends millions of children keeps constant bookkeeping.
 #[derive(Debug, Clone, Default)]
 pub struct SupervisionStats {
-    inner: Arc<Mutex<BTreeMap<String, ChildStats>>>,
+    inner: Arc<Mutex<StatsMap>>,
+}
+
+#[derive(Debug, Default)]
+struct StatsMap {
+    live: BTreeMap<String, ChildStats>,
+    /// Sum of the counters of paths that were removed.
+    retired: ChildStats,
+}
+
+impl ChildStats {
+    fn add(&mut self, other: &ChildStats) {
+        self.starts += other.starts;
+        self.restarts += other.restarts;
+        self.exits_normal += other.exits_normal;
+        self.exits_abnormal += other.exits_abnormal;
+        self.panics += other.panics;
+        self.kills += other.kills;
+        self.escalations += other.escalations;
+    }
 }
 
 impl SupervisionStats {
     /// The counters of one child or supervisor by path (`hub/heartbeat`), if it ever ran.
     pub fn get(&self, path: &str) -> Option<ChildStats> {
-        self.lock().get(path).copied()
+        self.lock().live.get(path).copied()
     }
 
-    /// All counters, by path.
+    /// The counters of every path still supervised, by path.
     pub fn snapshot(&self) -> BTreeMap<String, ChildStats> {
-        self.lock().clone()
+        self.lock().live.clone()
     }
 
-    /// The sum over every path.
+    /// Number of paths with counters (children still supervised, and supervisors).
+    pub fn len(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    /// Whether no path has counters yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The sum over every path, removed children included (`last_backoff` is zero).
     pub fn totals(&self) -> ChildStats {
-        self.lock()
-            .values()
-            .fold(ChildStats::default(), |mut t, s| {
-                t.starts += s.starts;
-                t.restarts += s.restarts;
-                t.exits_normal += s.exits_normal;
-                t.exits_abnormal += s.exits_abnormal;
-                t.panics += s.panics;
-                t.kills += s.kills;
-                t.escalations += s.escalations;
-                t
-            })
+        let map = self.lock();
+        map.live.values().fold(map.retired, |mut t, s| {
+            t.add(s);
+            t
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ChildStats>> {
+    /// Moves the counters of `path` and everything below it into the retired sum.
+    pub(crate) fn retire(&self, path: &str) {
+        let mut map = self.lock();
+        let below = format!("{path}/");
+        let gone: Vec<String> = std::iter::once(path.to_owned())
+            .filter(|p| map.live.contains_key(p))
+            .chain(
+                map.live
+                    .range(below.clone()..)
+                    .take_while(|(p, _)| p.starts_with(&below))
+                    .map(|(p, _)| p.clone()),
+            )
+            .collect();
+        for path in gone {
+            if let Some(stats) = map.live.remove(&path) {
+                map.retired.add(&stats);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatsMap> {
         // The map holds plain counters; a panic elsewhere cannot leave it inconsistent.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn update(&self, path: String, f: impl FnOnce(&mut ChildStats)) {
-        f(self.lock().entry(path).or_default());
+        f(self.lock().live.entry(path).or_default());
     }
 }
 

@@ -6,12 +6,57 @@ use std::sync::Arc;
 use actix::{Actor, Addr, Context};
 use tokio::sync::{broadcast, watch};
 
-use crate::actor::{Shared, Supervisor};
-use crate::child::{ChildSpec, Control};
-use crate::error::{StartError, TerminateError};
+use crate::actor::{Supervisor, SupervisorSpec};
+use crate::child::{ChildSpec, Control, ExitReporter, prepare_child};
+use crate::config::valid_name;
+use crate::error::{ConfigError, StartError, TerminateError};
 use crate::events::{ExitReason, SupervisionEvent, SupervisionStats};
 use crate::messages::{StartChild, TerminateChild, WhereIs};
+use crate::monitor::ChildHandle;
 use crate::registry::Registry;
+use crate::tree::Shared;
+
+impl SupervisorSpec {
+    /// Starts this supervisor as the root of a tree on the current arbiter.
+    ///
+    /// # Errors
+    /// [`ConfigError::NoArbiter`] outside an actix system; [`ConfigError::InvalidName`],
+    /// [`ConfigError::DuplicateChildId`] or [`ConfigError::OneShotRestart`] for a bad name,
+    /// id or restart type (nested specs are checked when they start; a bad one exits
+    /// abnormally with that error as its reason).
+    pub fn start(self) -> Result<SupervisorHandle, ConfigError> {
+        if actix::Arbiter::try_current().is_none() {
+            return Err(ConfigError::NoArbiter);
+        }
+        if !valid_name(&self.name) {
+            return Err(ConfigError::InvalidName(self.name));
+        }
+        self.validate(&self.name)?;
+        let path: Arc<str> = self.name.as_str().into();
+        let shared = self.shared.clone();
+        let control = Arc::new(Control::default());
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let reporter = ExitReporter::new(move |reason| {
+            // Nobody may be waiting for the root's exit.
+            let _ = exit_tx.send(Some(reason));
+        });
+        let root_path = path.clone();
+        let (addr, launch) = prepare_child(
+            move || Ok(Supervisor::from_spec(self, root_path, None)),
+            control.clone(),
+            reporter,
+            None,
+        );
+        launch();
+        Ok(SupervisorHandle {
+            addr,
+            path,
+            shared,
+            control,
+            exit: exit_rx,
+        })
+    }
+}
 
 /// A running root supervisor: its address, events, counters, registry and exit.
 /// Cheap to clone; dropping it does not stop the tree (call [`shutdown`](Self::shutdown)).
@@ -25,22 +70,6 @@ pub struct SupervisorHandle {
 }
 
 impl SupervisorHandle {
-    pub(crate) fn new(
-        addr: Addr<Supervisor>,
-        path: Arc<str>,
-        shared: Shared,
-        control: Arc<Control>,
-        exit: watch::Receiver<Option<ExitReason>>,
-    ) -> Self {
-        Self {
-            addr,
-            path,
-            shared,
-            control,
-            exit,
-        }
-    }
-
     /// The root supervisor's address (send it [`WhereIs`], [`StartChild`], ...).
     pub fn addr(&self) -> &Addr<Supervisor> {
         &self.addr
@@ -76,7 +105,7 @@ impl SupervisorHandle {
     pub async fn start_child<A: Actor<Context = Context<A>>>(
         &self,
         spec: ChildSpec<A>,
-    ) -> Result<Addr<A>, StartError> {
+    ) -> Result<ChildHandle<A>, StartError> {
         self.addr.send(StartChild(spec)).await?
     }
 

@@ -125,6 +125,13 @@
 
 pub mod io;
 
+/// The README's supervision example and the examples of `docs/supervision.md`, run as
+/// doctests so the documentation stays what the code does.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../../../docs/supervision.md")]
+struct DocumentedExamples;
+
 mod actor;
 mod child;
 mod config;
@@ -132,7 +139,10 @@ mod error;
 mod events;
 mod handle;
 mod messages;
+mod monitor;
 mod registry;
+mod retry;
+mod tree;
 
 pub use actor::{DEFAULT_EVENT_CAPACITY, Supervisor, SupervisorSpec};
 pub use child::{
@@ -145,4 +155,6 @@ pub use error::{ConfigError, StartError, TerminateError};
 pub use events::{ChildStats, EventKind, ExitReason, SupervisionEvent, SupervisionStats};
 pub use handle::SupervisorHandle;
 pub use messages::{ChildInfo, StartChild, TerminateChild, WhereIs, WhichChildren};
+pub use monitor::ChildHandle;
 pub use registry::Registry;
+pub use retry::Retry;

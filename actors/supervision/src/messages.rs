@@ -8,6 +8,7 @@ use actix::{Actor, Addr, Context, Message};
 use crate::child::ChildSpec;
 use crate::error::{StartError, TerminateError};
 use crate::events::ExitReason;
+use crate::monitor::ChildHandle;
 
 /// Looks up the current address of the child `id` (this supervisor's direct child),
 /// typed. `None` while it is down or if it is not an `A`.
@@ -43,13 +44,14 @@ impl<A: Actor> Message for WhereIs<A> {
     type Result = Option<Addr<A>>;
 }
 
-/// Adds a child at run time (OTP `start_child`) and returns its typed address. The child
-/// stays until it exits for good or is terminated with [`TerminateChild`].
+/// Adds a child at run time (OTP `start_child`) and returns its [`ChildHandle`]: its typed
+/// current address and a monitor of its final exit. The child stays until it exits for
+/// good or is terminated with [`TerminateChild`].
 #[derive(Debug)]
 pub struct StartChild<A: Actor<Context = Context<A>>>(pub ChildSpec<A>);
 
 impl<A: Actor<Context = Context<A>>> Message for StartChild<A> {
-    type Result = Result<Addr<A>, StartError>;
+    type Result = Result<ChildHandle<A>, StartError>;
 }
 
 /// Stops the child `id` (within its shutdown timeout) and removes it (OTP

@@ -6,7 +6,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use actix::{Actor, Addr};
 
-use crate::child::AnyAddr;
+/// Type-erased address of a running child (an `Addr<A>`).
+pub(crate) type AnyAddr = Arc<dyn std::any::Any + Send + Sync>;
 
 /// The addresses of a supervision tree's running children, by path (`hub/heartbeat`,
 /// `hub/workers/conn-7`).

@@ -4,10 +4,10 @@
 mod support;
 
 use herd_supervision::{
-    Backoff, ChildInfo, ChildSpec, Restart, StartChild, StartError, Supervisor, SupervisorSpec,
-    TerminateChild, TerminateError, WhichChildren,
+    Backoff, ChildInfo, ChildSpec, ExitReason, Restart, StartChild, StartError, Supervisor,
+    SupervisorSpec, TerminateChild, TerminateError, WhichChildren,
 };
-use support::{Exit, Ping, Probes, expect_events, restarted, start};
+use support::{Exit, Ping, Probes, expect_events, next_events, restarted, start};
 
 #[actix::test]
 async fn dynamic_children_come_and_go_without_touching_siblings() {
@@ -29,14 +29,18 @@ async fn dynamic_children_come_and_go_without_touching_siblings() {
         &["conns: a started", "conns: b started", "conns: c started"],
     )
     .await;
-    assert_eq!(b.send(Ping).await.unwrap(), 0);
+    let (a_addr, c_addr) = (a.addr().unwrap(), c.addr().unwrap());
+    assert_eq!(b.path(), "conns/b");
+    assert_eq!(b.addr().unwrap().send(Ping).await.unwrap(), 0);
 
     // A crash of b: temporary by default, so it is gone; a and c keep running as before.
-    b.do_send(Exit::Panic("bad frame"));
+    b.addr().unwrap().do_send(Exit::Panic("bad frame"));
     expect_events(&mut rx, &["conns: b exited (panic: bad frame)"]).await;
-    assert_eq!(a.send(Ping).await.unwrap(), 0);
-    assert_eq!(c.send(Ping).await.unwrap(), 0);
-    assert!(!b.connected());
+    assert_eq!(b.wait().await, ExitReason::Panic("bad frame".into()));
+    assert!(b.addr().is_none());
+    assert_eq!(a_addr.send(Ping).await.unwrap(), 0);
+    assert_eq!(c_addr.send(Ping).await.unwrap(), 0);
+    assert_eq!(a.exit_reason(), None);
 
     // Removal at run time replies once the child has stopped.
     sup.terminate_child("c").await.unwrap();
@@ -45,7 +49,8 @@ async fn dynamic_children_come_and_go_without_touching_siblings() {
         &["conns: c stopping", "conns: c exited (shutdown)"],
     )
     .await;
-    assert!(!c.connected());
+    assert_eq!(c.exit_reason(), Some(ExitReason::Shutdown));
+    assert!(!c_addr.connected());
     assert_eq!(
         sup.addr().send(WhichChildren).await.unwrap(),
         vec![ChildInfo {
@@ -82,25 +87,33 @@ async fn dynamic_children_come_and_go_without_touching_siblings() {
         .await
         .unwrap();
     expect_events(&mut rx, &["conns: d started"]).await;
-    d.do_send(Exit::Abnormal("reset by peer"));
+    d.addr().unwrap().do_send(Exit::Abnormal("reset by peer"));
     expect_events(&mut rx, &restarted("conns", "d", "abnormal: reset by peer")).await;
-    let d2 = sup.registry().get::<support::Probe>("conns/d").unwrap();
-    assert_eq!(d2.send(Ping).await.unwrap(), 1);
-    assert_eq!(a.send(Ping).await.unwrap(), 0);
+    // The handle follows the restart: its address is the new incarnation's.
+    assert_eq!(d.addr().unwrap().send(Ping).await.unwrap(), 1);
+    assert_eq!(d.exit_reason(), None);
+    assert_eq!(a_addr.send(Ping).await.unwrap(), 0);
 
+    // A dynamic supervisor asks every child to stop at once (newest first), then waits for
+    // all of them; the exits come in whatever order the children finish.
     sup.shutdown().await;
-    expect_events(
-        &mut rx,
-        &[
+    let mut events = next_events(&mut rx, 6).await;
+    assert_eq!(
+        events[..3],
+        [
             "conns: shutdown started (shutdown)",
             "conns: d stopping",
-            "conns: d exited (shutdown)",
             "conns: a stopping",
-            "conns: a exited (shutdown)",
-            "conns: stopped (shutdown)",
-        ],
-    )
-    .await;
+        ]
+    );
+    assert_eq!(events[5], "conns: stopped (shutdown)");
+    events[3..5].sort();
+    assert_eq!(
+        events[3..5],
+        ["conns: a exited (shutdown)", "conns: d exited (shutdown)"]
+    );
+    assert_eq!(d.wait().await, ExitReason::Shutdown);
+    assert_eq!(a.wait().await, ExitReason::Shutdown);
     assert!(matches!(
         sup.start_child(probes.spec("late")).await,
         Err(StartError::Mailbox(_))
@@ -121,7 +134,7 @@ async fn a_nested_dynamic_supervisor_is_found_through_the_registry() {
         .unwrap()
         .unwrap();
     expect_events(&mut rx, &["hub/conns: c1 started"]).await;
-    assert_eq!(c1.send(Ping).await.unwrap(), 0);
+    assert_eq!(c1.addr().unwrap().send(Ping).await.unwrap(), 0);
     assert_eq!(sup.registry().paths(), ["hub/conns", "hub/conns/c1"]);
     sup.shutdown().await;
     assert!(sup.registry().paths().is_empty());
