@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use herd_agent::config::AgentConfig;
-use herd_agent::error::{AgentConfigError, AgentError};
+use herd_agent::AgentConfig;
+use herd_agent::{AgentConfigError, AgentError};
 use herd_cli::{ConfigFileError, LogFormat, ShutdownSignals};
 
 /// herd-agent: runs plugins as child processes and ships their records,

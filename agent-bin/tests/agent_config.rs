@@ -22,10 +22,10 @@ fn pushed(name: &str, version: &str, path: &Path, sha256: &str) -> PluginConfig 
 
 #[tokio::test]
 async fn config_sync_adds_upgrades_and_removes_only_what_changed() {
-    let mut hub = TestHub::start().await;
+    let mut hub = ScriptedHub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let plugin = write_plugin(dir.path());
-    let sha = herd_agent::plugin::sha256_file(&plugin).unwrap();
+    let sha = herd_agent::sha256_file(&plugin).unwrap();
     let local = plugin_toml("steady", &plugin, "serve", "")
         + &plugin_toml("shadowed", &plugin, "serve", "version = \"local\"\n");
     let agent = AgentProcess::start(dir.path(), &agent_toml(hub.addr, dir.path(), &local));

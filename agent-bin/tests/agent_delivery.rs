@@ -21,7 +21,7 @@ fn counters(batch: &herd_codec::proto::Batch) -> Vec<u64> {
 
 #[tokio::test]
 async fn hub_outage_buffers_reconnects_and_resends_everything() {
-    let mut hub = TestHub::start().await;
+    let mut hub = ScriptedHub::start().await;
     let addr = hub.addr;
     // Only the first batch is acked before the outage.
     hub.max_ack.store(1, std::sync::atomic::Ordering::SeqCst);
@@ -59,7 +59,7 @@ async fn hub_outage_buffers_reconnects_and_resends_everything() {
     }
     drop(refuser);
 
-    let mut hub = TestHub::bind(addr, "unused").await;
+    let mut hub = ScriptedHub::bind(addr, "unused").await;
     let hello = hub.hello().await;
     assert_eq!(
         hello.agent_id, "assigned-agent",
@@ -93,7 +93,7 @@ async fn hub_outage_buffers_reconnects_and_resends_everything() {
 
 #[tokio::test]
 async fn id_and_seq_survive_restarts_and_sigterm_exits_cleanly() {
-    let mut hub = TestHub::start().await;
+    let mut hub = ScriptedHub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = agent_toml(hub.addr, dir.path(), "");
 
@@ -138,7 +138,7 @@ async fn id_and_seq_survive_restarts_and_sigterm_exits_cleanly() {
 
 #[tokio::test]
 async fn shutdown_task_stops_plugins_flushes_and_exits_zero() {
-    let mut hub = TestHub::start().await;
+    let mut hub = ScriptedHub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let plugin = write_plugin(dir.path());
     let config = agent_toml(
@@ -176,8 +176,8 @@ async fn hubs_are_tried_in_order_and_redirects_and_goodbyes_are_honoured() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut target = TestHub::start().await;
-    let mut redirector = TestHub::redirecting(vec![target.addr.to_string()]).await;
+    let mut target = ScriptedHub::start().await;
+    let mut redirector = ScriptedHub::redirecting(vec![target.addr.to_string()]).await;
     let dir = tempfile::tempdir().unwrap();
     let config = agent_toml(dead, dir.path(), "").replace(
         &format!("hubs = [\"{dead}\"]"),

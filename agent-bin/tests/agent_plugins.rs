@@ -13,7 +13,7 @@ const FAST_RESTART: &str =
 
 #[tokio::test]
 async fn crashing_plugin_restarts_after_backoff() {
-    let mut hub = TestHub::start().await;
+    let mut hub = ScriptedHub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let plugin = write_plugin(dir.path());
     let config = agent_toml(
@@ -57,7 +57,7 @@ async fn crashing_plugin_restarts_after_backoff() {
 
 #[tokio::test]
 async fn crash_loop_marks_the_plugin_failed() {
-    let mut hub = TestHub::start().await;
+    let mut hub = ScriptedHub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let plugin = write_plugin(dir.path());
     let restart = "[plugins.restart]\nmin_backoff_ms = 20\nmax_backoff_ms = 50\nmax_restarts = 2\nperiod_secs = 60\n";
@@ -94,7 +94,7 @@ async fn crash_loop_marks_the_plugin_failed() {
 
 #[tokio::test]
 async fn garbage_on_stdout_restarts_only_that_plugin() {
-    let mut hub = TestHub::start().await;
+    let mut hub = ScriptedHub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let plugin = write_plugin(dir.path());
     let plugins = plugin_toml("garbler", &plugin, "garbage", FAST_RESTART)
@@ -141,10 +141,10 @@ async fn garbage_on_stdout_restarts_only_that_plugin() {
 
 #[tokio::test]
 async fn sha256_mismatch_refuses_the_start() {
-    let mut hub = TestHub::start().await;
+    let mut hub = ScriptedHub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let plugin = write_plugin(dir.path());
-    let actual = herd_agent::plugin::sha256_file(&plugin).unwrap();
+    let actual = herd_agent::sha256_file(&plugin).unwrap();
     let expected = "0".repeat(64);
     let pinned = format!("sha256 = \"{expected}\"\n");
     let plugins = plugin_toml("tampered", &plugin, "serve", &pinned)
@@ -174,7 +174,7 @@ async fn sha256_mismatch_refuses_the_start() {
 
 #[tokio::test]
 async fn tasks_are_routed_answered_rejected_and_timed_out() {
-    let mut hub = TestHub::start().await;
+    let mut hub = ScriptedHub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let plugin = write_plugin(dir.path());
     let plugins = plugin_toml("worker", &plugin, "serve", "");

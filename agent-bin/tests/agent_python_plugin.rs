@@ -16,7 +16,7 @@ const PLUGIN: &str = concat!(
 
 #[tokio::test]
 async fn python_plugin_runs_under_the_agent() {
-    let mut hub = TestHub::start().await;
+    let mut hub = ScriptedHub::start().await;
     let dir = tempfile::tempdir().unwrap();
     // `python3` is looked up on PATH by the agent, like any plugin command.
     let plugins = format!(

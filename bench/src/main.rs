@@ -215,6 +215,8 @@ impl Setup {
             format!("--state-dir={}", state.display()),
             format!("--token={}", wire::TOKEN),
             format!("--hub-id=bench-{name}"),
+            // The bench's nats-server has no JetStream.
+            "--ack-mode=flush".into(),
         ];
         Server::start(
             "hub",

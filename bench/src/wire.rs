@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
+use herd_codec::HubCodec;
 use herd_codec::proto::{
-    Ack, AgentMessage, Batch, Envelope, Hello, HubMessage, Pong, Record, Welcome, agent_message,
+    Ack, AgentMessage, Batch, Envelope, Hello, HubMessage, Record, Welcome, agent_message,
     hub_message,
 };
-use herd_codec::{AgentCodec, HubCodec, PROTOCOL_VERSION};
+use herd_tests::script::{self, ScriptedAgent};
 use prost::Message as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
@@ -28,8 +29,8 @@ pub(crate) const DATA_TYPE: u32 = 2001;
 /// Bound of one connect + handshake.
 const HANDSHAKE_WAIT: Duration = Duration::from_secs(20);
 
-/// A connected, welcomed agent socket.
-pub(crate) type AgentSocket = Framed<TcpStream, AgentCodec>;
+/// A connected, welcomed agent: the one scripted agent of the test harness.
+pub(crate) type AgentSocket = ScriptedAgent;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -77,65 +78,27 @@ pub(crate) fn envelope(
 /// Connects to `addr`, sends `Hello` as `agent_id` and waits for an accepting
 /// `Welcome` (answering pings meanwhile).
 pub(crate) async fn handshake(addr: SocketAddr, agent_id: &str) -> Result<AgentSocket, BenchError> {
-    within("connect + handshake", HANDSHAKE_WAIT, async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(BenchError::io(format!("connecting to {addr}")))?;
-        stream
-            .set_nodelay(true)
-            .map_err(BenchError::io("setting TCP_NODELAY"))?;
-        let mut socket = Framed::new(stream, AgentCodec::new());
-        let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
-            agent_id: agent_id.into(),
-            token: TOKEN.into(),
-            hostname: format!("host-{agent_id}"),
-            version: "bench".into(),
-            ..Hello::default()
-        };
-        send(&mut socket, hello).await?;
-        match next(&mut socket).await? {
-            hub_message::Kind::Welcome(welcome) if welcome.ok => Ok(socket),
-            hub_message::Kind::Welcome(welcome) => Err(BenchError::Protocol(format!(
-                "{agent_id} refused: {}",
-                welcome.message
-            ))),
-            other => Err(BenchError::Protocol(format!(
-                "{agent_id} expected Welcome, got {other:?}"
-            ))),
-        }
-    })
+    let hello = Hello {
+        version: "bench".into(),
+        ..script::hello(agent_id, TOKEN)
+    };
+    within(
+        "connect + handshake",
+        HANDSHAKE_WAIT,
+        ScriptedAgent::try_online(addr, hello),
+    )
     .await?
-}
-
-async fn send(
-    socket: &mut AgentSocket,
-    message: impl Into<AgentMessage>,
-) -> Result<(), BenchError> {
-    socket
-        .send(message.into())
-        .await
-        .map_err(|error| BenchError::Protocol(format!("sending to the hub: {error}")))
+    .map_err(|error| BenchError::Protocol(format!("{agent_id}: {error}")))
 }
 
 /// The next frame other than `Ping` (which is answered).
 async fn next(socket: &mut AgentSocket) -> Result<hub_message::Kind, BenchError> {
-    loop {
-        match socket.next().await {
-            Some(Ok(HubMessage {
-                kind: Some(hub_message::Kind::Ping(ping)),
-            })) => send(socket, Pong { nonce: ping.nonce }).await?,
-            Some(Ok(HubMessage { kind: Some(kind) })) => return Ok(kind),
-            Some(Ok(HubMessage { kind: None })) => {
-                return Err(BenchError::Protocol("a frame without a kind".into()));
-            }
-            Some(Err(error)) => return Err(BenchError::Protocol(format!("reading: {error}"))),
-            None => {
-                return Err(BenchError::Protocol(
-                    "the server closed the connection".into(),
-                ));
-            }
-        }
+    match socket.read().await {
+        Some(Ok(kind)) => Ok(kind),
+        Some(Err(error)) => Err(BenchError::Protocol(format!("reading: {error}"))),
+        None => Err(BenchError::Protocol(
+            "the server closed the connection".into(),
+        )),
     }
 }
 
@@ -154,13 +117,13 @@ pub(crate) async fn send_batches(
             let records = (0..per_batch)
                 .map(|n| record(sent * per_batch + n))
                 .collect();
-            let batch: AgentMessage = Batch { seq: sent, records }.into();
             socket
-                .feed(batch)
+                .try_feed(Batch { seq: sent, records })
                 .await
                 .map_err(|error| BenchError::Protocol(format!("sending a batch: {error}")))?;
             if sent - acked == window || sent == batches {
-                SinkExt::<AgentMessage>::flush(&mut socket)
+                socket
+                    .try_flush()
                     .await
                     .map_err(|error| BenchError::Protocol(format!("flushing: {error}")))?;
             }

@@ -83,6 +83,22 @@ pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError>
     })
 }
 
+/// `error` and every source under it, joined by `: ` (what went wrong, then why).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source in their own message.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// What every herd binary's `main` does once its flags are parsed: a bad
 /// configuration exits with status 2 and one line naming the problem;
 /// `print_config` prints the effective configuration as TOML and exits;
@@ -97,14 +113,14 @@ pub fn run_program<C, E, Fut, R>(
 ) -> ExitCode
 where
     C: Serialize,
-    E: std::fmt::Display,
+    E: std::error::Error,
     R: FnOnce(C) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
 {
     let config = match config {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("{program}: {error}");
+            eprintln!("{program}: {}", error_chain(&error));
             return ExitCode::from(2);
         }
     };
@@ -115,6 +131,7 @@ where
     match actix::System::new().block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            let error = error_chain(&error);
             tracing::error!(%error, "{program} failed");
             eprintln!("{program}: {error}");
             ExitCode::FAILURE
@@ -171,6 +188,27 @@ mod tests {
     #[allow(dead_code)] // only parsed
     struct Strict {
         listen: String,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("cannot start")]
+        Plain(#[source] std::io::Error),
+        #[error("cannot bind: {0}")]
+        Repeating(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn error_chain_shows_every_source_once() {
+        let refused = || std::io::Error::other("connection refused");
+        assert_eq!(
+            error_chain(&Outer::Plain(refused())),
+            "cannot start: connection refused"
+        );
+        assert_eq!(
+            error_chain(&Outer::Repeating(refused())),
+            "cannot bind: connection refused"
+        );
     }
 
     #[test]

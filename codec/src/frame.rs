@@ -8,6 +8,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message as _;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use crate::constants::{DEFAULT_MAX_FRAME_LENGTH, FRAME_HEADER_LEN};
@@ -85,6 +86,150 @@ pub(crate) fn encode_frame(
     dst[frame_start..frame_start + FRAME_HEADER_LEN]
         .copy_from_slice(&(length as u32).to_be_bytes());
     Ok(())
+}
+
+/// A message of type `E` already encoded to its protobuf bytes, framed by a
+/// [`FrameCodec`] without encoding it again: a batch kept for resending is
+/// encoded once, however often it is sent, and the framing stays in the codec.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use herd_codec::proto::{AgentMessage, Batch};
+/// use herd_codec::{AgentCodec, Encoded, HubCodec};
+/// use tokio_util::codec::{Decoder, Encoder};
+///
+/// let batch = AgentMessage::from(Batch { seq: 3, records: vec![] });
+/// let encoded = Encoded::new(&batch);
+/// let mut wire = BytesMut::new();
+/// AgentCodec::new().encode(encoded.clone(), &mut wire)?;
+/// AgentCodec::new().encode(encoded, &mut wire)?;
+/// let mut hub = HubCodec::new();
+/// assert_eq!(hub.decode(&mut wire)?, Some(batch.clone()));
+/// assert_eq!(hub.decode(&mut wire)?, Some(batch));
+/// # Ok::<(), herd_codec::CodecError>(())
+/// ```
+pub struct Encoded<E> {
+    body: Bytes,
+    _message: PhantomData<fn() -> E>,
+}
+
+impl<E: prost::Message> Encoded<E> {
+    /// Encodes `message` once.
+    pub fn new(message: &E) -> Self {
+        Self {
+            body: message.encode_to_vec().into(),
+            _message: PhantomData,
+        }
+    }
+}
+
+/// A batch's records encoded once, without their seq: what the agent's spool
+/// stores, numbered when the spool assigns the seq and sent as
+/// [`Encoded::batch`] without decoding or re-encoding a record.
+///
+/// ```
+/// use herd_codec::proto::{AgentMessage, Batch, Record};
+/// use herd_codec::{BatchRecords, Encoded};
+///
+/// let records = vec![Record { data_type: 2000, ..Record::default() }];
+/// let stored = BatchRecords::new(records.clone());
+/// let frame = Encoded::batch(7, &stored);
+/// assert_eq!(frame, Encoded::new(&AgentMessage::from(Batch { seq: 7, records })));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecords(Bytes);
+
+impl BatchRecords {
+    /// Encodes `records` (as a `Batch` without its seq).
+    pub fn new(records: Vec<crate::proto::Record>) -> Self {
+        Self(
+            crate::proto::Batch { seq: 0, records }
+                .encode_to_vec()
+                .into(),
+        )
+    }
+
+    /// Bytes that [`BatchRecords::bytes`] gave earlier (read back from disk).
+    /// They are not checked here; a frame built from damaged bytes is refused
+    /// by its receiver.
+    pub fn from_stored(bytes: impl Into<Bytes>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The encoded records.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl Encoded<crate::proto::AgentMessage> {
+    /// `AgentMessage { batch: Batch { seq, records } }` from records encoded
+    /// once: the seq field and the two wrappers are written around them.
+    pub fn batch(seq: u64, records: &BatchRecords) -> Self {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        // Batch.seq (field 1) unless 0, as prost writes it, then the records.
+        let seq_len = if seq == 0 {
+            0
+        } else {
+            1 + encoded_len_varint(seq)
+        };
+        let batch_len = seq_len + records.0.len();
+        let mut body =
+            BytesMut::with_capacity(1 + encoded_len_varint(batch_len as u64) + batch_len);
+        // AgentMessage.batch is field 2 of the `kind` oneof.
+        encode_key(2, WireType::LengthDelimited, &mut body);
+        encode_varint(batch_len as u64, &mut body);
+        if seq != 0 {
+            encode_key(1, WireType::Varint, &mut body);
+            encode_varint(seq, &mut body);
+        }
+        body.extend_from_slice(&records.0);
+        Self {
+            body: body.freeze(),
+            _message: PhantomData,
+        }
+    }
+}
+
+impl<E> Encoded<E> {
+    /// The protobuf bytes (without the frame header).
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Length of the protobuf bytes.
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Whether the encoding is empty (a message with every field at its default).
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+}
+
+impl<E> Clone for Encoded<E> {
+    fn clone(&self) -> Self {
+        Self {
+            body: self.body.clone(),
+            _message: PhantomData,
+        }
+    }
+}
+
+impl<E> fmt::Debug for Encoded<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encoded")
+            .field("message", &std::any::type_name::<E>())
+            .field("len", &self.body.len())
+            .finish()
+    }
+}
+
+impl<E> PartialEq for Encoded<E> {
+    fn eq(&self, other: &Self) -> bool {
+        self.body == other.body
+    }
 }
 
 /// Reads the announced length of the next frame, if its header is complete.
@@ -250,6 +395,20 @@ impl<D, E: prost::Message> Encoder<E> for FrameCodec<D, E> {
 
     fn encode(&mut self, message: E, dst: &mut BytesMut) -> Result<(), CodecError> {
         encode_frame(&message, self.max_frame_length, dst)
+    }
+}
+
+impl<D, E> Encoder<Encoded<E>> for FrameCodec<D, E> {
+    type Error = CodecError;
+
+    fn encode(&mut self, message: Encoded<E>, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let length = message.body.len();
+        check_length(length as u64, self.max_frame_length)?;
+        dst.reserve(FRAME_HEADER_LEN + length);
+        // check_length guarantees the length fits the 4-byte header.
+        dst.put_u32(length as u32);
+        dst.extend_from_slice(&message.body);
+        Ok(())
     }
 }
 

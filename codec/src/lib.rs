@@ -41,4 +41,7 @@ pub use constants::{
     validate_agent_id, validate_name,
 };
 pub use error::{AgentIdError, CodecError, NameError};
-pub use frame::{AgentCodec, FrameCodec, HubCodec, PluginCodec, PluginHostCodec, WireMessage};
+pub use frame::{
+    AgentCodec, BatchRecords, Encoded, FrameCodec, HubCodec, PluginCodec, PluginHostCodec,
+    WireMessage,
+};

@@ -108,6 +108,17 @@ fn oversize_outgoing_message_is_refused_and_nothing_is_written() {
         "the frame before the refused one is intact"
     );
 
+    // The same holds for a message that was encoded beforehand.
+    let before = dst.clone();
+    let err = codec
+        .encode(herd_codec::Encoded::new(&message), &mut dst)
+        .unwrap_err();
+    assert!(
+        matches!(err, CodecError::FrameTooLarge { length: l, max: 16 } if l == length as u64),
+        "{err:?}"
+    );
+    assert_eq!(dst, before, "a refused pre-encoded frame left bytes behind");
+
     let mut out = Vec::new();
     let err = write_frame_with_max(&mut out, &message, 16).unwrap_err();
     assert!(matches!(err, CodecError::FrameTooLarge { .. }), "{err:?}");

@@ -124,10 +124,26 @@ fn hub_message() -> impl Strategy<Value = HubMessage> {
             texts(),
             any::<u32>(),
             proptest::option::of(config_set()),
-            text()
+            text(),
+            any::<[u32; 4]>(),
         )
             .prop_map(
-                |(ok, agent_id, message, redirect, heartbeat_interval_secs, config, hub_id)| {
+                |(
+                    ok,
+                    agent_id,
+                    message,
+                    redirect,
+                    heartbeat_interval_secs,
+                    config,
+                    hub_id,
+                    limits,
+                )| {
+                    let [
+                        max_record_bytes,
+                        max_frame_bytes,
+                        ping_interval_ms,
+                        ping_misses,
+                    ] = limits;
                     Welcome {
                         ok,
                         agent_id,
@@ -136,6 +152,10 @@ fn hub_message() -> impl Strategy<Value = HubMessage> {
                         heartbeat_interval_secs,
                         config,
                         hub_id,
+                        max_record_bytes,
+                        max_frame_bytes,
+                        ping_interval_ms,
+                        ping_misses,
                     }
                     .into()
                 }

@@ -2,31 +2,15 @@
 //! examples, against a real nats-server and an in-process hub, with a
 //! scripted agent on a real TCP socket at the other end.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use herd_codec::proto::hub_message::Kind;
-use herd_codec::proto::{
-    AgentMessage, Batch, ConfigSet, Hello, HubMessage, Pong, Record, Task, TaskResult, TaskStatus,
-};
-use herd_codec::{AgentCodec, PROTOCOL_VERSION};
+use herd_codec::proto::{Record, Task, TaskStatus};
 use herd_examples::{ConfigScope, Counts, ExampleError, RecordCounter, RecordCounts};
 use herd_hub::{Hub, HubConfig, config_bucket};
 use herd_supervision::ChildSpec;
 use herd_tests::nats::NatsServer;
-use tokio::sync::mpsc;
-use tokio_util::codec::Framed;
-
-/// Upper bound of every wait.
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"))
-}
+use herd_tests::script::{EchoAgent, ScriptedAgent, WAIT, hello, within};
 
 async fn hub() -> (NatsServer, Hub, async_nats::Client) {
     let nats = within("nats-server", NatsServer::start())
@@ -39,104 +23,12 @@ async fn hub() -> (NatsServer, Hub, async_nats::Client) {
     (nats, hub, client)
 }
 
-/// A scripted agent on a real socket: the connection is served by a task
-/// that answers pings, echoes every task back (`OK`, output = the task's
-/// body, fields = the task's fields), and forwards configuration pushes and
-/// acks to the test.
-struct EchoAgent {
-    configs: mpsc::UnboundedReceiver<ConfigSet>,
-    acks: mpsc::UnboundedReceiver<u64>,
-    outbox: mpsc::UnboundedSender<AgentMessage>,
-    seq: u64,
-}
-
-impl EchoAgent {
-    /// Sends one batch of `records` and waits until the hub acked it (the
-    /// records are in NATS by then).
-    async fn send_batch(&mut self, records: Vec<Record>) {
-        self.seq += 1;
-        let seq = self.seq;
-        self.outbox
-            .send(Batch { seq, records }.into())
-            .expect("connection open");
-        within("the ack", async {
-            while let Some(acked) = self.acks.recv().await {
-                if acked >= seq {
-                    return;
-                }
-            }
-            panic!("connection closed before the ack of batch {seq}");
-        })
-        .await;
-    }
-}
-
-/// Connects `agent_id` to the hub and serves its connection until the hub
-/// closes it.
+/// Connects `agent_id` (no token: the test hub has none) and serves its
+/// connection in the background, echoing tasks back.
 async fn echo_agent(hub: SocketAddr, agent_id: &str) -> EchoAgent {
-    let stream = within("connect", tokio::net::TcpStream::connect(hub))
-        .await
-        .expect("connects");
-    let mut framed = Framed::new(stream, AgentCodec::new());
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_id: agent_id.into(),
-        ..Hello::default()
-    };
-    within("Hello", framed.send(AgentMessage::from(hello)))
-        .await
-        .expect("sends Hello");
-    match within("Welcome", framed.next()).await {
-        Some(Ok(HubMessage {
-            kind: Some(Kind::Welcome(welcome)),
-        })) => assert!(welcome.ok, "refused: {}", welcome.message),
-        other => panic!("expected Welcome, got {other:?}"),
-    }
-    let (configs_in, configs) = mpsc::unbounded_channel();
-    let (acks_in, acks) = mpsc::unbounded_channel();
-    let (outbox, mut outgoing) = mpsc::unbounded_channel::<AgentMessage>();
-    tokio::spawn(async move {
-        loop {
-            let reply: AgentMessage = tokio::select! {
-                Some(message) = outgoing.recv() => message,
-                frame = framed.next() => match frame {
-                    Some(Ok(HubMessage { kind: Some(kind) })) => match kind {
-                        Kind::Ping(ping) => Pong { nonce: ping.nonce }.into(),
-                        Kind::Ack(ack) => {
-                            let _ = acks_in.send(ack.seq);
-                            continue;
-                        }
-                        Kind::Command(command) => {
-                            if let Some(config) = command.config {
-                                let _ = configs_in.send(config);
-                            }
-                            let Some(task) = command.task else { continue };
-                            TaskResult {
-                                task_id: task.id,
-                                status: TaskStatus::Ok as i32,
-                                output: task.body,
-                                source: task.target,
-                                fields: task.fields,
-                                ..TaskResult::default()
-                            }
-                            .into()
-                        }
-                        _ => continue,
-                    },
-                    _ => break,
-                },
-            };
-            if framed.send(reply).await.is_err() {
-                break;
-            }
-        }
-    });
-    EchoAgent {
-        configs,
-        acks,
-        outbox,
-        seq: 0,
-    }
+    let (agent, welcome) = ScriptedAgent::handshake(hub, hello(agent_id, "")).await;
+    assert!(welcome.ok, "refused: {}", welcome.message);
+    agent.serve_echo()
 }
 
 fn record(data_type: u32) -> Record {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herd_cli::{ConfigFileError, LogFormat, ShutdownSignals};
-use herd_hub::{Hub, HubConfig, HubError};
+use herd_hub::{AckMode, Hub, HubConfig, HubError};
 
 /// Accepts herd agents over TCP and publishes their records to NATS.
 ///
@@ -52,6 +52,10 @@ struct Cli {
     /// default: random).
     #[arg(long, env = "HERD_HUB_ID", value_name = "ID")]
     hub_id: Option<String>,
+    /// When agents get their acks: `jetstream` (after PubAck, the default)
+    /// or `flush` (core NATS; file key `ack_mode`).
+    #[arg(long, env = "HERD_HUB_ACK_MODE", value_name = "jetstream|flush", value_parser = parse_ack_mode)]
+    ack_mode: Option<AckMode>,
     /// Log line format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "HERD_HUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -73,6 +77,14 @@ enum CliError {
     Hub(#[from] HubError),
     #[error("the hub's supervision tree exited: {0}")]
     TreeExited(String),
+}
+
+fn parse_ack_mode(value: &str) -> Result<AckMode, String> {
+    match value {
+        "jetstream" => Ok(AckMode::Jetstream),
+        "flush" => Ok(AckMode::Flush),
+        other => Err(format!("expected `jetstream` or `flush`, not {other:?}")),
+    }
 }
 
 impl Cli {
@@ -104,6 +116,9 @@ impl Cli {
         }
         if let Some(id) = &self.hub_id {
             config.hub_id = id.clone();
+        }
+        if let Some(mode) = self.ack_mode {
+            config.ack_mode = mode;
         }
         config.validate().map_err(HubError::from)?;
         Ok(config)

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use herd_agent::config::AgentConfig;
+use herd_agent::AgentConfig;
 
 use crate::process::{E2eError, Process, cmdline, descendants, io_error, workspace_binary};
 

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use herd_agent::config::{AgentConfig, BatchConfig, PluginRestart, PluginSpec, ReconnectConfig};
+use herd_agent::{AgentConfig, BatchConfig, PluginRestart, PluginSpec, ReconnectConfig};
 use herd_hub::{AckMode, HubConfig};
 
 use crate::agent::AgentProcess;

@@ -24,3 +24,4 @@ pub mod hub;
 pub mod nats;
 pub mod process;
 pub mod proxy;
+pub mod script;

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use bytes::Bytes;
+use herd_codec::Encoded;
 use herd_codec::proto::{AgentMessage, Batch, Record};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::AgentConfig;
 use crate::error::StateError;
 use crate::messages::{
-    Acked, Attach, Attachment, BatcherStats, Flush, GetBatcherStats, Ingest, WhenDrained,
+    Acked, Attach, Attachment, BatcherStats, Flush, GetBatcherStats, Ingest, SetRecordLimit,
+    WhenDrained,
 };
 use crate::state::{SeqState, StateDir};
 use crate::window::{UnackedBatch, UnackedWindow};
@@ -29,7 +30,7 @@ const RECORD_OVERHEAD: usize = 6;
 
 /// Collects records into batches; see the module docs.
 #[derive(Debug)]
-pub struct Batcher {
+pub(crate) struct Batcher {
     state: StateDir,
     flush_interval: Duration,
     max_records: usize,
@@ -39,15 +40,17 @@ pub struct Batcher {
     flush_timer: Option<SpawnHandle>,
     seq: SeqState,
     spool: UnackedWindow,
-    feed: Option<mpsc::UnboundedSender<Bytes>>,
+    feed: Option<mpsc::UnboundedSender<Encoded<AgentMessage>>>,
     drained: Vec<oneshot::Sender<()>>,
     records_in: u64,
     oversized_records: u64,
+    /// The connected hub's record limit (from `Welcome`), if it told one.
+    hub_record_limit: Option<usize>,
 }
 
 impl Batcher {
     /// A batcher that continues the numbering persisted in `state`.
-    pub fn new(config: &AgentConfig, state: StateDir) -> Result<Self, StateError> {
+    pub(crate) fn new(config: &AgentConfig, state: StateDir) -> Result<Self, StateError> {
         let seq = state.load_seq()?;
         Ok(Self {
             flush_interval: Duration::from_millis(config.batch.flush_interval_ms),
@@ -67,6 +70,7 @@ impl Batcher {
             drained: Vec::new(),
             records_in: 0,
             oversized_records: 0,
+            hub_record_limit: None,
         })
     }
 
@@ -82,7 +86,7 @@ impl Batcher {
         let records = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         let count = records.len();
-        let frame = Bytes::from(AgentMessage::from(Batch { seq, records }).encode_to_vec());
+        let frame = Encoded::new(&AgentMessage::from(Batch { seq, records }));
         self.persist_seq();
         if let Some(feed) = &self.feed
             && feed.send(frame.clone()).is_err()
@@ -127,6 +131,14 @@ impl Actor for Batcher {
     }
 }
 
+impl Handler<SetRecordLimit> for Batcher {
+    type Result = ();
+
+    fn handle(&mut self, SetRecordLimit(limit): SetRecordLimit, _: &mut Context<Self>) {
+        self.hub_record_limit = (limit > 0).then_some(limit as usize);
+    }
+}
+
 impl Handler<Ingest> for Batcher {
     type Result = ();
 
@@ -134,15 +146,22 @@ impl Handler<Ingest> for Batcher {
         for record in records {
             self.records_in += 1;
             let size = record.encoded_len() + RECORD_OVERHEAD;
-            if size > self.max_bytes {
+            let hub_limit = self.hub_record_limit.unwrap_or(usize::MAX);
+            if size > self.max_bytes || record.encoded_len() > hub_limit {
                 self.oversized_records += 1;
-                tracing::warn!(
-                    source = %record.source,
-                    data_type = record.data_type,
-                    size,
-                    max = self.max_bytes,
-                    "dropping a record larger than batch.max_bytes"
-                );
+                // Logged with decaying frequency: a plugin that only makes
+                // oversize records must not flood the log; the count is exact.
+                if self.oversized_records.is_power_of_two() {
+                    tracing::warn!(
+                        source = %record.source,
+                        data_type = record.data_type,
+                        size,
+                        batch_max = self.max_bytes,
+                        hub_max = ?self.hub_record_limit,
+                        refused = self.oversized_records,
+                        "refusing a record larger than batch.max_bytes or than the hub can forward"
+                    );
+                }
                 continue;
             }
             if self.pending_bytes + size > self.max_bytes {
@@ -245,8 +264,8 @@ mod tests {
         }
     }
 
-    fn decode(frame: &Bytes) -> Batch {
-        match AgentMessage::decode(frame.clone()).unwrap().kind {
+    fn decode(frame: &Encoded<AgentMessage>) -> Batch {
+        match AgentMessage::decode(frame.body().clone()).unwrap().kind {
             Some(Kind::Batch(batch)) => batch,
             other => panic!("not a batch: {other:?}"),
         }
@@ -307,6 +326,27 @@ mod tests {
         let stats = batcher.send(GetBatcherStats).await.unwrap();
         assert_eq!(stats.oversized_records, 1);
         assert_eq!(stats.pending_records, 1);
+    }
+
+    #[actix::test]
+    async fn records_over_the_hubs_limit_are_refused_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let batcher = Batcher::new(&config(), StateDir::open(dir.path()).unwrap())
+            .unwrap()
+            .start();
+        batcher.send(SetRecordLimit(300)).await.unwrap();
+        batcher
+            .send(Ingest(vec![record(200), record(400), record(100)]))
+            .await
+            .unwrap();
+        let stats = batcher.send(GetBatcherStats).await.unwrap();
+        assert_eq!(stats.oversized_records, 1, "only the 400-byte record");
+        assert_eq!(stats.pending_records, 2);
+        // 0 means the hub does not know its limit: only batch.max_bytes applies.
+        batcher.send(SetRecordLimit(0)).await.unwrap();
+        batcher.send(Ingest(vec![record(400)])).await.unwrap();
+        let stats = batcher.send(GetBatcherStats).await.unwrap();
+        assert_eq!(stats.oversized_records, 1);
     }
 
     #[actix::test]

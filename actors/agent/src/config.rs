@@ -18,7 +18,7 @@ use crate::error::AgentConfigError;
 /// Everything the agent needs to run.
 ///
 /// ```
-/// use herd_agent::config::AgentConfig;
+/// use herd_agent::AgentConfig;
 ///
 /// let config = AgentConfig::from_toml_str(r#"
 ///     hubs = ["hub-a:7400", "hub-b:7400"]
@@ -32,7 +32,7 @@ use crate::error::AgentConfigError;
 /// assert_eq!(config.hubs.len(), 2);
 /// assert_eq!(config.heartbeat_interval_secs, 60);
 /// assert_eq!(config.plugins[0].restart.max_restarts, 5);
-/// # Ok::<(), herd_agent::error::AgentConfigError>(())
+/// # Ok::<(), herd_agent::AgentConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

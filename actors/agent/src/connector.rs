@@ -31,11 +31,10 @@ use futures::StreamExt;
 use herd_codec::proto::{
     AgentMessage, CloseReason, Hello, HubMessage, Pong, Task, TaskResult, TaskStatus, hub_message,
 };
-use herd_codec::{AgentCodec, PROTOCOL_VERSION, data_type};
-use prost::Message as _;
+use herd_codec::{AgentCodec, Encoded, PROTOCOL_VERSION, data_type};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::Batcher;
@@ -43,7 +42,7 @@ use crate::config::AgentConfig;
 use crate::heartbeat::HeartbeatReporter;
 use crate::hostinfo;
 use crate::messages::{
-    Acked, ApplyHubConfig, Attach, ListPlugins, RunTask, SetHeartbeatInterval, Stop,
+    Acked, ApplyHubConfig, Attach, ListPlugins, RunTask, SetHeartbeatInterval, SetRecordLimit, Stop,
 };
 use crate::plugin::agent_result;
 use crate::plugin_manager::PluginManager;
@@ -62,7 +61,7 @@ const MAX_REDIRECTS: usize = 4;
 
 /// The other actors a session talks to.
 #[derive(Debug, Clone)]
-pub struct Peers {
+pub(crate) struct Peers {
     /// Unacked window and feed of batches.
     pub batcher: Addr<Batcher>,
     /// Tasks for plugins, configuration pushes.
@@ -75,7 +74,7 @@ pub struct Peers {
 
 /// The connection actor; see the module docs.
 #[derive(Debug)]
-pub struct Connector {
+pub(crate) struct Connector {
     /// The connection loop, taken when the actor starts.
     dialer: Option<Dialer>,
     cancel: CancellationToken,
@@ -86,7 +85,7 @@ impl Connector {
     /// A connector for `config.hubs`. `agent_id` holds the persisted id (empty
     /// if none yet); the connector is the one writer: it adopts the id a
     /// hub assigns, persists it, and every reader sees it.
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<AgentConfig>,
         state: StateDir,
         agent_id: Arc<watch::Sender<String>>,
@@ -252,10 +251,7 @@ impl Dialer {
             read,
             AgentCodec::with_max_frame_length(self.config.max_frame_length),
         );
-        let codec = LengthDelimitedCodec::builder()
-            .length_field_length(herd_codec::FRAME_HEADER_LEN)
-            .max_frame_length(self.config.max_frame_length)
-            .new_codec();
+        let codec = AgentCodec::with_max_frame_length(self.config.max_frame_length);
         let writer = FrameWriter::new(write, codec, WRITE_QUEUE);
         let end = tokio::select! {
             () = self.cancel.cancelled() => SessionEnd::Cancelled,
@@ -273,7 +269,7 @@ impl Dialer {
         &self,
         hub: &str,
         frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, AgentCodec>,
-        out: FrameSender<Bytes>,
+        out: FrameSender<Encoded<AgentMessage>>,
     ) -> SessionEnd {
         let lost = |established, reason: String| SessionEnd::Lost {
             established,
@@ -310,6 +306,9 @@ impl Dialer {
         tracing::info!(%hub, hub_id = %welcome.hub_id, agent_id = %welcome.agent_id, "connected to hub");
         *self.stats.hub.lock().unwrap_or_else(|e| e.into_inner()) = hub.to_owned();
         self.stats.connected.store(true, Ordering::Relaxed);
+        self.peers
+            .batcher
+            .do_send(SetRecordLimit(welcome.max_record_bytes));
         if welcome.heartbeat_interval_secs > 0 {
             self.peers
                 .heartbeat
@@ -334,8 +333,8 @@ impl Dialer {
     async fn serve(
         &self,
         frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, AgentCodec>,
-        out: FrameSender<Bytes>,
-        mut live: mpsc::UnboundedReceiver<Bytes>,
+        out: FrameSender<Encoded<AgentMessage>>,
+        mut live: mpsc::UnboundedReceiver<Encoded<AgentMessage>>,
     ) -> SessionEnd {
         let lost = |reason: String| SessionEnd::Lost {
             established: true,
@@ -365,7 +364,11 @@ impl Dialer {
     }
 
     /// Queues one batch frame (waiting while the socket is backed up).
-    async fn send_batch(&self, out: &FrameSender<Bytes>, frame: Bytes) -> bool {
+    async fn send_batch(
+        &self,
+        out: &FrameSender<Encoded<AgentMessage>>,
+        frame: Encoded<AgentMessage>,
+    ) -> bool {
         let len = frame.len() as u64;
         if out.send(frame).await.is_err() {
             return false;
@@ -378,7 +381,7 @@ impl Dialer {
     async fn on_message(
         &self,
         message: HubMessage,
-        out: &FrameSender<Bytes>,
+        out: &FrameSender<Encoded<AgentMessage>>,
     ) -> Option<SessionEnd> {
         match message.kind? {
             hub_message::Kind::Ack(ack) => self.peers.batcher.do_send(Acked(ack.seq)),
@@ -508,6 +511,6 @@ fn is_agent_task(task: &Task) -> bool {
     task.target.is_empty() || task.target == "agent"
 }
 
-fn encode(message: impl Into<AgentMessage>) -> Bytes {
-    Bytes::from(message.into().encode_to_vec())
+fn encode(message: impl Into<AgentMessage>) -> Encoded<AgentMessage> {
+    Encoded::new(&message.into())
 }

@@ -24,7 +24,7 @@ use crate::report::{ConnectorStats, PluginInfo, ProcessStats, plugin_record, rec
 
 /// Emits heartbeats; see the module docs.
 #[derive(Debug)]
-pub struct HeartbeatReporter {
+pub(crate) struct HeartbeatReporter {
     interval: Duration,
     timer: Option<SpawnHandle>,
     system: System,
@@ -38,7 +38,7 @@ pub struct HeartbeatReporter {
 
 impl HeartbeatReporter {
     /// A heartbeat every `interval` (until the hub sets another).
-    pub fn new(
+    pub(crate) fn new(
         interval: Duration,
         batcher: Addr<Batcher>,
         plugins: Addr<PluginManager>,

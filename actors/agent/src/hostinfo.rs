@@ -8,7 +8,7 @@ use sysinfo::{CpuRefreshKind, MemoryRefreshKind, Networks, RefreshKind, System};
 
 /// Fills the host fields of `hello` (hostname, addresses, os, platform,
 /// kernel, arch, cpu, memory, boot time).
-pub fn fill_hello(hello: &mut Hello) {
+pub(crate) fn fill_hello(hello: &mut Hello) {
     let system = System::new_with_specifics(
         RefreshKind::nothing()
             .with_cpu(CpuRefreshKind::nothing())

@@ -42,18 +42,27 @@
 //! spool: unacked batches do not survive an agent restart, but sequence
 //! numbers do, so the hub sees the gap.
 
-pub mod batcher;
-pub mod config;
-pub mod connector;
-pub mod error;
-pub mod heartbeat;
-pub mod hostinfo;
-pub mod messages;
-pub mod plugin;
-pub mod plugin_manager;
-pub mod report;
-pub mod state;
-pub mod window;
+mod batcher;
+mod config;
+mod connector;
+mod error;
+mod heartbeat;
+mod hostinfo;
+mod messages;
+mod plugin;
+mod plugin_manager;
+mod report;
+mod state;
+#[cfg(test)]
+mod tree_tests;
+mod window;
+
+pub use config::{
+    AgentConfig, BatchConfig, PluginRestart, PluginSpec, ReconnectConfig, SpoolConfig,
+};
+pub use error::{AgentConfigError, AgentError, PluginError, StateError};
+pub use plugin::sha256_file;
+pub use report::{ConnectorStats, PluginInfo, PluginState};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -64,13 +73,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use self::batcher::Batcher;
-use self::config::AgentConfig;
 use self::connector::{Connector, Peers};
-use self::error::AgentError;
 use self::heartbeat::HeartbeatReporter;
 use self::messages::{Flush, GetBatcherStats, StopPlugins, WhenDrained};
 use self::plugin_manager::PluginManager;
-use self::report::ConnectorStats;
 use self::state::StateDir;
 use herd_supervision::{
     ChildSpec, Intensity, Registry, Restart, Strategy, SupervisorHandle, SupervisorSpec,
@@ -87,15 +93,15 @@ pub const ROOT: &str = "agent";
 
 /// Child ids under [`ROOT`], in start order (the strategy is rest-for-one).
 pub mod ids {
-    /// The [`Batcher`](super::batcher::Batcher).
+    /// The batcher: records into numbered batches, the unacked window.
     pub const BATCHER: &str = "batcher";
     /// The dynamic supervisor of the plugins' supervisors.
     pub const PLUGINS: &str = "plugins";
-    /// The [`PluginManager`](super::plugin_manager::PluginManager).
+    /// The plugin manager: the desired plugin set.
     pub const PLUGIN_MANAGER: &str = "plugin-manager";
-    /// The [`HeartbeatReporter`](super::heartbeat::HeartbeatReporter).
+    /// The heartbeat reporter: 1000 and 1001 records.
     pub const HEARTBEAT: &str = "heartbeat";
-    /// The [`Connector`](super::connector::Connector).
+    /// The connector: the hub connection.
     pub const CONNECTOR: &str = "connector";
 }
 

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use actix::Message;
-use bytes::Bytes;
-use herd_codec::proto::{ConfigSet, PluginStatus, Record, Task, TaskResult};
+use herd_codec::Encoded;
+use herd_codec::proto::{AgentMessage, ConfigSet, PluginStatus, Record, Task, TaskResult};
 use tokio::sync::mpsc;
 
 use crate::report::PluginInfo;
@@ -13,47 +13,53 @@ use crate::window::WindowStats;
 /// Records for the batcher (from plugins, the heartbeat, the agent).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Ingest(pub Vec<Record>);
+pub(crate) struct Ingest(pub Vec<Record>);
 
 /// Asks the batcher for every unacked batch and a feed of the new ones; the
 /// connector sends one after each successful handshake. A later `Attach`
 /// replaces the earlier feed.
 #[derive(Debug, Message)]
 #[rtype(result = "Attachment")]
-pub struct Attach;
+pub(crate) struct Attach;
 
 /// What [`Attach`] returns.
 #[derive(Debug)]
-pub struct Attachment {
-    /// Encoded `AgentMessage{batch}` bodies not acked yet, oldest first.
-    pub backlog: Vec<Bytes>,
+pub(crate) struct Attachment {
+    /// Encoded `AgentMessage{batch}`s not acked yet, oldest first.
+    pub backlog: Vec<Encoded<AgentMessage>>,
     /// Batches cut after the attach, in order.
-    pub live: mpsc::UnboundedReceiver<Bytes>,
+    pub live: mpsc::UnboundedReceiver<Encoded<AgentMessage>>,
 }
+
+/// The largest record the connected hub can forward (`Welcome.max_record_bytes`;
+/// 0: not known). Larger records are refused at the source and counted.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct SetRecordLimit(pub u32);
 
 /// The hub acked everything up to `seq`.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Acked(pub u64);
+pub(crate) struct Acked(pub u64);
 
 /// Cut a batch from the pending records now.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Flush;
+pub(crate) struct Flush;
 
 /// Resolves once nothing is pending or unacked.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct WhenDrained;
+pub(crate) struct WhenDrained;
 
 /// Asks the batcher for its counters.
 #[derive(Debug, Message)]
 #[rtype(result = "BatcherStats")]
-pub struct GetBatcherStats;
+pub(crate) struct GetBatcherStats;
 
 /// The batcher's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BatcherStats {
+pub(crate) struct BatcherStats {
     /// Records received.
     pub records_in: u64,
     /// Records not yet in a batch.
@@ -69,36 +75,36 @@ pub struct BatcherStats {
 /// The full desired plugin set pushed by the hub.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct ApplyHubConfig(pub ConfigSet);
+pub(crate) struct ApplyHubConfig(pub ConfigSet);
 
 /// A task for a plugin; answered with its result (or REJECTED / TIMEOUT /
 /// FAILED from the agent).
 #[derive(Debug, Message)]
 #[rtype(result = "TaskResult")]
-pub struct RunTask(pub Task);
+pub(crate) struct RunTask(pub Task);
 
 /// The plugins as reported in `Hello`.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<PluginStatus>")]
-pub struct ListPlugins;
+pub(crate) struct ListPlugins;
 
 /// Per-plugin details for the 1001 heartbeat records.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<PluginInfo>")]
-pub struct GetPluginInfo;
+pub(crate) struct GetPluginInfo;
 
 /// Stop every plugin (stdin closed, then SIGTERM, then SIGKILL) and resolve
 /// once all of them are reaped. Nothing is restarted afterwards.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct StopPlugins;
+pub(crate) struct StopPlugins;
 
 /// The heartbeat interval from the hub's `Welcome`.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct SetHeartbeatInterval(pub Duration);
+pub(crate) struct SetHeartbeatInterval(pub Duration);
 
 /// Stop the actor now (the orderly part is done by the caller).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Stop;
+pub(crate) struct Stop;

@@ -43,7 +43,7 @@ const STDERR_PER_SEC: f64 = 5.0;
 
 /// Counters a plugin's actors share with the manager across restarts.
 #[derive(Debug, Default)]
-pub struct PluginCounters {
+pub(crate) struct PluginCounters {
     /// Records read from the plugin's stdout.
     pub records_in: AtomicU64,
     /// Records refused because they used a framework data type (1000-1999).
@@ -56,7 +56,7 @@ pub struct PluginCounters {
 
 /// Everything a plugin process is started with besides its spec.
 #[derive(Debug, Clone)]
-pub struct PluginEnv {
+pub(crate) struct PluginEnv {
     /// `HERD_AGENT_ID` (empty until the hub assigned one; read at each start).
     pub agent_id: watch::Receiver<String>,
     /// `HERD_PLUGIN_STATE_DIR`, already created.
@@ -78,7 +78,7 @@ pub struct PluginEnv {
 /// What happened to a plugin's process, for the manager.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct PluginEvent {
+pub(crate) struct PluginEvent {
     /// The plugin.
     pub name: String,
     /// The configuration it belongs to.
@@ -89,7 +89,7 @@ pub struct PluginEvent {
 
 /// The kinds of [`PluginEvent`].
 #[derive(Debug)]
-pub enum PluginEventKind {
+pub(crate) enum PluginEventKind {
     /// The process runs; tasks go to `addr`.
     Started {
         /// The actor owning the process.
@@ -134,7 +134,7 @@ pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
 /// supervisor restarts it under its backoff and intensity), and being
 /// stopped stops the process first.
 #[derive(Debug)]
-pub struct Plugin {
+pub(crate) struct Plugin {
     spec: Arc<PluginSpec>,
     env: PluginEnv,
     pid: u32,
@@ -151,7 +151,7 @@ pub struct Plugin {
 
 impl Plugin {
     /// An actor that will start `spec`'s process when it starts.
-    pub fn new(spec: Arc<PluginSpec>, env: PluginEnv) -> Self {
+    pub(crate) fn new(spec: Arc<PluginSpec>, env: PluginEnv) -> Self {
         Self {
             spec,
             env,
@@ -193,7 +193,16 @@ impl Plugin {
             }
         }
         let agent_id = self.env.agent_id.borrow().clone();
-        Command::new(&spec.path)
+        let mut command = Command::new(&spec.path);
+        let agent = nix::unistd::getpid();
+        // SAFETY: the closure runs in the forked child before `exec`; it only
+        // makes the async-signal-safe `prctl` and `getppid` system calls and
+        // allocates nothing (its errors are raw OS errors).
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || die_with_parent(agent));
+        }
+        command
             .args(&spec.args)
             .envs(&spec.env)
             .env("HERD_PLUGIN_NAME", &spec.name)
@@ -284,8 +293,10 @@ impl Actor for Plugin {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        kill_leftover_group(&self.env.state_dir);
         match self.spawn_process() {
             Ok(child) => {
+                record_group(&self.env.state_dir, child.id());
                 self.attach(child, ctx);
                 tracing::info!(plugin = %self.spec.name, version = %self.spec.version,
                     pid = self.pid, "plugin started");
@@ -450,8 +461,85 @@ impl Handler<RunTask> for Plugin {
     }
 }
 
+/// In the plugin's process, before `exec`: a SIGKILL when the agent dies,
+/// however it dies (kill -9 included), so no plugin outlives its agent.
+///
+/// The signal follows the thread that spawned the plugin: plugins are spawned
+/// from the agent's main arbiter thread, which lives as long as the agent.
+fn die_with_parent(agent: nix::unistd::Pid) -> std::io::Result<()> {
+    let os_error = |errno: nix::errno::Errno| std::io::Error::from_raw_os_error(errno as i32);
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(os_error)?;
+    // The agent may have died between fork and prctl: then nobody signals us.
+    if nix::unistd::getppid() != agent {
+        return Err(os_error(nix::errno::Errno::ESRCH));
+    }
+    Ok(())
+}
+
+/// File in a plugin's state directory holding its process group id while it
+/// runs, so a restarted agent can clear what a killed one left behind.
+const GROUP_FILE: &str = ".herd-agent-pgid";
+
+fn record_group(state_dir: &std::path::Path, pid: Option<u32>) {
+    if let Some(pid) = pid
+        && let Err(error) = std::fs::write(state_dir.join(GROUP_FILE), pid.to_string())
+    {
+        tracing::warn!(%error, "cannot record the plugin's process group");
+    }
+}
+
+/// Kills what is left of the process group a previous incarnation of this
+/// plugin recorded: after a kill -9 of the agent the plugin itself dies of its
+/// parent-death signal, but processes it started live on in its group.
+///
+/// The group is only killed while its leader (pid = pgid) is gone or a
+/// zombie: Linux does not hand out a pid that is still some group's id, so
+/// then every member is ours; a live leader means the number now belongs to
+/// someone else.
+fn kill_leftover_group(state_dir: &std::path::Path) {
+    let file = state_dir.join(GROUP_FILE);
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return;
+    };
+    let _ = std::fs::remove_file(&file);
+    let Ok(pgid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    if pgid <= 1 || leader_is_running(pgid) {
+        return;
+    }
+    let group = nix::unistd::Pid::from_raw(pgid);
+    if nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).is_ok() {
+        tracing::warn!(pgid, "killed processes a previous plugin left running");
+    }
+}
+
+/// Whether a live (not zombie) process has this pid. A zombie leader is the
+/// dead plugin itself, not yet reaped by whoever inherited it.
+fn leader_is_running(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which may hold spaces and ')'.
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    state != Some("Z")
+}
+
+/// Sends `signal` to the plugin's whole process group (it is the group's
+/// leader), so what it started goes with it.
+fn signal_group(pid: u32, signal: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // ESRCH: nobody left in the group.
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
+
 /// Waits for the process; on request stops it (see [`StopProcess`]).
-/// Returns why it ended. The child is always waited for.
+/// Returns why it ended. The child is always waited for, and once it is gone
+/// whatever is left of its process group is killed: a plugin's children do
+/// not outlive it.
 async fn reap(
     mut child: Child,
     pid: u32,
@@ -462,13 +550,14 @@ async fn reap(
         status = child.wait() => status,
         how = control => {
             if how == Ok(StopProcess::Kill) {
-                let _ = child.start_kill();
+                signal_group(pid, nix::sys::signal::Signal::SIGKILL);
                 child.wait().await
             } else {
                 stop_gracefully(&mut child, pid, grace).await
             }
         }
     };
+    signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     match status {
         Ok(status) => describe(status),
         Err(e) => format!("waiting for the process failed: {e}"),
@@ -484,18 +573,16 @@ async fn stop_gracefully(
     if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
         return status;
     }
-    if let Ok(pid) = i32::try_from(pid) {
-        tracing::warn!(pid, "plugin ignored stdin EOF; sending SIGTERM");
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
+    tracing::warn!(
+        pid,
+        "plugin ignored stdin EOF; sending SIGTERM to its process group"
+    );
+    signal_group(pid, nix::sys::signal::Signal::SIGTERM);
     if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
         return status;
     }
-    tracing::warn!(pid, "plugin ignored SIGTERM; killing it");
-    let _ = child.start_kill();
+    tracing::warn!(pid, "plugin ignored SIGTERM; killing its process group");
+    signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     child.wait().await
 }
 

@@ -117,7 +117,7 @@ impl Entry {
 
 /// Supervises the plugin processes; see the module docs.
 #[derive(Debug)]
-pub struct PluginManager {
+pub(crate) struct PluginManager {
     /// The dynamic supervisor the plugins' supervisors run under.
     plugins: Addr<Supervisor>,
     state_dir: StateDir,
@@ -135,7 +135,7 @@ pub struct PluginManager {
 
 impl PluginManager {
     /// A manager that will run the plugins declared in `config` once started.
-    pub fn new(
+    pub(crate) fn new(
         config: &AgentConfig,
         plugins: Addr<Supervisor>,
         state_dir: StateDir,

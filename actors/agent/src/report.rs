@@ -80,7 +80,7 @@ pub struct ConnectorStats {
 
 /// CPU and memory of one process.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProcessStats {
+pub(crate) struct ProcessStats {
     /// Percent of one core since the last refresh.
     pub cpu: f32,
     /// Resident set size in bytes.
@@ -105,7 +105,7 @@ pub(crate) fn record(data_type: u32, source: &str, fields: HashMap<String, Strin
 }
 
 /// The 1001 record of one plugin (`process`: its stats if it is running).
-pub fn plugin_record(info: &PluginInfo, process: Option<ProcessStats>) -> Record {
+pub(crate) fn plugin_record(info: &PluginInfo, process: Option<ProcessStats>) -> Record {
     let mut fields: HashMap<String, String> = [
         ("name", info.name.clone()),
         ("version", info.version.clone()),

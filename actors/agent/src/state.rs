@@ -22,7 +22,7 @@ const PLUGINS_DIR: &str = "plugins";
 
 /// The sequence numbers that must survive a restart.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SeqState {
+pub(crate) struct SeqState {
     /// The highest `Batch.seq` assigned so far (0: none).
     pub last_assigned: u64,
     /// The highest seq the hub acknowledged (0: none).
@@ -31,13 +31,13 @@ pub struct SeqState {
 
 /// Handle on the agent's state directory.
 #[derive(Debug, Clone)]
-pub struct StateDir {
+pub(crate) struct StateDir {
     root: PathBuf,
 }
 
 impl StateDir {
     /// Opens (creating it if needed) the state directory at `root`.
-    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StateError> {
+    pub(crate) fn open(root: impl Into<PathBuf>) -> Result<Self, StateError> {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(|source| StateError::Io {
             path: root.clone(),
@@ -46,13 +46,8 @@ impl StateDir {
         Ok(Self { root })
     }
 
-    /// The directory itself.
-    pub fn path(&self) -> &Path {
-        &self.root
-    }
-
     /// The persisted agent id, if there is one.
-    pub fn load_agent_id(&self) -> Result<Option<String>, StateError> {
+    pub(crate) fn load_agent_id(&self) -> Result<Option<String>, StateError> {
         let path = self.root.join(AGENT_ID_FILE);
         let Some(text) = read_optional(&path)? else {
             return Ok(None);
@@ -65,12 +60,12 @@ impl StateDir {
     }
 
     /// Persists the agent id atomically.
-    pub fn store_agent_id(&self, agent_id: &str) -> Result<(), StateError> {
+    pub(crate) fn store_agent_id(&self, agent_id: &str) -> Result<(), StateError> {
         self.write_atomic(AGENT_ID_FILE, format!("{agent_id}\n").as_bytes())
     }
 
     /// The persisted sequence numbers (zeros when there are none yet).
-    pub fn load_seq(&self) -> Result<SeqState, StateError> {
+    pub(crate) fn load_seq(&self) -> Result<SeqState, StateError> {
         let path = self.root.join(SEQ_FILE);
         let Some(text) = read_optional(&path)? else {
             return Ok(SeqState::default());
@@ -93,7 +88,7 @@ impl StateDir {
     ///
     /// Not fsynced: this runs on every flush, and the rename already makes
     /// a process crash safe; only a power loss could lose the last update.
-    pub fn store_seq(&self, seq: SeqState) -> Result<(), StateError> {
+    pub(crate) fn store_seq(&self, seq: SeqState) -> Result<(), StateError> {
         self.write_atomic(
             SEQ_FILE,
             format!("{} {}\n", seq.last_assigned, seq.last_acked).as_bytes(),
@@ -101,7 +96,7 @@ impl StateDir {
     }
 
     /// Creates (if needed) and returns the persistent directory of a plugin.
-    pub fn plugin_dir(&self, name: &str) -> Result<PathBuf, StateError> {
+    pub(crate) fn plugin_dir(&self, name: &str) -> Result<PathBuf, StateError> {
         let dir = self.root.join(PLUGINS_DIR).join(name);
         std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
             path: dir.clone(),

@@ -11,22 +11,23 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use herd_codec::Encoded;
+use herd_codec::proto::AgentMessage;
 
 /// One encoded batch waiting for its ack.
 #[derive(Debug, Clone)]
-pub struct UnackedBatch {
+pub(crate) struct UnackedBatch {
     /// Its `Batch.seq`.
     pub seq: u64,
     /// How many records it holds.
     pub records: usize,
-    /// The encoded `AgentMessage { batch }` (frame body, no length header).
-    pub frame: Bytes,
+    /// The encoded `AgentMessage { batch }`, framed by the codec when sent.
+    pub frame: Encoded<AgentMessage>,
 }
 
 /// Counters the heartbeat reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WindowStats {
+pub(crate) struct WindowStats {
     /// Batches held.
     pub batches: usize,
     /// Bytes held.
@@ -39,23 +40,10 @@ pub struct WindowStats {
     pub dropped_records: u64,
 }
 
-/// Bounded, in-order store of unacked batches.
-///
-/// ```
-/// use bytes::Bytes;
-/// use herd_agent::window::{UnackedWindow, UnackedBatch};
-///
-/// let mut spool = UnackedWindow::new(2, 1024, 0);
-/// for seq in 1..=3 {
-///     spool.push(UnackedBatch { seq, records: 1, frame: Bytes::from_static(b"x") });
-/// }
-/// // Bounded to 2 batches: seq 1 was dropped and counted.
-/// assert_eq!(spool.stats().dropped_records, 1);
-/// assert_eq!(spool.ack(2), 1);
-/// assert_eq!(spool.iter().map(|b| b.seq).collect::<Vec<_>>(), [3]);
-/// ```
+/// Bounded, in-order store of unacked batches: beyond its bounds the oldest
+/// batches are dropped and counted; acks are cumulative and never go back.
 #[derive(Debug)]
-pub struct UnackedWindow {
+pub(crate) struct UnackedWindow {
     batches: VecDeque<UnackedBatch>,
     bytes: usize,
     max_batches: usize,
@@ -68,7 +56,7 @@ pub struct UnackedWindow {
 impl UnackedWindow {
     /// An empty window holding at most `max_batches` batches and `max_bytes`
     /// bytes; `last_acked` is the persisted ack from a previous run.
-    pub fn new(max_batches: usize, max_bytes: usize, last_acked: u64) -> Self {
+    pub(crate) fn new(max_batches: usize, max_bytes: usize, last_acked: u64) -> Self {
         Self {
             batches: VecDeque::new(),
             bytes: 0,
@@ -82,7 +70,7 @@ impl UnackedWindow {
 
     /// Appends a batch (seqs must increase), dropping the oldest batches
     /// while the bounds are exceeded. The new batch itself is always kept.
-    pub fn push(&mut self, batch: UnackedBatch) {
+    pub(crate) fn push(&mut self, batch: UnackedBatch) {
         debug_assert!(self.batches.back().is_none_or(|b| b.seq < batch.seq));
         self.bytes += batch.frame.len();
         self.batches.push_back(batch);
@@ -100,7 +88,7 @@ impl UnackedWindow {
     /// Forgets every batch up to and including `seq` (acks are cumulative)
     /// and returns how many were removed. An ack below the last one changes
     /// nothing.
-    pub fn ack(&mut self, seq: u64) -> usize {
+    pub(crate) fn ack(&mut self, seq: u64) -> usize {
         self.last_acked = self.last_acked.max(seq);
         let mut removed = 0;
         while self.batches.front().is_some_and(|b| b.seq <= seq) {
@@ -113,22 +101,22 @@ impl UnackedWindow {
     }
 
     /// The unacked batches, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &UnackedBatch> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &UnackedBatch> {
         self.batches.iter()
     }
 
     /// Whether nothing is waiting for an ack.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.batches.is_empty()
     }
 
     /// Highest acked seq.
-    pub fn last_acked(&self) -> u64 {
+    pub(crate) fn last_acked(&self) -> u64 {
         self.last_acked
     }
 
     /// Current counters.
-    pub fn stats(&self) -> WindowStats {
+    pub(crate) fn stats(&self) -> WindowStats {
         WindowStats {
             batches: self.batches.len(),
             bytes: self.bytes,
@@ -143,20 +131,37 @@ impl UnackedWindow {
 mod tests {
     use super::*;
 
+    use herd_codec::proto::{Batch, Record};
+
+    /// A batch whose frame is exactly `len` bytes (`len` >= 16).
     fn batch(seq: u64, len: usize) -> UnackedBatch {
+        let message = |body: usize| {
+            AgentMessage::from(Batch {
+                seq,
+                records: vec![Record {
+                    body: vec![0; body].into(),
+                    ..Record::default()
+                }],
+            })
+        };
+        let overhead = Encoded::new(&message(0)).len();
+        let frame = (0..len)
+            .map(|body| Encoded::new(&message(body)))
+            .find(|frame| frame.len() == len)
+            .unwrap_or_else(|| panic!("no frame of {len} bytes (overhead {overhead})"));
         UnackedBatch {
             seq,
             records: 2,
-            frame: Bytes::from(vec![0; len]),
+            frame,
         }
     }
 
     #[test]
     fn acks_are_cumulative_and_monotonic() {
         let mut spool = UnackedWindow::new(10, 1000, 0);
-        (1..=5).for_each(|seq| spool.push(batch(seq, 10)));
+        (1..=5).for_each(|seq| spool.push(batch(seq, 20)));
         assert_eq!(spool.ack(3), 3);
-        assert_eq!(spool.stats().bytes, 20);
+        assert_eq!(spool.stats().bytes, 40);
         assert_eq!(spool.ack(2), 0);
         assert_eq!(spool.last_acked(), 3);
         assert_eq!(spool.ack(9), 2);
@@ -166,11 +171,11 @@ mod tests {
 
     #[test]
     fn byte_bound_drops_oldest_and_counts() {
-        let mut spool = UnackedWindow::new(100, 25, 0);
-        (1..=4).for_each(|seq| spool.push(batch(seq, 10)));
+        let mut spool = UnackedWindow::new(100, 50, 0);
+        (1..=4).for_each(|seq| spool.push(batch(seq, 20)));
         let stats = spool.stats();
         assert_eq!(stats.batches, 2);
-        assert_eq!(stats.bytes, 20);
+        assert_eq!(stats.bytes, 40);
         assert_eq!(stats.dropped_batches, 2);
         assert_eq!(stats.dropped_records, 4);
         assert_eq!(spool.iter().map(|b| b.seq).collect::<Vec<_>>(), [3, 4]);
@@ -179,7 +184,7 @@ mod tests {
     #[test]
     fn an_oversized_batch_is_still_kept() {
         let mut spool = UnackedWindow::new(100, 5, 0);
-        spool.push(batch(1, 50));
+        spool.push(batch(1, 60));
         assert_eq!(spool.stats().batches, 1);
         assert_eq!(spool.stats().dropped_batches, 0);
     }

@@ -10,12 +10,14 @@ use crate::directory::HubDirectory;
 use crate::messages::ListAgents;
 use crate::metrics::HubMetrics;
 use crate::sink::{NatsLink, NatsState};
+use crate::stream::StreamStatus;
 
 #[derive(Debug, Clone)]
 struct AdminState {
     metrics: HubMetrics,
     link: NatsLink,
     directory: HubDirectory,
+    stream: StreamStatus,
 }
 
 /// Serves the admin endpoints on `listener` until the returned task is aborted.
@@ -24,6 +26,7 @@ pub(crate) fn serve(
     metrics: HubMetrics,
     link: NatsLink,
     directory: HubDirectory,
+    stream: StreamStatus,
 ) -> tokio::task::JoinHandle<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
@@ -33,6 +36,7 @@ pub(crate) fn serve(
             metrics,
             link,
             directory,
+            stream,
         });
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
@@ -56,7 +60,14 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
 
 async fn healthz(State(state): State<AdminState>) -> Response {
     match state.link.state() {
-        NatsState::Connected => (StatusCode::OK, "ok\n").into_response(),
+        NatsState::Connected => match &*state.stream.borrow() {
+            Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("JetStream data stream is not in place: {why}\n"),
+            )
+                .into_response(),
+        },
         other => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(

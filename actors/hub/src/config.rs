@@ -9,18 +9,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::stream::DataStreamConfig;
+
 /// When the hub tells an agent its batch is safe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AckMode {
-    /// Core NATS: ack after `flush()` wrote the batch to the server's socket
-    /// with no reconnect in between. A NATS crash can still lose what the
-    /// server had not read yet.
-    #[default]
+    /// Core NATS: ack after async-nats `flush()` wrote the batch to the
+    /// hub's socket to the server, with no reconnect in between. That is no
+    /// server round trip: a NATS crash can lose acked batches the server had
+    /// not processed. For core-NATS deployments that accept that.
     Flush,
-    /// JetStream: ack after every record of the batch got its `PubAck` (a
-    /// stream must cover `herd.data.>`; publishing to a subject no stream
-    /// covers never succeeds). Nothing acked is lost.
+    /// JetStream (the default): ack after every record of the batch got its
+    /// `PubAck`, i.e. it is stored in the data stream (see
+    /// [`DataStreamConfig`]). Nothing acked is lost.
+    #[default]
     Jetstream,
 }
 
@@ -64,6 +67,8 @@ pub struct HubConfig {
     /// When an ack is sent: after a flush (core NATS) or after JetStream
     /// `PubAck`s.
     pub ack_mode: AckMode,
+    /// The stream records are stored in with `ack_mode = "jetstream"`.
+    pub stream: DataStreamConfig,
     /// Longest wait for a flush / `PubAck`s before the batch is re-published.
     pub publish_timeout_ms: u64,
     /// Timeout of a task request when the task does not set one.
@@ -95,7 +100,8 @@ impl Default for HubConfig {
             max_connections: 10_000,
             max_in_flight_batches: 16,
             write_queue: 64,
-            ack_mode: AckMode::Flush,
+            ack_mode: AckMode::Jetstream,
+            stream: DataStreamConfig::default(),
             publish_timeout_ms: 5_000,
             task_timeout_ms: 30_000,
             task_batch_size: 100,

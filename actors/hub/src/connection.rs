@@ -23,7 +23,8 @@ use crate::messages::{
     AgentLink, Close, CloseKind, GetConfig, HeartbeatReceived, Register, SendCommand, TaskDone,
     Unregister,
 };
-use crate::sink::AgentIdentity;
+use crate::metrics::HubMetrics;
+use crate::sink::{AgentIdentity, BatchPublisher, LossEvent, LossKind};
 use herd_supervision::io::{FrameSender, FrameWriter, TrySendError};
 
 /// One frame read from the socket with the in-flight permit taken before it
@@ -191,6 +192,7 @@ impl Connection {
         };
         let identity =
             AgentIdentity::from_hello(agent_id.clone(), &hello, self.services.hub_id.to_string());
+        let resume_after = hello.last_acked_seq;
         let info = AgentInfo::from_hello(&agent_id, &hello, self.peer);
         let directory = &self.services.directory;
         let Some(registry) = directory.registry() else {
@@ -223,7 +225,7 @@ impl Connection {
             }
             .into_actor(self)
             .map(move |(registered, config), act, ctx| match registered {
-                Ok(Ok(())) => act.welcome(ctx, identity, config),
+                Ok(Ok(())) => act.welcome(ctx, identity, config, resume_after),
                 Ok(Err(refusal)) => act.refuse(ctx, "full", refusal.to_string()),
                 Err(error) => act.refuse(
                     ctx,
@@ -247,31 +249,48 @@ impl Connection {
                 .into()
     }
 
+    /// Welcomes the agent, telling it the limits it must honour, and starts
+    /// the connection's ordered publisher; `resume_after` is the last seq the
+    /// agent knows acked.
     fn welcome(
         &mut self,
         ctx: &mut Context<Self>,
         identity: AgentIdentity,
         config: Option<ConfigSet>,
+        resume_after: u64,
     ) {
         let services = &self.services;
         services.metrics.handshake("ok");
         services.metrics.connections.inc();
         tracing::info!(peer = %self.peer, agent_id = %identity.agent_id, "agent connected");
+        let batch_publisher = services.link.publisher(
+            identity.clone(),
+            services.config.ack_mode,
+            services.config.publish_timeout(),
+            services.metrics.clone(),
+        );
+        let clamp = |value: usize| u32::try_from(value).unwrap_or(u32::MAX);
         let welcome = Welcome {
             ok: true,
             agent_id: identity.agent_id.clone(),
             heartbeat_interval_secs: services.config.heartbeat_interval_secs,
             config,
             hub_id: services.hub_id.to_string(),
-            ..Welcome::default()
+            redirect: Vec::new(),
+            message: String::new(),
+            max_record_bytes: batch_publisher.max_record_bytes().map_or(0, clamp),
+            max_frame_bytes: clamp(services.config.max_frame_length),
+            ping_interval_ms: u32::try_from(services.config.ping_interval_ms).unwrap_or(u32::MAX),
+            ping_misses: services.config.ping_misses,
         };
         self.send_frame(ctx, welcome.into());
         let (publisher, batches) = mpsc::unbounded_channel();
         let publisher_task = actix::spawn(publish_in_order(
             batches,
-            services.clone(),
-            identity.clone(),
+            batch_publisher,
+            services.metrics.clone(),
             self.writer.as_ref().map(FrameWriter::sender),
+            resume_after,
         ));
         self.phase = Phase::Ready {
             identity,
@@ -324,6 +343,12 @@ impl Connection {
             return;
         };
         match kind {
+            Kind::Batch(batch) if batch.seq == 0 => self.goodbye(
+                ctx,
+                CloseReason::ProtocolError,
+                "protocol_error",
+                "a batch with seq 0 (seqs start at 1)".to_owned(),
+            ),
             Kind::Batch(batch) => {
                 self.services
                     .metrics
@@ -382,30 +407,48 @@ impl Connection {
 /// Publishes the connection's batches one after the other and acks each once
 /// NATS accepted it. Runs until the connection drops its sender (or aborts
 /// the task when it stops: what was not acked is re-sent by the agent).
+///
+/// Acks never go down: a batch at or below the last acked seq is a resend,
+/// published again (JetStream drops the duplicates) and acked with the last
+/// acked seq. A batch beyond the next seq means the ones between never came:
+/// they are counted and reported as a loss event.
 async fn publish_in_order(
     mut batches: mpsc::UnboundedReceiver<InFlight>,
-    services: Services,
-    identity: AgentIdentity,
+    publisher: BatchPublisher,
+    metrics: HubMetrics,
     writer: Option<FrameSender<HubMessage>>,
+    resume_after: u64,
 ) {
     let Some(writer) = writer else { return };
-    let config = &services.config;
+    let mut last_acked = resume_after;
     while let Some(InFlight { batch, _permit }) = batches.recv().await {
         let seq = batch.seq;
-        services
-            .link
-            .publish_batch(
-                &identity,
-                batch,
-                config.ack_mode,
-                config.publish_timeout(),
-                &services.metrics,
-            )
-            .await;
-        if writer.send(Ack { seq }.into()).await.is_err() {
+        if seq <= last_acked {
+            metrics.resent_batches.inc();
+        } else if seq > last_acked + 1 {
+            let missing = seq - last_acked - 1;
+            metrics.gap_batches.inc_by(missing);
+            let identity = publisher.identity();
+            publisher
+                .report_loss(LossEvent {
+                    agent_id: identity.agent_id.clone(),
+                    hub_id: identity.hub_id.clone(),
+                    kind: LossKind::SeqGap,
+                    from_seq: last_acked + 1,
+                    to_seq: seq - 1,
+                    records: 0,
+                    index: None,
+                    bytes: None,
+                    at_ms: crate::sink::now_ms(),
+                })
+                .await;
+        }
+        publisher.publish(batch).await;
+        last_acked = last_acked.max(seq);
+        if writer.send(Ack { seq: last_acked }.into()).await.is_err() {
             return;
         }
-        services.metrics.acks.inc();
+        metrics.acks.inc();
     }
 }
 

@@ -23,6 +23,8 @@ pub(crate) mod ids {
     pub(crate) const ROUTER: &str = "router";
     /// [`ConfigWatcher`](crate::ConfigWatcher).
     pub(crate) const CONFIGS: &str = "configs";
+    /// The data stream keeper (JetStream ack mode only).
+    pub(crate) const STREAM: &str = "stream";
 }
 
 /// Typed look-ups of the hub's actors in the supervision tree's registry.

@@ -23,20 +23,20 @@ pub enum HubError {
         source: std::io::Error,
     },
     /// A NATS URL does not parse.
-    #[error("invalid NATS URL {url:?}: {reason}")]
+    #[error("invalid NATS URL {url:?}")]
     NatsUrl {
         /// The URL as given.
         url: String,
         /// What is wrong with it.
-        reason: String,
+        source: std::io::Error,
     },
     /// The NATS client could not be created.
-    #[error("cannot connect to NATS at {url}: {reason}")]
+    #[error("cannot connect to NATS at {url}")]
     NatsConnect {
         /// The URL.
         url: String,
         /// The client's error.
-        reason: String,
+        source: async_nats::ConnectError,
     },
     /// No NATS URL was configured and `nats-server` is not installed.
     #[error(

@@ -70,6 +70,7 @@ mod metrics;
 mod registry;
 mod router;
 mod sink;
+mod stream;
 mod tracker;
 
 use std::net::SocketAddr;
@@ -81,13 +82,15 @@ use actix::prelude::*;
 
 pub use agent_info::AgentInfo;
 pub use batcher::{TASK_RESULTS_SUBJECT, TaskResultRecord};
-pub use config::{AckMode, HubConfig, HubConfigError};
+pub use config::{AckMode, DataStreamConfig, HubConfig, HubConfigError};
 pub use config_watcher::{AGENT_KEY_PREFIX, CONFIG_BUCKET, FLEET_KEY, config_bucket, parse_config};
 pub use embedded::{NATS_URL_FILE, find_nats_server};
 pub use error::HubError;
 pub use messages::PresenceEvent;
 pub use metrics::HubMetrics;
-pub use sink::{HEADER_AGENT_ID, HEADER_MSG_ID, HEADER_SEQ, NatsLink, NatsState};
+pub use sink::{
+    HEADER_AGENT_ID, HEADER_MSG_ID, HEADER_SEQ, LossEvent, LossKind, NatsLink, NatsState,
+};
 pub use tracker::Presence;
 
 use batcher::TaskBatcher;
@@ -108,6 +111,8 @@ pub(crate) struct Services {
     pub(crate) metrics: HubMetrics,
     pub(crate) link: NatsLink,
     pub(crate) directory: HubDirectory,
+    /// Whether the data stream is in place (always `Ok` in flush mode).
+    pub(crate) stream: stream::StreamStatus,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -124,6 +129,7 @@ fn tree(
     socket: Arc<std::net::TcpListener>,
     workers: Arc<[ArbiterHandle]>,
     embedded: Option<&EmbeddedNats>,
+    stream_status: Option<tokio::sync::watch::Sender<Result<(), String>>>,
 ) -> SupervisorSpec {
     let config = &services.config;
     let link = &services.link;
@@ -178,7 +184,8 @@ fn tree(
         Some(embedded) => root.child(embedded.child_spec(link.client().clone())),
         None => root,
     };
-    root.child(tracker)
+    let root = root
+        .child(tracker)
         .child(registry)
         .child(ChildSpec::supervisor(ids::CONNECTIONS, || {
             SupervisorSpec::dynamic(ids::CONNECTIONS)
@@ -186,7 +193,18 @@ fn tree(
         .child(listener)
         .child(batcher)
         .child(router)
-        .child(configs)
+        .child(configs);
+    // Last: it restarts nothing when it restarts; until the stream is in
+    // place, publishes are retried.
+    match stream_status {
+        Some(status) => {
+            let (link, stream) = (link.clone(), config.stream.clone());
+            root.child(ChildSpec::new(ids::STREAM, move || {
+                stream::DataStream::new(link.clone(), stream.clone(), status.clone())
+            }))
+        }
+        None => root,
+    }
 }
 
 /// Waits until the hub's client reached the embedded server, or fails with
@@ -279,7 +297,15 @@ impl Hub {
         let admin_addr = admin_listener
             .as_ref()
             .and_then(|listener| listener.local_addr().ok());
+        let (stream_tx, stream) = match config.ack_mode {
+            AckMode::Jetstream => {
+                let (tx, rx) = tokio::sync::watch::channel(Err("not checked yet".to_owned()));
+                (Some(tx), rx)
+            }
+            AckMode::Flush => (None, tokio::sync::watch::channel(Ok(())).1),
+        };
         let services = Services {
+            stream,
             hub_id: config.hub_id.clone().into(),
             config: Arc::new(config),
             metrics: HubMetrics::new(),
@@ -291,7 +317,13 @@ impl Hub {
             .map(|_| Arbiter::new())
             .collect();
         let handles: Arc<[ArbiterHandle]> = workers.iter().map(Arbiter::handle).collect();
-        let spec = tree(&services, Arc::new(socket), handles, embedded.as_ref());
+        let spec = tree(
+            &services,
+            Arc::new(socket),
+            handles,
+            embedded.as_ref(),
+            stream_tx,
+        );
         let mut events = spec.subscribe();
         let root = spec.start()?;
         services.metrics.watch_supervision(root.stats().clone());
@@ -303,6 +335,11 @@ impl Hub {
         }
         // Bounded: without NATS the hub still starts and serves agents.
         if services.link.wait_connected(Duration::from_secs(5)).await {
+            // The data stream, so the first batches are not published into
+            // nothing and retried; bounded like the configuration below.
+            let mut stream = services.stream.clone();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), stream.wait_for(Result::is_ok)).await;
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 let loaded = match services.directory.configs() {
@@ -321,6 +358,7 @@ impl Hub {
                 services.metrics.clone(),
                 services.link.clone(),
                 services.directory.clone(),
+                services.stream.clone(),
             )
         });
         tracing::info!(hub_id = %services.hub_id, %listen_addr, ?admin_addr, nats = %url, "hub started");

@@ -51,6 +51,12 @@ pub struct HubMetrics {
     pub acks: Counter,
     /// Publish attempts that failed and were repeated.
     pub publish_retries: Counter,
+    /// Batches that never arrived: seq gaps seen (each also a loss event).
+    pub gap_batches: Counter,
+    /// Batches received again at or below the last acked seq (resends).
+    pub resent_batches: Counter,
+    /// Records NATS cannot take (over its max_payload), refused and reported.
+    pub oversize_records: Counter,
     /// Seconds from the start of a batch's publish to its acceptance.
     pub publish_latency: Histogram,
     /// Tasks by outcome (`ok`, `failed`, `rejected`, `timeout`, `offline`, `bad_request`).
@@ -83,6 +89,9 @@ impl HubMetrics {
         let bytes_out = Counter::default();
         let acks = Counter::default();
         let publish_retries = Counter::default();
+        let gap_batches = Counter::default();
+        let resent_batches = Counter::default();
+        let oversize_records = Counter::default();
         let publish_latency = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
         let tasks = Family::<OutcomeLabel, Counter>::default();
         let actor_restarts = Family::<ActorLabel, Counter>::default();
@@ -130,6 +139,21 @@ impl HubMetrics {
             publish_retries.clone(),
         );
         registry.register(
+            "gap_batches",
+            "Batches missing from an agent's seq order (published as loss events)",
+            gap_batches.clone(),
+        );
+        registry.register(
+            "resent_batches",
+            "Batches received again at or below the last acked seq",
+            resent_batches.clone(),
+        );
+        registry.register(
+            "oversize_records",
+            "Records over NATS max_payload, not published (published as loss events)",
+            oversize_records.clone(),
+        );
+        registry.register(
             "publish_latency_seconds",
             "Time from a batch's first publish to its acceptance by NATS",
             publish_latency.clone(),
@@ -157,6 +181,9 @@ impl HubMetrics {
             bytes_out,
             acks,
             publish_retries,
+            gap_batches,
+            resent_batches,
+            oversize_records,
             publish_latency,
             tasks,
             actor_restarts,

@@ -14,6 +14,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use herd_codec::proto::{Batch, Envelope, Hello};
 use prost::Message as _;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::AckMode;
@@ -66,7 +67,7 @@ impl NatsLink {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| HubError::NatsUrl {
                 url: url.to_owned(),
-                reason: source.to_string(),
+                source,
             })?;
         let reconnect =
             Backoff::exponential(Duration::from_millis(50), Duration::from_secs(2), 0.2)
@@ -99,7 +100,7 @@ impl NatsLink {
             .await
             .map_err(|source| HubError::NatsConnect {
                 url: url.to_owned(),
-                reason: source.to_string(),
+                source,
             })?;
         let jetstream = async_nats::jetstream::new(client.clone());
         Ok(Self {
@@ -151,20 +152,68 @@ impl NatsLink {
             .is_ok_and(|result| result.is_ok())
     }
 
+    /// The publisher of one agent connection's batches: its identity,
+    /// subjects and settings, built once for the connection.
+    pub(crate) fn publisher(
+        &self,
+        identity: AgentIdentity,
+        mode: AckMode,
+        timeout: Duration,
+        metrics: HubMetrics,
+    ) -> BatchPublisher {
+        BatchPublisher {
+            link: self.clone(),
+            subjects: Subjects::new(&identity.agent_id),
+            identity,
+            mode,
+            timeout,
+            metrics,
+        }
+    }
+
     /// Publishes every record of `batch` and returns once the sink accepted
     /// all of them (see [`AckMode`]). A failed or stalled attempt is
     /// re-published whole (JetStream drops the duplicates by `Nats-Msg-Id`),
     /// so this only returns when the batch is safe; drop the future to give
     /// up (the agent then re-sends the batch after it reconnects).
-    pub async fn publish_batch(
-        &self,
-        identity: &AgentIdentity,
-        batch: Batch,
-        mode: AckMode,
-        timeout: Duration,
-        metrics: &HubMetrics,
-    ) {
-        let messages = identity.envelopes(batch);
+    async fn publish_batch(&self, publisher: &BatchPublisher, batch: Batch) {
+        let (identity, mode, timeout, metrics) = (
+            &publisher.identity,
+            publisher.mode,
+            publisher.timeout,
+            &publisher.metrics,
+        );
+        let seq = batch.seq;
+        let mut messages = identity.envelopes(&publisher.subjects, batch);
+        let max_payload = self.client.server_info().max_payload;
+        if max_payload > 0 {
+            let mut index = 0u32;
+            let mut refused = Vec::new();
+            messages.retain(|message| {
+                let fits = message.payload.len() <= max_payload;
+                if !fits {
+                    refused.push((index, message.payload.len()));
+                }
+                index += 1;
+                fits
+            });
+            for (index, bytes) in refused {
+                metrics.oversize_records.inc();
+                publisher
+                    .report_loss(LossEvent {
+                        agent_id: identity.agent_id.clone(),
+                        hub_id: identity.hub_id.clone(),
+                        kind: LossKind::Oversize,
+                        from_seq: seq,
+                        to_seq: seq,
+                        records: 1,
+                        index: Some(index),
+                        bytes: Some(bytes as u64),
+                        at_ms: now_ms(),
+                    })
+                    .await;
+            }
+        }
         let mut retry = Retry::new(
             Backoff::exponential(Duration::from_millis(20), Duration::from_secs(1), 0.2)
                 .expect("constant backoff parameters are valid"),
@@ -253,6 +302,104 @@ impl NatsLink {
     }
 }
 
+/// What the hub publishes on `herd.loss.<agent_id>` when data is known to be
+/// lost: batches missing from an agent's seq order, or a record NATS cannot
+/// take (over its `max_payload`). Counted in `/metrics` too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossEvent {
+    /// The agent.
+    pub agent_id: String,
+    /// The hub that saw it.
+    pub hub_id: String,
+    /// `seq_gap` or `oversize`.
+    pub kind: LossKind,
+    /// First seq concerned (for `oversize`: the batch's seq).
+    pub from_seq: u64,
+    /// Last seq concerned (inclusive).
+    pub to_seq: u64,
+    /// Records lost (0 when unknown: a missing batch's size is not known).
+    pub records: u64,
+    /// For `oversize`: the record's index in its batch and its envelope size.
+    pub index: Option<u32>,
+    /// For `oversize`: the envelope's size in bytes.
+    pub bytes: Option<u64>,
+    /// When the hub saw it, ms since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// The kinds of [`LossEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// Batches between the last acked seq and the one received never came.
+    SeqGap,
+    /// A record larger than NATS accepts.
+    Oversize,
+}
+
+/// Publishes one agent connection's batches (see [`NatsLink::publisher`]).
+#[derive(Debug)]
+pub(crate) struct BatchPublisher {
+    link: NatsLink,
+    identity: AgentIdentity,
+    subjects: Subjects,
+    mode: AckMode,
+    timeout: Duration,
+    metrics: HubMetrics,
+}
+
+impl BatchPublisher {
+    /// Publishes `batch`; returns once NATS accepted all of it.
+    pub(crate) async fn publish(&self, batch: Batch) {
+        self.link.publish_batch(self, batch).await;
+    }
+
+    /// Publishes a loss event (best effort: a failure is logged, the data is
+    /// counted in `/metrics` either way).
+    pub(crate) async fn report_loss(&self, event: LossEvent) {
+        tracing::warn!(agent_id = %event.agent_id, kind = ?event.kind, from_seq = event.from_seq,
+            to_seq = event.to_seq, "data lost");
+        let subject = format!("herd.loss.{}", event.agent_id);
+        let payload = match serde_json::to_vec(&event) {
+            Ok(payload) => payload,
+            Err(error) => return tracing::error!(%error, "cannot encode a loss event"),
+        };
+        if let Err(error) = self.link.client.publish(subject, payload.into()).await {
+            tracing::warn!(%error, "cannot publish a loss event");
+        }
+    }
+
+    /// The agent this publisher serves.
+    pub(crate) fn identity(&self) -> &AgentIdentity {
+        &self.identity
+    }
+
+    /// The largest record NATS takes from this agent: `max_payload` minus
+    /// its envelope; `None` while the server's limit is not known.
+    pub(crate) fn max_record_bytes(&self) -> Option<usize> {
+        let max_payload = self.link.client.server_info().max_payload;
+        (max_payload > 0).then(|| max_payload.saturating_sub(self.identity.envelope_overhead()))
+    }
+}
+
+/// The subject and message-id prefixes of one agent, built once.
+#[derive(Debug, Clone)]
+struct Subjects {
+    /// `herd.data.<agent_id>.`
+    data: String,
+    /// `<agent_id>.`
+    msg_id: String,
+}
+
+impl Subjects {
+    fn new(agent_id: &str) -> Self {
+        Self {
+            data: format!("herd.data.{agent_id}."),
+            msg_id: format!("{agent_id}."),
+        }
+    }
+}
+
 /// One record, encoded and addressed, ready to (re-)publish.
 #[derive(Debug)]
 struct OutMessage {
@@ -263,7 +410,7 @@ struct OutMessage {
 
 /// Who an agent is, as copied into every [`Envelope`] it causes.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct AgentIdentity {
+pub(crate) struct AgentIdentity {
     /// The validated agent id.
     pub agent_id: String,
     /// Hostname from `Hello`.
@@ -280,7 +427,7 @@ pub struct AgentIdentity {
 
 impl AgentIdentity {
     /// The identity of the agent that sent `hello`, known as `agent_id`.
-    pub fn from_hello(agent_id: String, hello: &Hello, hub_id: String) -> Self {
+    pub(crate) fn from_hello(agent_id: String, hello: &Hello, hub_id: String) -> Self {
         Self {
             agent_id,
             hostname: hello.hostname.clone(),
@@ -291,12 +438,26 @@ impl AgentIdentity {
         }
     }
 
-    /// `herd.data.<agent_id>.<data_type>`.
-    pub fn data_subject(&self, data_type: u32) -> String {
-        format!("herd.data.{}.{data_type}", self.agent_id)
+    /// Bytes an envelope adds around a record, with room for the largest
+    /// seq, index and timestamp.
+    fn envelope_overhead(&self) -> usize {
+        let envelope = Envelope {
+            agent_id: self.agent_id.clone(),
+            hostname: self.hostname.clone(),
+            intranet_ipv4: self.intranet_ipv4.clone(),
+            intranet_ipv6: self.intranet_ipv6.clone(),
+            agent_version: self.agent_version.clone(),
+            received_at_ms: i64::MAX,
+            seq: u64::MAX,
+            index: u32::MAX,
+            record: None,
+            hub_id: self.hub_id.clone(),
+        };
+        // The record's field tag and length prefix (at most 1 + 5 bytes).
+        envelope.encoded_len() + 6
     }
 
-    fn envelopes(&self, batch: Batch) -> Vec<OutMessage> {
+    fn envelopes(&self, subjects: &Subjects, batch: Batch) -> Vec<OutMessage> {
         let received_at_ms = now_ms();
         let seq = batch.seq;
         batch
@@ -307,8 +468,8 @@ impl AgentIdentity {
                 let mut headers = HeaderMap::new();
                 headers.insert(HEADER_AGENT_ID, self.agent_id.as_str());
                 headers.insert(HEADER_SEQ, seq.to_string());
-                headers.insert(HEADER_MSG_ID, format!("{}.{seq}.{index}", self.agent_id));
-                let subject = self.data_subject(record.data_type);
+                headers.insert(HEADER_MSG_ID, format!("{}{seq}.{index}", subjects.msg_id));
+                let subject = format!("{}{}", subjects.data, record.data_type);
                 let envelope = Envelope {
                     agent_id: self.agent_id.clone(),
                     hostname: self.hostname.clone(),

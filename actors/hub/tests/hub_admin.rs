@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use actix::prelude::*;
 use herd_codec::proto::Batch;
 use herd_codec::proto::hub_message::Kind;
-use herd_hub::{AgentInfo, Hub, HubConfig, NatsState};
+use herd_hub::{AckMode, AgentInfo, Hub, HubConfig, NatsState};
 use herd_supervision::ChildSpec;
-use hub_support::{TestAgent, hub_with, within};
+use hub_support::{ScriptedAgent, hub_with, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A plain HTTP/1.0 GET; returns the status code and the body.
@@ -43,7 +43,7 @@ async fn metrics_pass_promtool_and_agents_and_health_are_served() {
     let (mut nats, hub) =
         hub_with(|config| config.admin = Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await;
     let admin = hub.admin_addr().expect("admin enabled");
-    let mut agent = TestAgent::online(hub.listen_addr(), "seen").await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "seen").await;
     agent
         .send(Batch {
             seq: 1,
@@ -104,7 +104,70 @@ async fn metrics_pass_promtool_and_agents_and_health_are_served() {
 }
 
 #[actix::test]
-async fn without_a_nats_url_the_hub_runs_its_own_nats_server() {
+async fn jetstream_mode_stores_records_in_the_data_stream_it_creates() {
+    let (nats, hub) = hub_with(|config| {
+        assert_eq!(config.ack_mode, AckMode::Jetstream, "the default");
+        config.admin = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "stored").await;
+    agent
+        .send_acked(Batch {
+            seq: 1,
+            records: vec![Default::default(), Default::default()],
+        })
+        .await;
+    // Acked means stored: the stream holds both records already.
+    let jetstream = async_nats::jetstream::new(nats.client().await.expect("client"));
+    let mut stream = jetstream
+        .get_stream("HERD_DATA")
+        .await
+        .expect("the hub created HERD_DATA");
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.state.messages, 2);
+    assert_eq!(info.config.subjects, ["herd.data.>"]);
+    assert_eq!(
+        get(hub.admin_addr().expect("admin"), "/healthz").await.0,
+        200
+    );
+    hub.shutdown().await;
+}
+
+#[actix::test]
+async fn healthz_is_unhealthy_while_the_data_stream_is_missing() {
+    let (nats, hub) = hub_with(|config| {
+        config.stream.create = false;
+        config.admin = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await;
+    let admin = hub.admin_addr().expect("admin");
+    let (status, body) = get(admin, "/healthz").await;
+    assert_eq!(status, 503);
+    assert!(
+        body.starts_with("JetStream data stream is not in place"),
+        "{body}"
+    );
+    // Created by the operator: the hub finds it on its next check.
+    let jetstream = async_nats::jetstream::new(nats.client().await.expect("client"));
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "HERD_DATA".into(),
+            subjects: vec!["herd.data.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    within("healthz turning ok", async {
+        while get(admin, "/healthz").await.0 != 200 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    hub.shutdown().await;
+}
+
+/// A hub without a NATS URL (so it runs its own server) in a fresh state dir.
+async fn hub_with_embedded_nats() -> (tempfile::TempDir, Hub) {
     let state = tempfile::tempdir().expect("state dir");
     let config = HubConfig {
         nats_url: None,
@@ -114,9 +177,15 @@ async fn without_a_nats_url_the_hub_runs_its_own_nats_server() {
     let hub = within("hub with embedded NATS", Hub::start(config))
         .await
         .expect("hub");
+    (state, hub)
+}
+
+#[actix::test]
+async fn without_a_nats_url_the_hub_runs_its_own_nats_server() {
+    let (state, hub) = hub_with_embedded_nats().await;
     let url = hub.nats().url().to_owned();
     assert!(url.starts_with("nats://127.0.0.1:"), "{url}");
-    let mut agent = TestAgent::online(hub.listen_addr(), "local").await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "local").await;
     agent
         .send_acked(Batch {
             seq: 1,
@@ -168,15 +237,7 @@ async fn server_process(store: &std::path::Path, old: Option<i32>) -> i32 {
 
 #[actix::test]
 async fn a_killed_embedded_nats_server_is_restarted_by_the_tree_on_the_same_port() {
-    let state = tempfile::tempdir().expect("state dir");
-    let config = HubConfig {
-        nats_url: None,
-        state_dir: state.path().to_owned(),
-        ..HubConfig::for_tests("unused")
-    };
-    let hub = within("hub with embedded NATS", Hub::start(config))
-        .await
-        .expect("hub");
+    let (state, hub) = hub_with_embedded_nats().await;
     let url = hub.nats().url().to_owned();
     let store = state.path().join("nats");
     let first = within("the server process", server_process(&store, None)).await;
@@ -212,7 +273,7 @@ async fn a_killed_embedded_nats_server_is_restarted_by_the_tree_on_the_same_port
     assert_ne!(first, second);
     assert_eq!(hub.nats().url(), url, "same port after the restart");
     // The hub acks again once its client is back on the restarted server.
-    let mut agent = TestAgent::online(hub.listen_addr(), "after-restart").await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "after-restart").await;
     agent
         .send_acked(Batch {
             seq: 1,

@@ -5,7 +5,7 @@ mod hub_support;
 use herd_codec::proto::hub_message::Kind;
 use herd_codec::proto::{ConfigSet, PluginConfig};
 use herd_hub::config_bucket;
-use hub_support::{TestAgent, hub_with, within};
+use hub_support::{ScriptedAgent, hub_with, within};
 use prost::Message as _;
 
 fn names(config: &ConfigSet) -> Vec<(&str, &str)> {
@@ -16,7 +16,7 @@ fn names(config: &ConfigSet) -> Vec<(&str, &str)> {
         .collect()
 }
 
-async fn pushed(agent: &mut TestAgent) -> ConfigSet {
+async fn pushed(agent: &mut ScriptedAgent) -> ConfigSet {
     match agent.expect().await {
         Kind::Command(command) if command.task.is_none() => command.config.expect("a config"),
         other => panic!("expected Command{{config}}, got {other:?}"),
@@ -31,7 +31,7 @@ async fn config_is_sent_on_connect_and_pushed_on_change() {
         .await
         .expect("bucket");
     let (mut plain, welcome) =
-        TestAgent::handshake(hub.listen_addr(), hub_support::hello("plain", "secret")).await;
+        ScriptedAgent::handshake(hub.listen_addr(), hub_support::hello("plain", "secret")).await;
     assert_eq!(welcome.config, None, "nothing configured yet");
 
     // A fleet key in JSON reaches every connected agent.
@@ -63,7 +63,7 @@ async fn config_is_sent_on_connect_and_pushed_on_change() {
     .await
     .expect("put");
     let (mut special, welcome) =
-        TestAgent::handshake(hub.listen_addr(), hub_support::hello("special", "secret")).await;
+        ScriptedAgent::handshake(hub.listen_addr(), hub_support::hello("special", "secret")).await;
     assert!(welcome.ok);
     assert_eq!(
         names(&welcome.config.expect("config in Welcome")),
@@ -80,7 +80,7 @@ async fn config_is_sent_on_connect_and_pushed_on_change() {
         .await
         .expect("put");
     let (_late, welcome) =
-        TestAgent::handshake(hub.listen_addr(), hub_support::hello("late", "secret")).await;
+        ScriptedAgent::handshake(hub.listen_addr(), hub_support::hello("late", "secret")).await;
     assert_eq!(
         names(&welcome.config.expect("config")),
         [("sysmetrics", "1")]
@@ -105,7 +105,7 @@ async fn config_present_before_the_hub_starts_is_in_the_first_welcome() {
         .await
         .expect("hub");
     let (_agent, welcome) =
-        TestAgent::handshake(hub.listen_addr(), hub_support::hello("first", "secret")).await;
+        ScriptedAgent::handshake(hub.listen_addr(), hub_support::hello("first", "secret")).await;
     assert_eq!(names(&welcome.config.expect("config")), [("exec", "3")]);
     hub.shutdown().await;
 }

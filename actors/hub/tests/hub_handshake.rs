@@ -4,7 +4,7 @@ mod hub_support;
 
 use herd_codec::proto::hub_message::Kind;
 use herd_codec::proto::{Batch, CloseReason, Welcome};
-use hub_support::{TestAgent, hello, hub_with, within};
+use hub_support::{ScriptedAgent, hello, hub_with, within};
 
 fn refusal(kinds: &[Kind]) -> &Welcome {
     match kinds {
@@ -16,13 +16,15 @@ fn refusal(kinds: &[Kind]) -> &Welcome {
 #[actix::test]
 async fn valid_hello_is_welcomed_with_id_interval_and_hub_id() {
     let (_nats, hub) = hub_with(|_| {}).await;
-    let (_agent, welcome) = TestAgent::handshake(hub.listen_addr(), hello("web-1", "secret")).await;
+    let (_agent, welcome) =
+        ScriptedAgent::handshake(hub.listen_addr(), hello("web-1", "secret")).await;
     assert!(welcome.ok, "{}", welcome.message);
     assert_eq!(welcome.agent_id, "web-1");
     assert_eq!(welcome.heartbeat_interval_secs, 1);
     assert_eq!(welcome.hub_id, hub.hub_id());
 
-    let (_second, assigned) = TestAgent::handshake(hub.listen_addr(), hello("", "secret")).await;
+    let (_second, assigned) =
+        ScriptedAgent::handshake(hub.listen_addr(), hello("", "secret")).await;
     assert!(assigned.ok);
     assert_eq!(
         assigned.agent_id.len(),
@@ -43,14 +45,14 @@ async fn valid_hello_is_welcomed_with_id_interval_and_hub_id() {
 async fn refusals_name_the_reason_and_close_only_that_connection() {
     let (_nats, hub) = hub_with(|config| config.handshake_timeout_ms = 300).await;
     let addr = hub.listen_addr();
-    let mut survivor = TestAgent::online(addr, "survivor").await;
+    let mut survivor = ScriptedAgent::online(addr, "survivor").await;
 
-    let (mut agent, welcome) = TestAgent::handshake(addr, hello("a", "wrong")).await;
+    let (mut agent, welcome) = ScriptedAgent::handshake(addr, hello("a", "wrong")).await;
     assert!(!welcome.ok);
     assert_eq!(welcome.message, "enrollment token is not valid");
     assert!(agent.until_closed().await.is_empty());
 
-    let (mut agent, welcome) = TestAgent::handshake(addr, hello("bad.id", "secret")).await;
+    let (mut agent, welcome) = ScriptedAgent::handshake(addr, hello("bad.id", "secret")).await;
     assert!(!welcome.ok);
     assert!(
         welcome
@@ -61,7 +63,7 @@ async fn refusals_name_the_reason_and_close_only_that_connection() {
     );
     assert!(agent.until_closed().await.is_empty());
 
-    let mut agent = TestAgent::connect(addr).await;
+    let mut agent = ScriptedAgent::connect(addr).await;
     agent
         .send(Batch {
             seq: 1,
@@ -76,13 +78,13 @@ async fn refusals_name_the_reason_and_close_only_that_connection() {
 
     let mut old = hello("old", "secret");
     old.protocol_version = 99;
-    let (_agent, welcome) = TestAgent::handshake(addr, old).await;
+    let (_agent, welcome) = ScriptedAgent::handshake(addr, old).await;
     assert_eq!(
         welcome.message,
         "protocol version 99 is not supported; this hub speaks 1"
     );
 
-    let mut silent = TestAgent::connect(addr).await;
+    let mut silent = ScriptedAgent::connect(addr).await;
     let kinds = silent.until_closed().await;
     assert_eq!(refusal(&kinds).message, "no Hello within 300 ms");
 
@@ -109,9 +111,9 @@ async fn refusals_name_the_reason_and_close_only_that_connection() {
 async fn garbage_and_oversize_frames_close_only_their_connection() {
     let (_nats, hub) = hub_with(|config| config.max_frame_length = 1024).await;
     let addr = hub.listen_addr();
-    let mut survivor = TestAgent::online(addr, "survivor").await;
+    let mut survivor = ScriptedAgent::online(addr, "survivor").await;
 
-    let mut garbage = TestAgent::connect(addr).await;
+    let mut garbage = ScriptedAgent::connect(addr).await;
     garbage.send_raw(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
     let kinds = garbage.until_closed().await;
     assert!(
@@ -122,7 +124,7 @@ async fn garbage_and_oversize_frames_close_only_their_connection() {
     );
 
     // After the handshake a bad frame gets a Goodbye instead.
-    let mut oversize = TestAgent::online(addr, "big").await;
+    let mut oversize = ScriptedAgent::online(addr, "big").await;
     oversize.send_raw(&[0x10, 0, 0, 0]).await;
     match &oversize.until_closed().await[..] {
         [Kind::Goodbye(goodbye)] => {
@@ -148,16 +150,16 @@ async fn garbage_and_oversize_frames_close_only_their_connection() {
 async fn the_connection_cap_refuses_new_ids_but_allows_takeover() {
     let (_nats, hub) = hub_with(|config| config.max_connections = 2).await;
     let addr = hub.listen_addr();
-    let _one = TestAgent::online(addr, "one").await;
-    let _two = TestAgent::online(addr, "two").await;
-    let (mut third, welcome) = TestAgent::handshake(addr, hello("three", "secret")).await;
+    let _one = ScriptedAgent::online(addr, "one").await;
+    let _two = ScriptedAgent::online(addr, "two").await;
+    let (mut third, welcome) = ScriptedAgent::handshake(addr, hello("three", "secret")).await;
     assert!(!welcome.ok);
     assert_eq!(
         welcome.message,
         "hub is full: 2 agents connected, the cap is 2"
     );
     assert!(third.until_closed().await.is_empty());
-    let (_again, welcome) = TestAgent::handshake(addr, hello("two", "secret")).await;
+    let (_again, welcome) = ScriptedAgent::handshake(addr, hello("two", "secret")).await;
     assert!(welcome.ok, "takeover refused: {}", welcome.message);
     hub.shutdown().await;
 }
@@ -165,7 +167,7 @@ async fn the_connection_cap_refuses_new_ids_but_allows_takeover() {
 #[actix::test]
 async fn shutdown_says_goodbye_to_every_agent() {
     let (_nats, hub) = hub_with(|_| {}).await;
-    let mut agent = TestAgent::online(hub.listen_addr(), "leaving").await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "leaving").await;
     within("shutdown", hub.shutdown()).await;
     match &agent.until_closed().await[..] {
         [Kind::Goodbye(goodbye)] => assert_eq!(goodbye.reason(), CloseReason::Shutdown),

@@ -9,7 +9,7 @@ use herd_codec::data_type;
 use herd_codec::proto::hub_message::Kind;
 use herd_codec::proto::{Batch, CloseReason, Record};
 use herd_hub::{AgentInfo, Presence, PresenceEvent};
-use hub_support::{TestAgent, hub_with, within};
+use hub_support::{ScriptedAgent, hub_with, within};
 
 async fn next_presence(presence: &mut async_nats::Subscriber) -> Presence {
     let message = within("a presence event", presence.next())
@@ -23,12 +23,12 @@ async fn takeover_supersedes_the_old_connection_and_says_so() {
     let (nats, hub) = hub_with(|_| {}).await;
     let mut presence = hub_support::subscribe(&nats, "herd.presence.dup").await;
 
-    let mut old = TestAgent::online(hub.listen_addr(), "dup").await;
+    let mut old = ScriptedAgent::online(hub.listen_addr(), "dup").await;
     assert_eq!(
         next_presence(&mut presence).await.event,
         PresenceEvent::Online
     );
-    let new = TestAgent::online(hub.listen_addr(), "dup").await;
+    let new = ScriptedAgent::online(hub.listen_addr(), "dup").await;
     match &old.until_closed().await[..] {
         [Kind::Goodbye(goodbye)] => {
             assert_eq!(goodbye.reason(), CloseReason::Superseded);
@@ -62,7 +62,7 @@ async fn a_silent_half_open_connection_is_closed_as_dead() {
     let (nats, hub) = hub_with(|_| {}).await;
     let mut presence = hub_support::subscribe(&nats, "herd.presence.mute").await;
 
-    let mut mute = TestAgent::online(hub.listen_addr(), "mute").await;
+    let mut mute = ScriptedAgent::online(hub.listen_addr(), "mute").await;
     mute.answer_pings = false;
     assert_eq!(
         next_presence(&mut presence).await.event,
@@ -90,7 +90,7 @@ async fn a_silent_half_open_connection_is_closed_as_dead() {
 #[actix::test]
 async fn a_responsive_agent_stays_connected_past_the_dead_line() {
     let (_nats, hub) = hub_with(|_| {}).await;
-    let mut agent = TestAgent::online(hub.listen_addr(), "chatty").await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "chatty").await;
     // 1 s is more than ping_interval (200 ms) x ping_misses (3); pings are answered.
     let frame = tokio::time::timeout(std::time::Duration::from_secs(1), agent.next()).await;
     assert!(frame.is_err(), "unexpected frame or close: {frame:?}");
@@ -107,7 +107,7 @@ async fn a_responsive_agent_stays_connected_past_the_dead_line() {
 async fn heartbeats_update_the_agent_detail_and_are_published() {
     let (nats, hub) = hub_with(|_| {}).await;
     let mut heartbeats = hub_support::subscribe(&nats, "herd.heartbeat.beat").await;
-    let mut agent = TestAgent::online(hub.listen_addr(), "beat").await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "beat").await;
     let record = |data_type, source: &str, key: &str| Record {
         data_type,
         source: source.into(),

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use herd_codec::proto::hub_message::Kind;
 use herd_codec::proto::{Batch, Envelope, Record};
 use herd_hub::{AckMode, HEADER_AGENT_ID, HEADER_MSG_ID, HEADER_SEQ};
-use hub_support::{TestAgent, WAIT, hub_with, within};
+use hub_support::{ScriptedAgent, WAIT, hub_with, within};
 use prost::Message as _;
 
 fn batch(seq: u64, agent: &str) -> Batch {
@@ -30,7 +30,7 @@ fn batch(seq: u64, agent: &str) -> Batch {
     }
 }
 
-async fn expect_ack(agent: &mut TestAgent, seq: u64) {
+async fn expect_ack(agent: &mut ScriptedAgent, seq: u64) {
     match agent.expect().await {
         Kind::Ack(ack) => assert_eq!(ack.seq, seq),
         other => panic!("expected Ack{{{seq}}}, got {other:?}"),
@@ -43,7 +43,7 @@ async fn records_of_several_agents_arrive_in_order_as_envelopes_with_headers() {
     let mut data = hub_support::subscribe(&nats, "herd.data.>").await;
     let mut agents = Vec::new();
     for id in ["alpha", "beta"] {
-        agents.push((id, TestAgent::online(hub.listen_addr(), id).await));
+        agents.push((id, ScriptedAgent::online(hub.listen_addr(), id).await));
     }
     for seq in 1..=3 {
         for (id, agent) in &mut agents {
@@ -103,16 +103,8 @@ async fn nats_restart_mid_stream_loses_no_acked_record_and_stops_reading_meanwhi
         config.publish_timeout_ms = 500;
     })
     .await;
-    let jetstream = async_nats::jetstream::new(nats.client().await.expect("client"));
-    jetstream
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "DATA".into(),
-            subjects: vec!["herd.data.>".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("stream");
-    let mut agent = TestAgent::online(hub.listen_addr(), "steady").await;
+    // The hub created its data stream (HERD_DATA) at start.
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "steady").await;
     for seq in 1..=3 {
         agent.send(batch(seq, "steady")).await;
         expect_ack(&mut agent, seq).await;
@@ -144,7 +136,7 @@ async fn nats_restart_mid_stream_loses_no_acked_record_and_stops_reading_meanwhi
     // Every acked record is stored once (duplicates dropped by Nats-Msg-Id).
     let client = nats.client().await.expect("client");
     let mut stream = async_nats::jetstream::new(client)
-        .get_stream("DATA")
+        .get_stream("HERD_DATA")
         .await
         .expect("stream");
     let info = within("stream info", stream.info()).await.expect("info");

@@ -6,7 +6,7 @@ use futures::StreamExt;
 use herd_codec::proto::hub_message::Kind;
 use herd_codec::proto::{Task, TaskResult, TaskStatus};
 use herd_hub::{TASK_RESULTS_SUBJECT, TaskResultRecord};
-use hub_support::{TestAgent, hub_with, within};
+use hub_support::{ScriptedAgent, hub_with, within};
 use prost::Message as _;
 
 async fn request(client: &async_nats::Client, agent_id: &str, task: Task) -> TaskResult {
@@ -24,7 +24,7 @@ async fn a_task_goes_to_the_agent_and_its_result_comes_back_and_is_batched() {
     let (nats, hub) = hub_with(|_| {}).await;
     let client = nats.client().await.expect("client");
     let mut batches = hub_support::subscribe(&nats, TASK_RESULTS_SUBJECT).await;
-    let mut agent = TestAgent::online(hub.listen_addr(), "worker").await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "worker").await;
     let task = Task {
         id: "t-1".into(),
         data_type: 2000,
@@ -99,7 +99,7 @@ async fn an_offline_agent_gets_an_immediate_offline_reply() {
 async fn a_task_without_a_result_in_time_gets_a_timeout_reply() {
     let (nats, hub) = hub_with(|_| {}).await;
     let client = nats.client().await.expect("client");
-    let mut agent = TestAgent::online(hub.listen_addr(), "slow").await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "slow").await;
     let task = Task {
         id: "t-3".into(),
         timeout_ms: 300,

@@ -329,24 +329,17 @@ impl<A: Actor<Context = Context<A>>> Starter for Factory<A> {
         reporter: ExitReporter,
         arbiter: Option<ArbiterHandle>,
     ) -> (AnyAddr, Launch) {
-        let (addr, launch) = match self {
+        let make: OnceFactory<A> = match self {
             Factory::Reusable(factory) => {
                 let factory = factory.clone();
-                prepare_child(move || factory(&env), control, reporter, arbiter)
+                Box::new(move |env| factory(env))
             }
-            Factory::Once(slot) => {
-                let factory = slot.take();
-                prepare_child(
-                    move || match factory {
-                        Some(factory) => factory(&env),
-                        None => Err("a one-shot child cannot be started twice".to_owned()),
-                    },
-                    control,
-                    reporter,
-                    arbiter,
-                )
-            }
+            Factory::Once(slot) => match slot.take() {
+                Some(factory) => factory,
+                None => Box::new(|_| Err("a one-shot child cannot be started twice".to_owned())),
+            },
         };
+        let (addr, launch) = prepare_child(move || make(&env), control, reporter, arbiter);
         (Arc::new(addr), launch)
     }
 }

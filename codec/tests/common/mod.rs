@@ -123,6 +123,10 @@ pub fn hub_messages() -> Vec<HubMessage> {
             heartbeat_interval_secs: 30,
             config: Some(config_set()),
             hub_id: "hub-1".into(),
+            max_record_bytes: 1_047_000,
+            max_frame_bytes: 4 * 1024 * 1024,
+            ping_interval_ms: 15_000,
+            ping_misses: 3,
         }
         .into(),
         Ack { seq: 42 }.into(),

@@ -1,0 +1,153 @@
+//! Acks and losses as the hub sees them: acks never go down, a resend is acked
+//! again, a seq gap and a record NATS cannot take are counted and published as
+//! loss events, `Welcome` tells the agent its limits, and none of it jams the
+//! connection.
+
+mod hub_support;
+
+use futures::StreamExt;
+use herd_codec::proto::hub_message::Kind;
+use herd_codec::proto::{Batch, CloseReason, Hello, Record};
+use herd_hub::{LossEvent, LossKind};
+use hub_support::{ScriptedAgent, hub_with, within};
+
+fn batch(seq: u64, body: usize) -> Batch {
+    Batch {
+        seq,
+        records: vec![Record {
+            data_type: 2000,
+            source: "test".into(),
+            body: vec![7; body].into(),
+            ..Record::default()
+        }],
+    }
+}
+
+async fn expect_ack(agent: &mut ScriptedAgent, seq: u64) {
+    match agent.expect().await {
+        Kind::Ack(ack) => assert_eq!(ack.seq, seq),
+        other => panic!("expected Ack{{{seq}}}, got {other:?}"),
+    }
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[actix::test]
+async fn acks_never_go_down_and_a_resend_is_published_and_acked_again() {
+    let (nats, hub) = hub_with(|_| {}).await;
+    let mut data = hub_support::subscribe(&nats, "herd.data.>").await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "replayer").await;
+    for seq in 1..=3 {
+        agent.send(batch(seq, 3)).await;
+        expect_ack(&mut agent, seq).await;
+    }
+    // A replay of seq 2 (say, after a reconnect that lost the ack): published
+    // again for dedupe, and the ack stays at 3.
+    agent.send(batch(2, 3)).await;
+    expect_ack(&mut agent, 3).await;
+    agent.send(batch(4, 3)).await;
+    expect_ack(&mut agent, 4).await;
+    let mut seqs = Vec::new();
+    for _ in 0..5 {
+        let message = within("a data message", data.next()).await.expect("open");
+        let seq = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Herd-Seq"))
+            .map(|v| v.to_string());
+        seqs.push(seq.unwrap_or_default());
+    }
+    assert_eq!(seqs, ["1", "2", "3", "2", "4"]);
+    let metrics = hub.metrics().render();
+    assert_eq!(metric(&metrics, "herd_hub_resent_batches_total"), 1);
+    assert_eq!(metric(&metrics, "herd_hub_gap_batches_total"), 0);
+    hub.shutdown().await;
+}
+
+#[actix::test]
+async fn a_seq_gap_is_counted_and_published_as_a_loss_event() {
+    let (nats, hub) = hub_with(|_| {}).await;
+    let mut losses = hub_support::subscribe(&nats, "herd.loss.>").await;
+    // The agent says seq 10 was acked before; its first batch now is 11.
+    let hello = Hello {
+        last_acked_seq: 10,
+        ..hub_support::hello("gappy", "secret")
+    };
+    let (mut agent, welcome) = ScriptedAgent::handshake(hub.listen_addr(), hello).await;
+    assert!(welcome.ok, "{}", welcome.message);
+    agent.send(batch(11, 3)).await;
+    expect_ack(&mut agent, 11).await;
+    // 12 to 14 never come (dropped by a full window, say).
+    agent.send(batch(15, 3)).await;
+    expect_ack(&mut agent, 15).await;
+    let message = within("the loss event", losses.next()).await.expect("open");
+    assert_eq!(&*message.subject, "herd.loss.gappy");
+    let event: LossEvent = serde_json::from_slice(&message.payload).expect("LossEvent JSON");
+    assert_eq!(
+        (
+            event.kind,
+            event.from_seq,
+            event.to_seq,
+            event.agent_id.as_str()
+        ),
+        (LossKind::SeqGap, 12, 14, "gappy")
+    );
+    let metrics = hub.metrics().render();
+    assert_eq!(metric(&metrics, "herd_hub_gap_batches_total"), 3);
+    hub.shutdown().await;
+}
+
+#[actix::test]
+async fn a_record_over_nats_max_payload_is_refused_reported_and_the_connection_flows_on() {
+    let (nats, hub) = hub_with(|_| {}).await;
+    let mut losses = hub_support::subscribe(&nats, "herd.loss.>").await;
+    let mut data = hub_support::subscribe(&nats, "herd.data.>").await;
+    let (mut agent, welcome) =
+        ScriptedAgent::handshake(hub.listen_addr(), hub_support::hello("big", "secret")).await;
+    // nats-server's default max_payload is 1 MiB; the envelope takes some of it.
+    let limit = welcome.max_record_bytes as usize;
+    assert!(limit > 1_000_000 && limit < 1_048_576, "{limit}");
+    assert_eq!(welcome.max_frame_bytes, 4 * 1024 * 1024);
+    assert!(welcome.ping_interval_ms > 0 && welcome.ping_misses > 0);
+
+    // 1.5 MiB: a legal frame, but more than NATS takes.
+    agent.send(batch(1, 1_572_864)).await;
+    expect_ack(&mut agent, 1).await;
+    let message = within("the loss event", losses.next()).await.expect("open");
+    let event: LossEvent = serde_json::from_slice(&message.payload).expect("LossEvent JSON");
+    assert_eq!(
+        (event.kind, event.from_seq, event.index),
+        (LossKind::Oversize, 1, Some(0))
+    );
+    assert!(event.bytes.unwrap_or_default() > 1_572_864);
+
+    // The connection keeps flowing.
+    agent.send(batch(2, 3)).await;
+    expect_ack(&mut agent, 2).await;
+    let message = within("the next record", data.next()).await.expect("open");
+    assert_eq!(&*message.subject, "herd.data.big.2000");
+    let metrics = hub.metrics().render();
+    assert_eq!(metric(&metrics, "herd_hub_oversize_records_total"), 1);
+    hub.shutdown().await;
+}
+
+#[actix::test]
+async fn a_batch_with_seq_zero_is_a_protocol_error() {
+    let (_nats, hub) = hub_with(|_| {}).await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "zero").await;
+    agent.send(batch(0, 3)).await;
+    let seen = agent.until_closed().await;
+    let goodbye = seen.iter().find_map(|kind| match kind {
+        Kind::Goodbye(goodbye) => Some(goodbye.clone()),
+        _ => None,
+    });
+    let goodbye = goodbye.expect("a Goodbye before the close");
+    assert_eq!(goodbye.reason, CloseReason::ProtocolError as i32);
+    assert!(goodbye.message.contains("seq 0"), "{}", goodbye.message);
+    assert!(!seen.iter().any(|kind| matches!(kind, Kind::Ack(_))));
+    hub.shutdown().await;
+}
