@@ -92,6 +92,64 @@ async fn hub_outage_buffers_reconnects_and_resends_everything() {
 }
 
 #[tokio::test]
+async fn unacked_batches_survive_a_sigterm_while_the_hub_is_down() {
+    let mut hub = ScriptedHub::start().await;
+    let addr = hub.addr;
+    hub.max_ack.store(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = write_plugin(dir.path());
+    let config = agent_toml(
+        addr,
+        dir.path(),
+        &plugin_toml("counter", &plugin, "stream", ""),
+    );
+    let agent = AgentProcess::start(dir.path(), &config);
+    let mut acked = BTreeSet::new();
+    let mut seen_max = 0;
+    let mut last_seq = 0;
+    while last_seq < 4 {
+        let batch = hub.batch().await;
+        if batch.seq == 1 {
+            acked.extend(counters(&batch));
+        }
+        seen_max = seen_max.max(counters(&batch).into_iter().max().unwrap_or(0));
+        last_seq = batch.seq;
+    }
+    // The hub goes away; the agent is stopped while it cannot deliver.
+    hub.stop().await;
+    assert!(agent.stop().await.success());
+
+    // A new run against a hub that is back: the first run's unacked batches
+    // come from the disk spool, in order, before anything of the new run.
+    let mut hub = ScriptedHub::bind(addr, "unused").await;
+    let agent = AgentProcess::start(dir.path(), &config);
+    assert_eq!(hub.hello().await.last_acked_seq, 1);
+    let mut seqs = Vec::new();
+    let mut resent = BTreeSet::new();
+    loop {
+        let batch = hub.batch().await;
+        seqs.push(batch.seq);
+        if batch.records.iter().any(|r| is_start(r, "counter")) {
+            break; // the second run's plugin start: the first run is all in
+        }
+        resent.extend(counters(&batch));
+    }
+    assert_eq!(seqs[0], 2, "resending starts right after the last ack");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "batches in order, none missing or reused: {seqs:?}"
+    );
+    let all: BTreeSet<u64> = acked.union(&resent).copied().collect();
+    let max = *all.last().unwrap();
+    assert!(
+        max >= seen_max,
+        "the first run's records up to {seen_max} are back"
+    );
+    assert_eq!(all.len() as u64, max + 1, "no record of the first run lost");
+    assert!(agent.stop().await.success());
+}
+
+#[tokio::test]
 async fn id_and_seq_survive_restarts_and_sigterm_exits_cleanly() {
     let mut hub = ScriptedHub::start().await;
     let dir = tempfile::tempdir().unwrap();

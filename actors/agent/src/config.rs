@@ -13,6 +13,8 @@ use herd_codec::DEFAULT_MAX_FRAME_LENGTH;
 use herd_codec::proto::{PluginConfig, RestartPolicy};
 use serde::{Deserialize, Serialize};
 
+pub use herd_spool::SpoolConfig;
+
 use crate::error::AgentConfigError;
 
 /// Everything the agent needs to run.
@@ -105,25 +107,6 @@ impl Default for BatchConfig {
             flush_interval_ms: 100,
             max_records: 1_000,
             max_bytes: 1024 * 1024,
-        }
-    }
-}
-
-/// Bounds of the unacked window (kept in memory).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SpoolConfig {
-    /// Most unacked batches kept; beyond it the oldest are dropped and counted.
-    pub max_batches: usize,
-    /// Most unacked bytes kept; beyond it the oldest are dropped and counted.
-    pub max_bytes: usize,
-}
-
-impl Default for SpoolConfig {
-    fn default() -> Self {
-        Self {
-            max_batches: 10_000,
-            max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -342,16 +325,16 @@ impl AgentConfig {
         check_positive("task_timeout_ms", self.task_timeout_ms)?;
         check_positive("batch.flush_interval_ms", self.batch.flush_interval_ms)?;
         check_positive("batch.max_records", self.batch.max_records as u64)?;
-        check_positive("spool.max_batches", self.spool.max_batches as u64)?;
+        self.spool.validate()?;
         if self.batch.max_bytes == 0 || self.batch.max_bytes >= self.max_frame_length {
             return Err(AgentConfigError::BatchBytes {
                 max_bytes: self.batch.max_bytes,
                 max_frame_length: self.max_frame_length,
             });
         }
-        if self.spool.max_bytes < self.batch.max_bytes {
+        if self.spool.max_record_bytes() < self.batch.max_bytes as u64 {
             return Err(AgentConfigError::SpoolBytes {
-                spool: self.spool.max_bytes,
+                spool: self.spool.max_record_bytes(),
                 batch: self.batch.max_bytes,
             });
         }

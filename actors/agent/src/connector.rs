@@ -33,7 +33,7 @@ use herd_codec::proto::{
 };
 use herd_codec::{AgentCodec, Encoded, PROTOCOL_VERSION, data_type};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +42,8 @@ use crate::config::AgentConfig;
 use crate::heartbeat::HeartbeatReporter;
 use crate::hostinfo;
 use crate::messages::{
-    Acked, ApplyHubConfig, Attach, ListPlugins, RunTask, SetHeartbeatInterval, SetRecordLimit, Stop,
+    Acked, ApplyHubConfig, ListPlugins, ReadDurable, RunTask, SetHeartbeatInterval, SetRecordLimit,
+    Stop, WatchDurable,
 };
 use crate::plugin::agent_result;
 use crate::plugin_manager::PluginManager;
@@ -51,6 +52,8 @@ use crate::state::StateDir;
 use herd_supervision::io::{FrameSender, FrameWriter};
 use herd_supervision::{Backoff, Retry};
 
+/// Bytes of batches read from the spool at a time while sending.
+const READ_CHUNK_BYTES: usize = 1024 * 1024;
 /// Frames queued for the socket before the session waits for the writer.
 const WRITE_QUEUE: usize = 256;
 /// Reconnect delays are shortened by a random fraction of up to this, so that
@@ -319,27 +322,27 @@ impl Dialer {
         if let Some(config) = welcome.config {
             self.peers.plugins.do_send(ApplyHubConfig(config));
         }
-        let Ok(attachment) = self.peers.batcher.send(Attach).await else {
+        let Ok(durable) = self.peers.batcher.send(WatchDurable).await else {
             return SessionEnd::Cancelled;
         };
-        for frame in attachment.backlog {
-            if !self.send_batch(&out, frame).await {
-                return lost(true, "connection closed while resending".into());
-            }
-        }
-        self.serve(frames, out, attachment.live).await
+        self.serve(frames, out, durable).await
     }
 
+    /// Reads the hub's frames while the batches go out: everything unacked
+    /// in the spool first (from its acked seq on), then each batch as it
+    /// becomes durable. Both run at once, so acks are read while sending.
     async fn serve(
         &self,
         frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, AgentCodec>,
         out: FrameSender<Encoded<AgentMessage>>,
-        mut live: mpsc::UnboundedReceiver<Encoded<AgentMessage>>,
+        durable: watch::Receiver<u64>,
     ) -> SessionEnd {
         let lost = |reason: String| SessionEnd::Lost {
             established: true,
             reason,
         };
+        let sending = self.send_from_spool(&out, durable);
+        tokio::pin!(sending);
         loop {
             tokio::select! {
                 frame = frames.next() => match frame {
@@ -351,15 +354,54 @@ impl Dialer {
                         }
                     }
                 },
-                batch = live.recv() => {
-                    let Some(batch) = batch else {
-                        return SessionEnd::Cancelled; // the batcher is gone
+                end = &mut sending => return end,
+            }
+        }
+    }
+
+    /// Sends the spool's durable unacked batches in seq order, a chunk at a
+    /// time (memory stays bounded by the chunk and the write queue), then
+    /// waits for more to become durable. Returns only when it cannot go on.
+    async fn send_from_spool(
+        &self,
+        out: &FrameSender<Encoded<AgentMessage>>,
+        mut durable: watch::Receiver<u64>,
+    ) -> SessionEnd {
+        let mut next = 0;
+        loop {
+            let read = self.peers.batcher.send(ReadDurable {
+                from: next,
+                max_bytes: READ_CHUNK_BYTES,
+            });
+            let chunk = match read.await {
+                Ok(Ok(chunk)) => chunk,
+                Ok(Err(error)) => {
+                    return SessionEnd::Lost {
+                        established: true,
+                        reason: format!("cannot read the spool: {error}"),
                     };
-                    if !self.send_batch(&out, batch).await {
-                        return lost("connection closed while sending".into());
-                    }
+                }
+                Err(_) => return SessionEnd::Cancelled, // the batcher is gone
+            };
+            // Everything up to the acked seq is gone from the spool anyway.
+            next = next.max(chunk.acked + 1);
+            let Some(&(last, _)) = chunk.batches.last() else {
+                // Nothing durable beyond `next` yet: wait for the next sync.
+                let wanted = next;
+                if durable.wait_for(|seq| *seq >= wanted).await.is_err() {
+                    return SessionEnd::Cancelled;
+                }
+                continue;
+            };
+            for (seq, records) in &chunk.batches {
+                if !self.send_batch(out, Encoded::batch(*seq, records)).await {
+                    return SessionEnd::Lost {
+                        established: true,
+                        reason: "connection closed while sending".into(),
+                    };
                 }
             }
+            next = last + 1;
         }
     }
 
@@ -443,7 +485,7 @@ impl Dialer {
             .await
             .map_err(|e| format!("batcher unavailable: {e}"))?
             .spool
-            .last_acked;
+            .acked_seq;
         let mut hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             agent_id: self.agent_id.borrow().clone(),

@@ -45,11 +45,16 @@ pub enum AgentConfigError {
         /// The frame bound given.
         max_frame_length: usize,
     },
+    /// The `[spool]` section is invalid.
+    #[error("invalid [spool] configuration")]
+    Spool(#[from] herd_spool::ConfigError),
     /// The spool could not hold even one full batch.
-    #[error("spool.max_bytes {spool} must be at least batch.max_bytes {batch}")]
+    #[error(
+        "a spool segment holds batches of at most {spool} bytes; batch.max_bytes {batch} is larger (raise spool.segment_bytes)"
+    )]
     SpoolBytes {
-        /// The spool bound given.
-        spool: usize,
+        /// The largest batch the spool takes (its segment size, less a header).
+        spool: u64,
         /// The batch bound given.
         batch: usize,
     },

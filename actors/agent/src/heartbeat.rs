@@ -195,16 +195,28 @@ impl HeartbeatReporter {
         put("agent.records_in", stats.records_in.to_string());
         put("agent.pending_records", stats.pending_records.to_string());
         put("agent.last_seq", stats.last_seq.to_string());
-        put("agent.last_acked_seq", stats.spool.last_acked.to_string());
-        put("agent.unacked_batches", stats.spool.batches.to_string());
-        put("agent.unacked_bytes", stats.spool.bytes.to_string());
+        let spool = &stats.spool;
+        put("agent.last_acked_seq", spool.acked_seq.to_string());
+        put("agent.unacked_batches", spool.depth_records.to_string());
+        put("agent.unacked_bytes", spool.depth_bytes.to_string());
+        put("agent.spool_disk_bytes", spool.disk_bytes.to_string());
+        let oldest_age_ms = spool
+            .oldest_created
+            .and_then(|created| created.elapsed().ok())
+            .map_or(0, |age| age.as_millis());
+        put("agent.spool_oldest_age_ms", oldest_age_ms.to_string());
+        put("agent.stalled_batches", stats.stalled_batches.to_string());
         put(
-            "agent.dropped_batches",
-            stats.spool.dropped_batches.to_string(),
+            "agent.spool_error",
+            stats.spool_error.clone().unwrap_or_default(),
         );
+        // Persisted in the spool's ledger: they survive restarts.
+        put("agent.dropped_batches", spool.dropped_records.to_string());
+        put("agent.dropped_bytes", spool.dropped_bytes.to_string());
+        put("agent.corrupt_bytes_cut", spool.corrupt_bytes.to_string());
         put(
-            "agent.dropped_records",
-            (stats.spool.dropped_records + stats.oversized_records).to_string(),
+            "agent.oversized_records",
+            stats.oversized_records.to_string(),
         );
         record(data_type::AGENT_HEARTBEAT, "agent", fields)
     }

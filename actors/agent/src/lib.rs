@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! agent  (supervisor, rest-for-one)
-//! ├── batcher     Batcher: records -> numbered batches; owns the unacked window (UnackedWindow)
+//! ├── batcher     Batcher: records -> batches in the disk spool (numbered by it), acks
 //! ├── plugins     dynamic supervisor of the plugins' supervisors
 //! │   └── <name> × N  one per plugin (backoff, crash-loop intensity -> failed)
 //! │       └── process  Plugin: one child process: pipes, frames, sha256 check, reaping
@@ -35,12 +35,15 @@
 //! which the supervisor must not undo; the others are permanent. More than
 //! 10 restarts within a minute stop the tree instead of spinning.
 //!
-//! Delivery is at least once: a batch stays in the unacked window until the
-//! hub's `Ack` covers it and is resent after every reconnect. The window is
-//! bounded in memory (`[spool]`); beyond it the oldest batches are dropped
-//! and counted (`agent.dropped_records` in the heartbeat). There is no disk
-//! spool: unacked batches do not survive an agent restart, but sequence
-//! numbers do, so the hub sees the gap.
+//! Delivery is at least once: a batch is appended to the disk spool
+//! (`<state_dir>/spool`, `[spool]`) when it is cut, sent once it is durable
+//! (synced on the spool's fsync interval) and deleted only when the hub's
+//! `Ack` covers it, so unacked batches survive a stop, a crash and a hub
+//! outage. Seqs come from the spool's ledger and are never reused. When the
+//! spool is full (`when_full = "block"`, the default) or its disk fails,
+//! batches wait and the reason is reported (`agent.spool_error`); with
+//! `"drop_oldest"` the oldest batches are dropped and counted
+//! (`agent.dropped_batches`, persisted across restarts).
 
 mod batcher;
 mod config;
@@ -55,7 +58,6 @@ mod report;
 mod state;
 #[cfg(test)]
 mod tree_tests;
-mod window;
 
 pub use config::{
     AgentConfig, BatchConfig, PluginRestart, PluginSpec, ReconnectConfig, SpoolConfig,
@@ -239,8 +241,6 @@ pub fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         "agent starting");
     // The connector owns the id (it adopts what a hub assigns); everyone else reads it.
     let agent_id = Arc::new(watch::Sender::new(initial_id));
-    // Reported here, before the tree starts; a later failure is the batcher's start error.
-    state.load_seq()?;
     let connector_stats = Arc::new(ConnectorStats::default());
     let shutdown_requested = CancellationToken::new();
     let supervisor = tree(
@@ -330,9 +330,9 @@ impl AgentHandle {
         };
         self.supervisor.shutdown().await;
         let report = ShutdownReport {
-            unacked_batches: stats.spool.batches,
+            unacked_batches: stats.spool.depth_records as usize,
             last_seq: stats.last_seq,
-            last_acked: stats.spool.last_acked,
+            last_acked: stats.spool.acked_seq,
         };
         tracing::info!(?report, "agent stopped");
         report

@@ -3,32 +3,42 @@
 use std::time::Duration;
 
 use actix::Message;
-use herd_codec::Encoded;
-use herd_codec::proto::{AgentMessage, ConfigSet, PluginStatus, Record, Task, TaskResult};
-use tokio::sync::mpsc;
+use herd_codec::BatchRecords;
+use herd_codec::proto::{ConfigSet, PluginStatus, Record, Task, TaskResult};
+use herd_spool::SpoolStats;
+use tokio::sync::watch;
 
 use crate::report::PluginInfo;
-use crate::window::WindowStats;
 
 /// Records for the batcher (from plugins, the heartbeat, the agent).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) struct Ingest(pub Vec<Record>);
 
-/// Asks the batcher for every unacked batch and a feed of the new ones; the
-/// connector sends one after each successful handshake. A later `Attach`
-/// replaces the earlier feed.
+/// Asks the batcher for the highest durable seq, as a watch: the connector
+/// sends batches up to it and waits for it to grow.
 #[derive(Debug, Message)]
-#[rtype(result = "Attachment")]
-pub(crate) struct Attach;
+#[rtype(result = "watch::Receiver<u64>")]
+pub(crate) struct WatchDurable;
 
-/// What [`Attach`] returns.
+/// Reads durable unacked batches from the spool, from seq `from` on, about
+/// `max_bytes` of them (at least one).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<DurableBatches, String>")]
+pub(crate) struct ReadDurable {
+    /// The first seq wanted.
+    pub from: u64,
+    /// Roughly how many bytes to read.
+    pub max_bytes: usize,
+}
+
+/// What [`ReadDurable`] returns.
 #[derive(Debug)]
-pub(crate) struct Attachment {
-    /// Encoded `AgentMessage{batch}`s not acked yet, oldest first.
-    pub backlog: Vec<Encoded<AgentMessage>>,
-    /// Batches cut after the attach, in order.
-    pub live: mpsc::UnboundedReceiver<Encoded<AgentMessage>>,
+pub(crate) struct DurableBatches {
+    /// `(seq, records)`, in seq order.
+    pub batches: Vec<(u64, BatchRecords)>,
+    /// The spool's acked seq when they were read.
+    pub acked: u64,
 }
 
 /// The largest record the connected hub can forward (`Welcome.max_record_bytes`;
@@ -58,7 +68,7 @@ pub(crate) struct WhenDrained;
 pub(crate) struct GetBatcherStats;
 
 /// The batcher's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct BatcherStats {
     /// Records received.
     pub records_in: u64,
@@ -66,10 +76,14 @@ pub(crate) struct BatcherStats {
     pub pending_records: usize,
     /// Highest seq assigned.
     pub last_seq: u64,
+    /// Batches cut but refused by the spool (full, or its disk failing), waiting.
+    pub stalled_batches: usize,
     /// Records refused because one alone exceeds the batch size bound.
     pub oversized_records: u64,
-    /// The unacked window.
-    pub spool: WindowStats,
+    /// Why the spool refuses batches, while it does.
+    pub spool_error: Option<String>,
+    /// The disk spool.
+    pub spool: SpoolStats,
 }
 
 /// The full desired plugin set pushed by the hub.

@@ -1,9 +1,9 @@
-//! The agent's state directory: its id, its sequence numbers and the
-//! plugins' persistent directories.
+//! The agent's state directory: its id, its spool and the plugins'
+//! persistent directories.
 //!
 //! ```text
 //! <state_dir>/agent_id          the id the hub assigned (or the operator chose)
-//! <state_dir>/seq               "<last assigned seq> <last acked seq>"
+//! <state_dir>/spool/            the disk spool: segments and the ledger (seqs, acks, drops)
 //! <state_dir>/plugins/<name>/   HERD_PLUGIN_STATE_DIR of each plugin
 //! ```
 //!
@@ -17,17 +17,8 @@ use std::path::{Path, PathBuf};
 use crate::error::StateError;
 
 const AGENT_ID_FILE: &str = "agent_id";
-const SEQ_FILE: &str = "seq";
+const SPOOL_DIR: &str = "spool";
 const PLUGINS_DIR: &str = "plugins";
-
-/// The sequence numbers that must survive a restart.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct SeqState {
-    /// The highest `Batch.seq` assigned so far (0: none).
-    pub last_assigned: u64,
-    /// The highest seq the hub acknowledged (0: none).
-    pub last_acked: u64,
-}
 
 /// Handle on the agent's state directory.
 #[derive(Debug, Clone)]
@@ -64,35 +55,9 @@ impl StateDir {
         self.write_atomic(AGENT_ID_FILE, format!("{agent_id}\n").as_bytes())
     }
 
-    /// The persisted sequence numbers (zeros when there are none yet).
-    pub(crate) fn load_seq(&self) -> Result<SeqState, StateError> {
-        let path = self.root.join(SEQ_FILE);
-        let Some(text) = read_optional(&path)? else {
-            return Ok(SeqState::default());
-        };
-        let mut numbers = text.split_whitespace().map(str::parse::<u64>);
-        match (numbers.next(), numbers.next(), numbers.next()) {
-            (Some(Ok(last_assigned)), Some(Ok(last_acked)), None)
-                if last_acked <= last_assigned =>
-            {
-                Ok(SeqState {
-                    last_assigned,
-                    last_acked,
-                })
-            }
-            _ => Err(corrupt(path, &text, "\"<last assigned> <last acked>\"")),
-        }
-    }
-
-    /// Persists the sequence numbers atomically.
-    ///
-    /// Not fsynced: this runs on every flush, and the rename already makes
-    /// a process crash safe; only a power loss could lose the last update.
-    pub(crate) fn store_seq(&self, seq: SeqState) -> Result<(), StateError> {
-        self.write_atomic(
-            SEQ_FILE,
-            format!("{} {}\n", seq.last_assigned, seq.last_acked).as_bytes(),
-        )
+    /// The spool's directory (the spool creates it).
+    pub(crate) fn spool_dir(&self) -> PathBuf {
+        self.root.join(SPOOL_DIR)
     }
 
     /// Creates (if needed) and returns the persistent directory of a plugin.
@@ -156,25 +121,9 @@ mod tests {
     }
 
     #[test]
-    fn seq_round_trips() {
+    fn a_corrupt_id_file_is_reported_not_trusted() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
-        assert_eq!(state.load_seq().unwrap(), SeqState::default());
-        let seq = SeqState {
-            last_assigned: 42,
-            last_acked: 40,
-        };
-        state.store_seq(seq).unwrap();
-        assert_eq!(state.load_seq().unwrap(), seq);
-    }
-
-    #[test]
-    fn corrupt_files_are_reported_not_trusted() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(dir.path()).unwrap();
-        std::fs::write(dir.path().join(SEQ_FILE), "7 9\n").unwrap();
-        let err = state.load_seq().unwrap_err().to_string();
-        assert!(err.contains("\"7 9\\n\""), "{err}");
         std::fs::write(dir.path().join(AGENT_ID_FILE), "bad id").unwrap();
         assert!(matches!(
             state.load_agent_id(),

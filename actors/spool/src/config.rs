@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 use crate::frame::HEADER_LEN;
@@ -23,7 +23,7 @@ pub const MAX_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// What [`Spool::append`](crate::Spool::append) does when a record would take the segment
 /// files over [`SpoolConfig::max_disk_bytes`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
     /// Refuse the record with [`SpoolError::Full`](crate::SpoolError::Full) and write
@@ -53,7 +53,7 @@ pub enum WhenFull {
 /// assert_eq!(config.segment_bytes, herd_spool::DEFAULT_SEGMENT_BYTES);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     /// Bound on the bytes of all segment files together (the ledger's few bytes are not

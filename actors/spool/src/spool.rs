@@ -48,7 +48,7 @@ pub struct Recovery {
 }
 
 /// A snapshot of the spool's counters, cheap to take (no I/O).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpoolStats {
     /// Records on disk (or buffered for it) that are not acked yet.
     pub depth_records: u64,
