@@ -56,6 +56,26 @@ struct Cli {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Tools instead of running the agent.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// The disk spool under the state directory.
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum SpoolAction {
+    /// Inspect the spool without changing it (stop the agent first): prints
+    /// its depth, bytes, seqs and every damaged frame; exits 1 if any.
+    Verify,
 }
 
 /// Why the agent could not run.
@@ -113,8 +133,39 @@ async fn run(config: AgentConfig) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `herd-agent spool verify`: the report on stdout; status 0 when clean, 1
+/// with problems, 2 when the configuration or the spool cannot be read.
+fn verify_spool(cli: &Cli) -> ExitCode {
+    let report = cli
+        .effective_config()
+        .map_err(|error| herd_cli::error_chain(&error))
+        .and_then(|config| {
+            herd_agent::verify_spool(&config).map_err(|error| herd_cli::error_chain(&error))
+        });
+    match report {
+        Ok(report) => {
+            println!("{report}");
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("herd-agent spool verify: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Spool {
+        action: SpoolAction::Verify,
+    }) = &cli.command
+    {
+        return verify_spool(&cli);
+    }
     herd_cli::run_program(
         "herd-agent",
         cli.effective_config(),

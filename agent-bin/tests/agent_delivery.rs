@@ -149,6 +149,69 @@ async fn unacked_batches_survive_a_sigterm_while_the_hub_is_down() {
     assert!(agent.stop().await.success());
 }
 
+/// `herd-agent --config <dir>/agent.toml spool verify`: status and stdout.
+fn spool_verify(dir: &std::path::Path) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herd-agent"))
+        .arg("--config")
+        .arg(dir.join("agent.toml"))
+        .args(["spool", "verify"])
+        .output()
+        .expect("herd-agent runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_corrupt_spool_tail_is_reported_by_verify_then_cut_and_counted_at_start() {
+    let mut hub = ScriptedHub::start().await;
+    hub.max_ack.store(0, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = write_plugin(dir.path());
+    let config = agent_toml(
+        hub.addr,
+        dir.path(),
+        &plugin_toml("counter", &plugin, "stream", ""),
+    );
+    let agent = AgentProcess::start(dir.path(), &config);
+    while hub.batch().await.seq < 3 {}
+    assert!(agent.stop().await.success());
+
+    let (status, report) = spool_verify(dir.path());
+    assert_eq!(status, 0, "{report}");
+    assert!(report.trim_end().ends_with("ok"), "{report}");
+
+    // A torn write at the end of the newest segment.
+    let newest = std::fs::read_dir(dir.path().join("spool"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    bytes.extend_from_slice(&[0x2a; 37]);
+    std::fs::write(&newest, bytes).unwrap();
+    let (status, report) = spool_verify(dir.path());
+    assert_eq!(status, 1, "{report}");
+    assert!(report.contains("corrupt:"), "{report}");
+
+    // The agent starts anyway, cuts the tail, counts it, and goes on.
+    let agent = AgentProcess::start(dir.path(), &config);
+    let heartbeat = hub
+        .record("a heartbeat counting the cut", |r| {
+            r.data_type == 1000
+                && r.fields
+                    .get("agent.corrupt_bytes_cut")
+                    .is_some_and(|b| b != "0")
+        })
+        .await;
+    assert_eq!(heartbeat.fields["agent.corrupt_bytes_cut"], "37");
+    assert!(agent.stop().await.success());
+    assert_eq!(spool_verify(dir.path()).0, 0, "repaired at start");
+}
+
 #[tokio::test]
 async fn id_and_seq_survive_restarts_and_sigterm_exits_cleanly() {
     let mut hub = ScriptedHub::start().await;

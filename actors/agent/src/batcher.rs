@@ -55,6 +55,8 @@ pub(crate) struct Batcher {
     spool_error: Option<String>,
     durable: watch::Sender<u64>,
     drained: Vec<oneshot::Sender<()>>,
+    /// Senders waiting for the spool to take batches again.
+    room_waiters: Vec<oneshot::Sender<()>>,
     records_in: u64,
     oversized_records: u64,
     /// The connected hub's record limit (from `Welcome`), if it told one.
@@ -95,6 +97,7 @@ impl Batcher {
             spool_error: None,
             durable,
             drained: Vec::new(),
+            room_waiters: Vec::new(),
             records_in: 0,
             oversized_records: 0,
             hub_record_limit: None,
@@ -141,6 +144,12 @@ impl Batcher {
                     }
                     break;
                 }
+            }
+        }
+        if self.stalled.is_empty() {
+            for waiter in self.room_waiters.drain(..) {
+                // The sender may have stopped waiting.
+                let _ = waiter.send(());
             }
         }
         self.arm_sync(ctx);
@@ -239,9 +248,12 @@ impl Handler<SetRecordLimit> for Batcher {
 }
 
 impl Handler<Ingest> for Batcher {
-    type Result = ();
+    /// Resolves once the records are taken: at once, or — while the spool
+    /// refuses batches — when it takes them again. Senders that wait for it
+    /// (the plugins) are slowed to what the spool takes.
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, Ingest(records): Ingest, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Ingest(records): Ingest, ctx: &mut Context<Self>) -> Self::Result {
         for record in records {
             self.records_in += 1;
             let size = record.encoded_len() + RECORD_OVERHEAD;
@@ -278,6 +290,14 @@ impl Handler<Ingest> for Batcher {
                 act.flush(ctx);
             }));
         }
+        if self.stalled.is_empty() {
+            return Box::pin(async {});
+        }
+        let (room, taken) = oneshot::channel();
+        self.room_waiters.push(room);
+        Box::pin(async move {
+            let _ = taken.await;
+        })
     }
 }
 
@@ -526,17 +546,24 @@ mod tests {
         let batcher = Batcher::new(&config, StateDir::open(dir.path()).unwrap())
             .unwrap()
             .start();
-        batcher
-            .send(Ingest((0..8).map(|_| record(400)).collect()))
-            .await
-            .unwrap();
+        // The sender is answered only once the spool took its records.
+        let mut taken = Box::pin(batcher.send(Ingest((0..8).map(|_| record(400)).collect())));
         batcher.send(Flush).await.unwrap();
+        assert!(
+            futures::poll!(taken.as_mut()).is_pending(),
+            "a full spool holds its senders back"
+        );
         let stats = batcher.send(GetBatcherStats).await.unwrap();
         assert!(stats.stalled_batches > 0, "{stats:?}");
         assert!(stats.spool_error.is_some());
         let on_disk = stats.spool.depth_records;
-        // Acks free room: the waiting batches go to disk, none is lost.
+        // Acks free room: the waiting batches go to disk, none is lost, and
+        // the sender goes on.
         batcher.send(Acked(on_disk as u64)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), taken)
+            .await
+            .expect("answered once there is room")
+            .unwrap();
         batcher.send(Flush).await.unwrap();
         let stats = batcher.send(GetBatcherStats).await.unwrap();
         assert_eq!(

@@ -63,8 +63,16 @@ pub use config::{
     AgentConfig, BatchConfig, PluginRestart, PluginSpec, ReconnectConfig, SpoolConfig,
 };
 pub use error::{AgentConfigError, AgentError, PluginError, StateError};
+pub use herd_spool::{SpoolError, VerifyReport};
 pub use plugin::sha256_file;
 pub use report::{ConnectorStats, PluginInfo, PluginState};
+
+/// Inspects the spool of the agent configured by `config` without changing
+/// it (run it while that agent is stopped): segments, records, the ledger,
+/// and every damaged frame that the next start would cut.
+pub fn verify_spool(config: &AgentConfig) -> Result<VerifyReport, SpoolError> {
+    herd_spool::verify(config.state_dir.join("spool"))
+}
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

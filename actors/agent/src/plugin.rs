@@ -261,7 +261,11 @@ impl Plugin {
         }
     }
 
-    fn on_record(&mut self, mut record: Record) {
+    /// Hands a record to the batcher and reads nothing more from the plugin
+    /// until the batcher took it: a batcher that has no room (its spool is
+    /// full or failing) leaves the plugin's stdout unread, its pipe fills and
+    /// the plugin waits, instead of records piling up in agent memory.
+    fn on_record(&mut self, mut record: Record, ctx: &mut Context<Self>) {
         if data_type::is_reserved(record.data_type) {
             self.env
                 .counters
@@ -273,7 +277,15 @@ impl Plugin {
         }
         self.env.counters.records_in.fetch_add(1, Ordering::Relaxed);
         record.source.clone_from(&self.spec.name);
-        self.env.records.do_send(Ingest(vec![record]));
+        let taken = self.env.records.send(Ingest(vec![record]));
+        ctx.wait(
+            async move {
+                // A batcher that is gone (restarting) dropped the record; the
+                // plugin's own checkpoint decides what it sends again.
+                let _ = taken.await;
+            }
+            .into_actor(self),
+        );
     }
 
     fn on_task_result(&mut self, mut result: TaskResult) {
@@ -336,10 +348,10 @@ impl Actor for Plugin {
 }
 
 impl StreamHandler<Result<PluginMessage, CodecError>> for Plugin {
-    fn handle(&mut self, item: Result<PluginMessage, CodecError>, _: &mut Context<Self>) {
+    fn handle(&mut self, item: Result<PluginMessage, CodecError>, ctx: &mut Context<Self>) {
         match item {
             Ok(PluginMessage { kind }) => match kind {
-                Some(plugin_message::Kind::Record(record)) => self.on_record(record),
+                Some(plugin_message::Kind::Record(record)) => self.on_record(record, ctx),
                 Some(plugin_message::Kind::TaskResult(result)) => self.on_task_result(result),
                 None => {} // the codec refuses frames without a kind
             },

@@ -8,6 +8,8 @@ Modes (argv[1]):
   serve    announce the start, answer tasks ("echo:" + body); data type 2099
            is never answered
   stream   announce the start, then a record {"n": 0, 1, 2, ...} every 10 ms
+  flood    announce the start, then records as fast as the pipe takes them,
+           writing how many it has written to $HERD_PLUGIN_STATE_DIR/written
 Every mode announces its start with a 2000 record {event=start, pid} and
 appends its pid to $HERD_PLUGIN_STATE_DIR/started. EOF on stdin: exit 0.
 """
@@ -140,3 +142,19 @@ elif mode == "stream":
         send(record(2001, {"n": str(n)}))
         n += 1
         time.sleep(0.01)
+elif mode == "flood":
+    def drain():
+        for _ in tasks():
+            pass
+        os._exit(0)
+
+    threading.Thread(target=drain, daemon=True).start()
+    written = os.path.join(os.environ["HERD_PLUGIN_STATE_DIR"], "written")
+    n = 0
+    while True:
+        send(record(2001, {"n": str(n), "pad": "x" * 100}))
+        n += 1
+        if n % 500 == 0:
+            with open(written + ".partial", "w") as f:
+                f.write(str(n))
+            os.replace(written + ".partial", written)
