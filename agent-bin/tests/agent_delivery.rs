@@ -121,6 +121,7 @@ async fn unacked_batches_survive_a_sigterm_while_the_hub_is_down() {
 
     // A new run against a hub that is back: the first run's unacked batches
     // come from the disk spool, in order, before anything of the new run.
+    let first_run = starts(dir.path(), "counter");
     let mut hub = ScriptedHub::bind(addr, "unused").await;
     let agent = AgentProcess::start(dir.path(), &config);
     assert_eq!(hub.hello().await.last_acked_seq, 1);
@@ -129,8 +130,12 @@ async fn unacked_batches_survive_a_sigterm_while_the_hub_is_down() {
     loop {
         let batch = hub.batch().await;
         seqs.push(batch.seq);
-        if batch.records.iter().any(|r| is_start(r, "counter")) {
-            break; // the second run's plugin start: the first run is all in
+        let second_run_started = batch
+            .records
+            .iter()
+            .any(|r| is_start(r, "counter") && !first_run.contains(&r.fields["pid"]));
+        if second_run_started {
+            break; // the first run's batches all came before it
         }
         resent.extend(counters(&batch));
     }
@@ -210,6 +215,47 @@ async fn a_corrupt_spool_tail_is_reported_by_verify_then_cut_and_counted_at_star
     assert_eq!(heartbeat.fields["agent.corrupt_bytes_cut"], "37");
     assert!(agent.stop().await.success());
     assert_eq!(spool_verify(dir.path()).0, 0, "repaired at start");
+}
+
+#[tokio::test]
+async fn a_plugin_is_told_which_of_its_records_are_durable() {
+    let mut hub = ScriptedHub::start().await;
+    // Durable means in the spool, not acked: the hub acks nothing here.
+    hub.max_ack.store(0, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = write_plugin(dir.path());
+    let config = agent_toml(
+        hub.addr,
+        dir.path(),
+        &plugin_toml("checker", &plugin, "checkpoint", ""),
+    );
+    let agent = AgentProcess::start(dir.path(), &config);
+    let durable_file = dir.path().join("plugins/checker/durable");
+    // The start record and 50 more: 51 records in the plugin's numbering.
+    let mut told = 0;
+    tokio::time::timeout(WAIT, async {
+        while told < 51 {
+            told = std::fs::read_to_string(&durable_file)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+                .unwrap_or(0);
+            assert!(told <= 51, "told {told} of 51 records");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the plugin hears that all its records are durable");
+    // What it was told is durable is in the spool: the hub gets all of it.
+    let mut seen = BTreeSet::new();
+    while seen.len() < 50 {
+        let record = hub
+            .record("the checker's records", |r| {
+                r.source == "checker" && r.data_type == 2001
+            })
+            .await;
+        seen.insert(record.fields["n"].clone());
+    }
+    assert!(agent.stop().await.success());
 }
 
 #[tokio::test]

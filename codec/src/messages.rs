@@ -3,9 +3,9 @@
 
 use crate::frame::WireMessage;
 use crate::proto::{
-    Ack, AgentMessage, Batch, Command, ConfigSet, Envelope, Goodbye, Hello, HubMessage, Ping,
-    PluginCommand, PluginConfig, PluginMessage, PluginStatus, Pong, Record, RestartPolicy, Task,
-    TaskResult, Welcome, agent_message, hub_message, plugin_command, plugin_message,
+    Ack, AgentMessage, Batch, Command, ConfigSet, Durable, Envelope, Goodbye, Hello, HubMessage,
+    Ping, PluginCommand, PluginConfig, PluginMessage, PluginStatus, Pong, Record, RestartPolicy,
+    Task, TaskResult, Welcome, agent_message, hub_message, plugin_command, plugin_message,
 };
 
 macro_rules! wire_messages {
@@ -33,6 +33,7 @@ wire_messages!(
     Ping,
     Goodbye,
     Envelope,
+    Durable,
 );
 
 macro_rules! wrappers {
@@ -71,6 +72,7 @@ wrappers! {
     }
     PluginCommand => plugin_command {
         Task(Task),
+        Durable(Durable),
     }
     PluginMessage => plugin_message {
         Record(Record),

@@ -7,9 +7,9 @@ use std::io::{self, Read};
 use bytes::{Bytes, BytesMut};
 use herd_codec::blocking::{read_frame, write_frame};
 use herd_codec::proto::{
-    Ack, AgentMessage, Batch, Command, ConfigSet, Goodbye, Hello, HubMessage, Ping, PluginCommand,
-    PluginConfig, PluginMessage, PluginStatus, Pong, Record, RestartPolicy, Task, TaskResult,
-    Welcome,
+    Ack, AgentMessage, Batch, Command, ConfigSet, Durable, Goodbye, Hello, HubMessage, Ping,
+    PluginCommand, PluginConfig, PluginMessage, PluginStatus, Pong, Record, RestartPolicy, Task,
+    TaskResult, Welcome,
 };
 use herd_codec::{AgentCodec, DEFAULT_MAX_FRAME_LENGTH, FrameCodec, HubCodec, WireMessage};
 use proptest::collection::{hash_map, vec};
@@ -172,7 +172,10 @@ fn hub_message() -> impl Strategy<Value = HubMessage> {
 }
 
 fn plugin_command() -> impl Strategy<Value = PluginCommand> {
-    task().prop_map(PluginCommand::from)
+    prop_oneof![
+        task().prop_map(PluginCommand::from),
+        any::<u64>().prop_map(|through| Durable { through }.into()),
+    ]
 }
 
 fn plugin_message() -> impl Strategy<Value = PluginMessage> {

@@ -84,12 +84,19 @@ def read_frame(stream):
 
 
 class Writer:
-    """Writes whole frames under a lock; remembers when the agent is gone."""
+    """Writes whole frames under a lock; remembers when the agent is gone.
+
+    Counts the records written (1, 2, ...: the numbering the agent's Durable
+    commands use) and how many of them the agent has made durable. A plugin
+    that can re-read its input commits its position only up to `durable`.
+    """
 
     def __init__(self, stream, stopped):
         self.stream = stream
         self.lock = threading.Lock()
         self.stopped = stopped
+        self.records_sent = 0
+        self.durable = 0
 
     def send(self, message):
         body = message.SerializeToString()
@@ -100,6 +107,8 @@ class Writer:
             except BrokenPipeError:
                 self.stopped.set()
                 return False
+            if message.HasField("record"):
+                self.records_sent += 1
         return True
 
 
@@ -163,9 +172,11 @@ def main():
             if command.HasField("task"):
                 if not writer.send(pb.PluginMessage(task_result=answer(pb, command.task))):
                     break
+            elif command.HasField("durable"):
+                writer.durable = max(writer.durable, command.durable.through)
         stopped.set()
         emitter.join()
-        log(f"{name} stopped")
+        log(f"{name} stopped; {writer.durable} of {writer.records_sent} records confirmed durable")
     return 0
 
 

@@ -172,6 +172,33 @@ async fn e2e_plugin_killed_is_restarted_and_nothing_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_agent_killed_with_kill_9_loses_nothing_and_leaves_no_plugin() {
+    with_deployment(async |deployment| {
+        deployment.wait_all_delivered(&[], FRESH).await?;
+        for agent in &mut deployment.agents {
+            let started = agent.descendants();
+            let pid = agent.process().pid().expect("the agent runs");
+            // Only the agent: its plugins must go by their parent-death signal.
+            kill(Pid::from_raw(i32::try_from(pid).unwrap()), Signal::SIGKILL).unwrap();
+            wait_until("the agent and every process it started gone", || {
+                !is_alive(pid) && started.iter().all(|&child| !is_alive(child))
+            })
+            .await?;
+            agent.process().restart()?;
+        }
+        deployment.wait_connected().await?;
+        // Records in the pipes, in agent memory and not yet synced when the
+        // agents died come again from their sources (logtail, the counter
+        // commit on the agent's confirmations); the spools resend the rest.
+        let before = deployment.produced()?;
+        let tally = deployment.wait_all_delivered(&before, FRESH).await?;
+        check(&tally, "agent kill -9");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_connection_cut_mid_stream_resends_what_was_unacked() {
     with_deployment(async |deployment| {
         deployment.wait_all_delivered(&[], FRESH).await?;

@@ -27,8 +27,8 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::AgentConfig;
 use crate::messages::{
-    Acked, BatcherStats, DurableBatches, Flush, GetBatcherStats, Ingest, ReadDurable,
-    SetRecordLimit, WatchDurable, WhenDrained,
+    Acked, BatcherStats, DurableBatches, Flush, GetBatcherStats, Ingest, NotifyDurable,
+    ReadDurable, RecordsDurable, SetRecordLimit, WatchDurable, WhenDrained,
 };
 use crate::state::StateDir;
 
@@ -47,10 +47,24 @@ pub(crate) struct Batcher {
     flush_timer: Option<SpawnHandle>,
     /// `None` only once the batcher has stopped and closed it.
     spool: Option<Spool>,
-    /// Batches cut but refused by the spool, oldest first.
-    stalled: VecDeque<BatchRecords>,
+    /// Batches cut but refused by the spool, oldest first, each with the
+    /// ingest count at its end.
+    stalled: VecDeque<(BatchRecords, u64)>,
+    /// Records ingested so far (taken or refused).
+    ingested: u64,
+    /// Appended batches not yet known durable: `(seq, ingest count at its end)`.
+    appended: VecDeque<(u64, u64)>,
+    /// Ingest count up to which everything is durable or refused.
+    durable_count: u64,
+    /// Waiting for `durable_count` to reach a count.
+    durable_waiters: Vec<(u64, NotifyDurable)>,
     retry_timer: Option<SpawnHandle>,
     sync_timer: Option<SpawnHandle>,
+    /// The hub's latest ack, applied to the spool at most once per fsync
+    /// interval: each applied ack rewrites and fsyncs the ledger.
+    ack_to: u64,
+    ack_timer: Option<SpawnHandle>,
+    ack_interval: Duration,
     /// Why the spool refused the last batch or sync, until it takes one again.
     spool_error: Option<String>,
     durable: watch::Sender<u64>,
@@ -76,12 +90,6 @@ impl Batcher {
                 "spool opened"
             );
         }
-        if !recovery.skipped_seqs.is_empty() {
-            // Reserved before a crash: seqs are never reused, so the hub sees
-            // this range as a gap.
-            tracing::warn!(skipped = ?recovery.skipped_seqs,
-                "the previous run ended without closing the spool; these seqs are skipped");
-        }
         let durable = watch::Sender::new(spool.durable_seq());
         Ok(Self {
             flush_interval: Duration::from_millis(config.batch.flush_interval_ms),
@@ -92,8 +100,15 @@ impl Batcher {
             flush_timer: None,
             spool: Some(spool),
             stalled: VecDeque::new(),
+            ingested: 0,
+            appended: VecDeque::new(),
+            durable_count: 0,
+            durable_waiters: Vec::new(),
             retry_timer: None,
             sync_timer: None,
+            ack_to: 0,
+            ack_timer: None,
+            ack_interval: config.spool.fsync_interval(),
             spool_error: None,
             durable,
             drained: Vec::new(),
@@ -113,7 +128,8 @@ impl Batcher {
         }
         let records = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        self.stalled.push_back(BatchRecords::new(records));
+        self.stalled
+            .push_back((BatchRecords::new(records), self.ingested));
         self.append_stalled(ctx);
     }
 
@@ -122,9 +138,10 @@ impl Batcher {
         let Some(spool) = self.spool.as_mut() else {
             return;
         };
-        while let Some(batch) = self.stalled.front() {
+        while let Some((batch, end)) = self.stalled.front() {
             match spool.append(batch.bytes()) {
-                Ok(_seq) => {
+                Ok(seq) => {
+                    self.appended.push_back((seq, *end));
                     self.stalled.pop_front();
                     if let Some(error) = self.spool_error.take() {
                         tracing::info!(%error, "the spool takes batches again");
@@ -183,6 +200,13 @@ impl Batcher {
                     *seen = (*seen).max(durable);
                     newer
                 });
+                while let Some(&(seq, end)) = self.appended.front()
+                    && seq <= durable
+                {
+                    self.durable_count = self.durable_count.max(end);
+                    self.appended.pop_front();
+                }
+                self.notify_durable();
             }
             Err(error) => {
                 if self.spool_error.is_none() {
@@ -191,6 +215,27 @@ impl Batcher {
                 self.spool_error = Some(error.to_string());
             }
         }
+    }
+
+    /// Everything ingested so far is durable or was refused once nothing is
+    /// pending, waiting or unsynced.
+    fn settled_count(&self) -> u64 {
+        if self.pending.is_empty() && self.stalled.is_empty() && self.appended.is_empty() {
+            self.ingested
+        } else {
+            self.durable_count
+        }
+    }
+
+    fn notify_durable(&mut self) {
+        let settled = self.settled_count();
+        self.durable_waiters.retain(|(count, waiter)| {
+            if *count > settled {
+                return true;
+            }
+            waiter.to.do_send(RecordsDurable(waiter.through));
+            false
+        });
     }
 
     fn is_drained(&self) -> bool {
@@ -215,9 +260,10 @@ impl Actor for Batcher {
     type Context = Context<Self>;
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
-        // Whatever is pending still goes to disk.
+        // Whatever is pending still goes to disk; what was acked leaves it.
         self.flush(ctx);
         self.sync();
+        self.apply_ack(ctx);
         Running::Stop
     }
 
@@ -256,6 +302,7 @@ impl Handler<Ingest> for Batcher {
     fn handle(&mut self, Ingest(records): Ingest, ctx: &mut Context<Self>) -> Self::Result {
         for record in records {
             self.records_in += 1;
+            self.ingested += 1;
             let size = record.encoded_len() + RECORD_OVERHEAD;
             let hub_limit = self.hub_record_limit.unwrap_or(usize::MAX);
             if size > self.max_bytes || record.encoded_len() > hub_limit {
@@ -301,13 +348,24 @@ impl Handler<Ingest> for Batcher {
     }
 }
 
+impl Handler<NotifyDurable> for Batcher {
+    type Result = ();
+
+    fn handle(&mut self, notify: NotifyDurable, _: &mut Context<Self>) {
+        self.durable_waiters.push((self.ingested, notify));
+        self.notify_durable();
+    }
+}
+
 impl Handler<Flush> for Batcher {
     type Result = ();
 
-    /// Cuts what is pending and makes everything durable now.
+    /// Cuts what is pending, makes everything durable and applies the
+    /// latest ack, now.
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
         self.flush(ctx);
         self.sync();
+        self.apply_ack(ctx);
     }
 }
 
@@ -341,20 +399,44 @@ impl Handler<ReadDurable> for Batcher {
     }
 }
 
-impl Handler<Acked> for Batcher {
-    type Result = ();
-
-    fn handle(&mut self, Acked(seq): Acked, ctx: &mut Context<Self>) {
+impl Batcher {
+    /// Applies the latest ack to the spool (deleting what it covers).
+    fn apply_ack(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.ack_timer.take() {
+            ctx.cancel_future(timer);
+        }
         let Some(spool) = self.spool.as_mut() else {
             return;
         };
-        if let Err(error) = spool.ack(seq) {
-            tracing::warn!(seq, %error, "ignoring an ack");
+        if self.ack_to <= spool.stats().acked_seq {
+            return;
+        }
+        if let Err(error) = spool.ack(self.ack_to) {
+            tracing::warn!(seq = self.ack_to, %error, "ignoring an ack");
             return;
         }
         // An ack may have made room.
         self.append_stalled(ctx);
         self.notify_drained();
+    }
+}
+
+impl Handler<Acked> for Batcher {
+    type Result = ();
+
+    /// Acks come one per batch; they are applied together at most once per
+    /// fsync interval, and at once while batches wait for room.
+    fn handle(&mut self, Acked(seq): Acked, ctx: &mut Context<Self>) {
+        self.ack_to = self.ack_to.max(seq);
+        if !self.stalled.is_empty() || self.ack_interval.is_zero() {
+            return self.apply_ack(ctx);
+        }
+        if self.ack_timer.is_none() {
+            self.ack_timer = Some(ctx.run_later(self.ack_interval, |act, ctx| {
+                act.ack_timer = None;
+                act.apply_ack(ctx);
+            }));
+        }
     }
 }
 
@@ -452,7 +534,12 @@ mod tests {
         // The seventh record waits for the timer; an explicit flush cuts and syncs it.
         batcher.send(Flush).await.unwrap();
         assert_eq!(*watch.borrow(), 3);
+        batcher.send(Acked(1)).await.unwrap();
         batcher.send(Acked(2)).await.unwrap();
+        // Acks are applied together, once per fsync interval (or at a flush).
+        let stats = batcher.send(GetBatcherStats).await.unwrap();
+        assert_eq!(stats.spool.acked_seq, 0);
+        batcher.send(Flush).await.unwrap();
         let stats = batcher.send(GetBatcherStats).await.unwrap();
         assert_eq!((stats.spool.depth_records, stats.spool.acked_seq), (1, 2));
         drop(watch);

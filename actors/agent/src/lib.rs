@@ -169,6 +169,7 @@ fn tree(
                 state.clone(),
                 agent_id.clone(),
                 sibling::<Batcher>(&registry, ids::BATCHER).recipient(),
+                sibling::<Batcher>(&registry, ids::BATCHER).recipient(),
             )
         })
     };

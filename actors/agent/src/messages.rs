@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use actix::Message;
+use actix::{Message, Recipient};
 use herd_codec::BatchRecords;
 use herd_codec::proto::{ConfigSet, PluginStatus, Record, Task, TaskResult};
 use herd_spool::SpoolStats;
@@ -40,6 +40,23 @@ pub(crate) struct DurableBatches {
     /// The spool's acked seq when they were read.
     pub acked: u64,
 }
+
+/// Batcher: tell `to` once every record ingested before this message is
+/// durable in the spool (or was refused), answering with `through`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct NotifyDurable {
+    /// Who to tell.
+    pub to: Recipient<RecordsDurable>,
+    /// What to tell it: the sender's own count of the records it ingested.
+    pub through: u64,
+}
+
+/// The first `.0` records a plugin process sent are durable (see
+/// [`NotifyDurable`]); the Plugin actor passes it on to its process.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct RecordsDurable(pub u64);
 
 /// The largest record the connected hub can forward (`Welcome.max_record_bytes`;
 /// 0: not known). Larger records are refused at the source and counted.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use herd_codec::proto::{
-    PluginCommand, PluginMessage, Record, TaskResult, TaskStatus, plugin_message,
+    Durable, PluginCommand, PluginMessage, Record, TaskResult, TaskStatus, plugin_message,
 };
 use herd_codec::{CodecError, PluginHostCodec, data_type};
 use sha2::{Digest, Sha256};
@@ -31,10 +31,13 @@ use tokio_util::codec::FramedRead;
 
 use crate::config::PluginSpec;
 use crate::error::PluginError;
-use crate::messages::{Ingest, RunTask};
-use herd_supervision::io::FrameWriter;
+use crate::messages::{Ingest, NotifyDurable, RecordsDurable, RunTask};
+use herd_supervision::io::{FrameWriter, TrySendError};
 use herd_supervision::stop_abnormal;
 
+/// Longest wait, when a plugin is stopped, for its last records' `Durable`
+/// before its stdin is closed anyway.
+const FINAL_DURABLE_WAIT: Duration = Duration::from_secs(1);
 /// Frames queued for a plugin's stdin before callers have to wait.
 const STDIN_QUEUE: usize = 64;
 /// Stderr lines logged in a burst, and per second after it.
@@ -63,6 +66,8 @@ pub(crate) struct PluginEnv {
     pub state_dir: PathBuf,
     /// Where its records go.
     pub records: Recipient<Ingest>,
+    /// Who tells when its records are durable (the batcher).
+    pub durable: Recipient<NotifyDurable>,
     /// Told when the process started, exited or was refused.
     pub events: Recipient<PluginEvent>,
     /// Counters kept across restarts.
@@ -139,6 +144,12 @@ pub(crate) struct Plugin {
     env: PluginEnv,
     pid: u32,
     stdin: Option<FrameWriter<PluginCommand>>,
+    /// Record frames this process sent (the numbering `Durable` uses).
+    records_sent: u64,
+    /// The highest count the process was told is durable.
+    durable_told: u64,
+    /// A `NotifyDurable` is out; one at a time per plugin.
+    durable_asked: bool,
     control: Option<oneshot::Sender<StopProcess>>,
     pending: HashMap<String, oneshot::Sender<TaskResult>>,
     /// Set when the agent kills the plugin for a protocol error.
@@ -157,6 +168,9 @@ impl Plugin {
             env,
             pid: 0,
             stdin: None,
+            records_sent: 0,
+            durable_told: 0,
+            durable_asked: false,
             control: None,
             pending: HashMap::new(),
             kill_reason: None,
@@ -266,6 +280,7 @@ impl Plugin {
     /// full or failing) leaves the plugin's stdout unread, its pipe fills and
     /// the plugin waits, instead of records piling up in agent memory.
     fn on_record(&mut self, mut record: Record, ctx: &mut Context<Self>) {
+        self.records_sent += 1;
         if data_type::is_reserved(record.data_type) {
             self.env
                 .counters
@@ -273,6 +288,8 @@ impl Plugin {
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(plugin = %self.spec.name, data_type = record.data_type,
                 "refusing a plugin record with a framework data type");
+            // Refused is handled: the process may forget it like a stored one.
+            self.ask_durable(ctx);
             return;
         }
         self.env.counters.records_in.fetch_add(1, Ordering::Relaxed);
@@ -284,8 +301,22 @@ impl Plugin {
                 // plugin's own checkpoint decides what it sends again.
                 let _ = taken.await;
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|(), act, ctx| act.ask_durable(ctx)),
         );
+    }
+
+    /// Asks the batcher to say when what this process sent so far is durable,
+    /// unless a question is already out (its answer leads to the next one).
+    fn ask_durable(&mut self, ctx: &mut Context<Self>) {
+        if self.durable_asked || self.records_sent <= self.durable_told {
+            return;
+        }
+        self.durable_asked = true;
+        self.env.durable.do_send(NotifyDurable {
+            to: ctx.address().recipient(),
+            through: self.records_sent,
+        });
     }
 
     fn on_task_result(&mut self, mut result: TaskResult) {
@@ -336,13 +367,25 @@ impl Actor for Plugin {
         }
     }
 
-    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
         if self.reaped {
             return Running::Stop;
         }
         // Asked to stop: the process goes first; `Reaped` stops the actor.
-        self.stopping = true;
-        self.stop_process(StopProcess::Graceful);
+        if !self.stopping {
+            self.stopping = true;
+            if self.records_sent > self.durable_told && self.stdin.is_some() {
+                // Its last records get their confirmation before stdin closes,
+                // so a plugin that commits on it (logtail) neither loses nor
+                // repeats anything across an orderly restart; bounded.
+                self.ask_durable(ctx);
+                ctx.run_later(FINAL_DURABLE_WAIT, |act, _| {
+                    act.stop_process(StopProcess::Graceful)
+                });
+            } else {
+                self.stop_process(StopProcess::Graceful);
+            }
+        }
         Running::Continue
     }
 }
@@ -411,6 +454,38 @@ pub(crate) fn agent_result(
         error,
         source: source.to_owned(),
         ..TaskResult::default()
+    }
+}
+
+impl Handler<RecordsDurable> for Plugin {
+    type Result = ();
+
+    /// Tells the process which of its records it may forget (`Durable`),
+    /// then asks about the ones sent since.
+    fn handle(&mut self, RecordsDurable(through): RecordsDurable, ctx: &mut Context<Self>) {
+        self.durable_asked = false;
+        if through > self.durable_told {
+            self.durable_told = through;
+            if let Some(stdin) = self.stdin.as_ref() {
+                let command = PluginCommand::from(Durable { through });
+                if let Err(TrySendError::Full(command)) = stdin.try_send(command) {
+                    let stdin = stdin.sender();
+                    ctx.spawn(
+                        async move {
+                            // A closed stdin means the process is stopping.
+                            let _ = stdin.send(command).await;
+                        }
+                        .into_actor(self),
+                    );
+                }
+            }
+        }
+        if self.stopping && self.durable_told >= self.records_sent {
+            // Queued before stdin closes: the writer writes it first.
+            self.stop_process(StopProcess::Graceful);
+            return;
+        }
+        self.ask_durable(ctx);
     }
 }
 

@@ -32,7 +32,9 @@ use herd_codec::proto::{PluginStatus, TaskResult, TaskStatus};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{AgentConfig, PluginSpec};
-use crate::messages::{ApplyHubConfig, GetPluginInfo, Ingest, ListPlugins, RunTask, StopPlugins};
+use crate::messages::{
+    ApplyHubConfig, GetPluginInfo, Ingest, ListPlugins, NotifyDurable, RunTask, StopPlugins,
+};
 use crate::plugin::{
     Plugin, PluginCounters, PluginEnv, PluginEvent, PluginEventKind, agent_result,
 };
@@ -123,6 +125,7 @@ pub(crate) struct PluginManager {
     state_dir: StateDir,
     agent_id: watch::Receiver<String>,
     records: Recipient<Ingest>,
+    durable: Recipient<NotifyDurable>,
     task_timeout: Duration,
     max_frame_length: usize,
     local: Vec<PluginSpec>,
@@ -141,12 +144,14 @@ impl PluginManager {
         state_dir: StateDir,
         agent_id: watch::Receiver<String>,
         records: Recipient<Ingest>,
+        durable: Recipient<NotifyDurable>,
     ) -> Self {
         Self {
             plugins,
             state_dir,
             agent_id,
             records,
+            durable,
             task_timeout: Duration::from_millis(config.task_timeout_ms),
             max_frame_length: config.max_frame_length,
             local: config.plugins.clone(),
@@ -259,6 +264,7 @@ impl PluginManager {
             agent_id: self.agent_id.clone(),
             state_dir,
             records: self.records.clone(),
+            durable: self.durable.clone(),
             events: ctx.address().recipient(),
             counters: entry.counters.clone(),
             task_timeout: self.task_timeout,

@@ -36,12 +36,13 @@
 //!
 //! # Contract
 //!
-//! - **Seqs** start at 1, strictly increase and are never reused: the ledger reserves
-//!   them in blocks of [`SpoolConfig::seq_reservation`] and each block is persisted before
-//!   any seq of it is handed out. A crash therefore skips up to a block of seqs
-//!   ([`Recovery::skipped_seqs`]) but never repeats one; [`Spool::close`] gives the unused
-//!   part back so a clean restart skips nothing. If a block cannot be reserved (disk
-//!   full), [`Spool::append`] fails with [`SpoolError::Ledger`] and assigns nothing.
+//! - **Seqs** start at 1 and strictly increase; the seq of a record that was ever durable
+//!   (and so could have been read and sent) is never handed out again. Seqs of records
+//!   lost in a crash before they became durable were never readable, so after the reopen
+//!   they are handed out again: a receiver that saw only durable records sees no gap. The
+//!   ledger reserves seqs in blocks of [`SpoolConfig::seq_reservation`], persisted before
+//!   any seq of a block is handed out; if a block cannot be reserved (disk full),
+//!   [`Spool::append`] fails with [`SpoolError::Ledger`] and assigns nothing.
 //! - **Durability**: appends are buffered in memory (up to 64 KiB, then handed to the
 //!   file) and become durable at [`Spool::sync`], which the owner calls when
 //!   [`Spool::needs_sync`] says so ([`SpoolConfig::fsync_interval`]); closing a segment

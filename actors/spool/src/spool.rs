@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{SpoolConfig, WhenFull};
 use crate::error::SpoolError;
-use crate::frame::{self, HEADER_LEN, Header, IndexEntry};
+use crate::frame::{self, FrameProblem, HEADER_LEN, Header, IndexEntry};
 use crate::ledger::{self, LEDGER_FILE, LEDGER_TMP, Ledger};
 
 /// Appended frames are kept in memory up to this many bytes before they are written to
@@ -35,12 +35,6 @@ pub struct Recovery {
     /// Whether the ledger was missing or unusable and was rebuilt from the segments; its
     /// counters then start again from zero.
     pub ledger_rebuilt: bool,
-    /// Seqs that were (or may have been) handed out before the spool was last closed but
-    /// have no record on disk: records appended but never synced before a crash, seqs
-    /// reserved but never used, records cut from a torn tail. They will never be used, so
-    /// a receiver should not count this range as lost records that had been acked to
-    /// their sources. Empty after a clean [`Spool::close`].
-    pub skipped_seqs: std::ops::Range<u64>,
     /// The seq the next append gets.
     pub next_seq: u64,
     /// The acked seq from the ledger.
@@ -124,7 +118,8 @@ struct Head {
 ///
 /// Dropping a `Spool` without [`close`](Spool::close) behaves like a crash for what was
 /// not synced: buffered records are discarded (they were never reported durable, so no
-/// source was told they were safe) and the seqs reserved but unused are skipped.
+/// source was told they were safe, and [`Spool::unacked`] never returned them) and their
+/// seqs are handed out again after the reopen.
 pub struct Spool {
     dir: PathBuf,
     config: SpoolConfig,
@@ -216,6 +211,9 @@ impl Spool {
 
         let mut dir_changed = false;
         let (mut cut_records, mut cut_bytes) = (0u64, 0u64);
+        // A frame damaged otherwise than by a truncated end (a torn write of
+        // a crash) may have been durable.
+        let mut damaged_durable = false;
         let mut segments = VecDeque::with_capacity(listed.len());
         let mut prev_last: Option<u64> = None;
         let mut highest_name = 0;
@@ -243,6 +241,10 @@ impl Spool {
                     .map_err(SpoolError::io("truncate segment", &path))?;
                 cut_records += bad.records;
                 cut_bytes += cut;
+                damaged_durable |= !matches!(
+                    bad.problem,
+                    FrameProblem::ShortHeader { .. } | FrameProblem::ShortPayload { .. }
+                );
             }
             prev_last = scan.last_seq.or(prev_last);
             segments.push_back(Segment {
@@ -281,16 +283,21 @@ impl Spool {
                 (ledger, true)
             }
         };
-        // Never reuse a seq: not one the ledger reserved, not one a segment shows (the
-        // ledger may be older than the segments), not one already acked, not the first seq
-        // the newest segment was named for.
-        let next_seq = ledger
-            .next_seq
-            .max(last_on_disk.map_or(0, |last| last + 1))
+        // Never reuse the seq of a record that was ever durable (and so may have been
+        // read and sent): not one a segment shows, not one already acked, not the first
+        // seq the newest segment was named for. Seqs the ledger reserved beyond that were
+        // given to records lost before they became durable (a truncated tail is a crash's
+        // torn write: nothing after the last sync), never readable, so nobody has seen
+        // them: they are handed out again and a receiver sees no gap after a crash. Only
+        // damage inside durable data (a bad checksum) keeps the whole reservation skipped.
+        let on_disk = (last_on_disk.map_or(0, |last| last + 1))
             .max(ledger.acked_seq + 1)
             .max(highest_name);
-        let known = last_on_disk.unwrap_or(0).max(ledger.acked_seq);
-        let skipped_seqs = (known + 1).min(next_seq)..next_seq;
+        let next_seq = if damaged_durable {
+            on_disk.max(ledger.next_seq)
+        } else {
+            on_disk
+        };
         let before = ledger;
         ledger.next_seq = next_seq;
         ledger.corrupt_records += cut_records;
@@ -317,8 +324,11 @@ impl Spool {
         }
         let mut segments = kept;
 
+        // Skipping seqs after damage: a fresh segment named for the next seq keeps
+        // that floor on disk for every later open.
+        let keep_floor = next_seq > on_disk;
         let active = match segments.back() {
-            Some(last) => {
+            Some(last) if !keep_floor => {
                 let file = OpenOptions::new()
                     .append(true)
                     .open(&last.path)
@@ -332,7 +342,7 @@ impl Spool {
                     pending: Vec::new(),
                 }
             }
-            None => {
+            _ => {
                 let (segment, active) = create_segment(&dir, next_seq)?;
                 segments.push_back(segment);
                 dir_changed = true;
@@ -367,7 +377,6 @@ impl Spool {
             corrupt_bytes_cut: cut_bytes,
             segments: stats.segments,
             ledger_rebuilt: rebuilt,
-            skipped_seqs,
             next_seq,
             acked_seq: spool.ledger.acked_seq,
         };

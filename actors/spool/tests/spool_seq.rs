@@ -62,7 +62,7 @@ fn seqs_go_on_after_every_record_was_acked_and_its_segment_deleted() {
 }
 
 #[test]
-fn a_crash_before_sync_skips_seqs_but_never_reuses_them() {
+fn a_crash_before_sync_reuses_only_seqs_that_were_never_durable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut spool, _) = Spool::open(dir.path(), config(4)).expect("open");
     let synced = fill(&mut spool, 3);
@@ -70,21 +70,20 @@ fn a_crash_before_sync_skips_seqs_but_never_reuses_them() {
     // 4..=7, buffered only (all in the first segment: closing a segment would sync it).
     let unsynced = fill(&mut spool, 4);
     assert_eq!(unsynced, 7);
+    // Never readable, so never sent.
+    assert_eq!(
+        spool.unacked(synced + 1, usize::MAX).expect("unacked"),
+        vec![]
+    );
     drop(spool); // a crash: the buffer is gone
 
     let (mut spool, recovery) = Spool::open(dir.path(), config(4)).expect("reopen");
     assert_eq!(recovery.records, synced);
-    assert_eq!(recovery.skipped_seqs.start, synced + 1);
-    assert!(
-        recovery.skipped_seqs.end > unsynced,
-        "{:?}",
-        recovery.skipped_seqs
-    );
     let next = spool.append(b"after crash").expect("append");
-    assert_eq!(next, recovery.skipped_seqs.end);
-    assert!(
-        next > unsynced,
-        "seq {next} was handed out before the crash"
+    assert_eq!(
+        next,
+        synced + 1,
+        "right after the last durable record: no gap"
     );
     spool.sync().expect("sync");
     let seqs: Vec<u64> = spool
@@ -104,27 +103,26 @@ fn a_clean_close_skips_no_seq() {
     spool.close().expect("close");
     let (mut spool, recovery) = Spool::open(dir.path(), config(1024)).expect("reopen");
     assert_eq!(recovery.records, 10, "close syncs");
-    assert!(
-        recovery.skipped_seqs.is_empty(),
-        "{:?}",
-        recovery.skipped_seqs
-    );
     assert_eq!(spool.append(b"next").expect("append"), last + 1);
 }
 
 #[test]
-fn many_reopens_hand_out_strictly_increasing_seqs() {
+fn many_reopens_never_hand_out_a_durable_seq_again() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut highest = 0;
+    let mut highest_durable = 0;
     for round in 0..5 {
         let (mut spool, _) = Spool::open(dir.path(), config(3)).expect("open");
+        let mut last = 0;
         for _ in 0..7 {
             let seq = spool.append(b"r").expect("append");
-            assert!(seq > highest, "round {round}: seq {seq} after {highest}");
-            highest = seq;
+            assert!(
+                seq > highest_durable && seq > last,
+                "round {round}: seq {seq} after durable {highest_durable}, last {last}"
+            );
+            last = seq;
         }
         if round % 2 == 0 {
-            spool.sync().expect("sync");
+            highest_durable = spool.sync().expect("sync");
         }
     }
 }

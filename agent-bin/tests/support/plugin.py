@@ -8,6 +8,8 @@ Modes (argv[1]):
   serve    announce the start, answer tasks ("echo:" + body); data type 2099
            is never answered
   stream   announce the start, then a record {"n": 0, 1, 2, ...} every 10 ms
+  checkpoint  announce the start, send 50 records {"n": 0..49}, then write
+           each Durable count the agent sends to $HERD_PLUGIN_STATE_DIR/durable
   flood    announce the start, then records as fast as the pipe takes them,
            writing how many it has written to $HERD_PLUGIN_STATE_DIR/written
 Every mode announces its start with a 2000 record {event=start, pid} and
@@ -158,3 +160,20 @@ elif mode == "flood":
             with open(written + ".partial", "w") as f:
                 f.write(str(n))
             os.replace(written + ".partial", written)
+elif mode == "checkpoint":
+    for n in range(50):
+        send(record(2001, {"n": str(n)}))
+    durable = os.path.join(os.environ["HERD_PLUGIN_STATE_DIR"], "durable")
+    while True:
+        header = read_exact(4)
+        if header is None:
+            break
+        frame = read_exact(struct.unpack(">I", header)[0])
+        if frame is None:
+            break
+        command = parse(frame)
+        if 2 in command:  # PluginCommand.durable
+            through = parse(command[2][0]).get(1, [0])[0]
+            with open(durable + ".partial", "w") as f:
+                f.write(str(through))
+            os.replace(durable + ".partial", durable)

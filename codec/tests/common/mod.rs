@@ -145,7 +145,10 @@ pub fn hub_messages() -> Vec<HubMessage> {
 }
 
 pub fn plugin_commands() -> Vec<PluginCommand> {
-    vec![task().into()]
+    vec![
+        task().into(),
+        herd_codec::proto::Durable { through: 42 }.into(),
+    ]
 }
 
 pub fn plugin_messages() -> Vec<PluginMessage> {

@@ -7,16 +7,18 @@
 //!   the old file is read to its end, then the new one is followed from 0.
 //! - **Truncation** (the file is shorter than the read offset): reading
 //!   restarts at 0.
-//! - **Offsets**: a line's position is saved right after its record was
-//!   written to stdout and flushed, and never before: one in-place `pwrite`
-//!   of a 64-byte slot in [`OFFSETS_FILE`] per line (see [`Store`] for the
-//!   layout and why it cannot tear). On a normal stop (stdin closed) the
-//!   state is also synced to disk, so a restart neither loses nor repeats a
-//!   line. A crash of the plugin between writing a record and saving its
-//!   position repeats that one line after the restart; a power loss can
-//!   repeat the lines whose positions the kernel had not yet written back.
-//!   Each record carries `path`, `inode` and `offset`, so a consumer can
-//!   drop such repeats.
+//! - **Offsets**: a line's position is saved only once the agent confirmed
+//!   its record durable (the SDK's [`Checkpoint`](herd_plugin::Checkpoint),
+//!   fed by the agent's `Durable` commands), never when it is merely
+//!   written: one in-place `pwrite` of a 64-byte slot in [`OFFSETS_FILE`] per
+//!   line (see [`Store`] for the layout and why it cannot tear). The agent
+//!   confirms everything before it closes stdin, and on that normal stop the
+//!   state is synced to disk, so a restart neither loses nor repeats a line.
+//!   A crash (of logtail or of the agent) repeats the lines not yet confirmed,
+//!   and loses none; a power loss can also repeat the lines whose positions
+//!   the kernel had not yet written back. Each record carries `path`, `inode`
+//!   and `offset`, so a consumer can drop such repeats. At most 65,536 lines
+//!   wait for confirmation; then logtail stops reading until more come.
 //!
 //! Data types: [`LINE`] records, [`TASK_ADD_FILE`], [`TASK_REMOVE_FILE`] and
 //! [`TASK_LIST_FILES`] tasks.
@@ -52,7 +54,7 @@ pub const TASK_ADD_FILE: u32 = 2110;
 /// Task: stop following the file in field `path`. Persisted.
 pub const TASK_REMOVE_FILE: u32 = 2111;
 /// Task: list the followed files; the output is a JSON array of
-/// `{path, open, offset, inode}` and field `count` says how many.
+/// `{path, open, offset, committed, inode}` and field `count` says how many.
 pub const TASK_LIST_FILES: u32 = 2112;
 
 /// Command-line arguments of `herd-logtail`.
@@ -110,10 +112,11 @@ pub fn run(args: Args) -> Result<(), LogtailError> {
 
     let worker = {
         let (tailer, emitter, shutdown) = (tailer.clone(), plugin.emitter(), plugin.shutdown());
+        let checkpoint = plugin.checkpoint();
         let poll = Duration::from_millis(args.poll_ms);
         thread::spawn(move || -> Result<(), PluginError> {
             loop {
-                let more = lock(&tailer).poll(&emitter)?;
+                let more = lock(&tailer).poll(&emitter, checkpoint.durable())?;
                 let stop = if more {
                     shutdown.is_triggered()
                 } else {
@@ -125,6 +128,7 @@ pub fn run(args: Args) -> Result<(), LogtailError> {
             }
         })
     };
+    let checkpoint = plugin.checkpoint();
     let served = plugin.run(|task| handle_task(&tailer, &task));
     let worked = match worker.join() {
         Ok(Err(PluginError::Disconnected)) | Ok(Ok(())) => Ok(()),
@@ -134,8 +138,12 @@ pub fn run(args: Args) -> Result<(), LogtailError> {
             Ok(())
         }
     };
-    // Every line sent is covered; make that durable before exiting.
-    lock(&tailer).save(true);
+    // What the agent confirmed before closing stdin is committed; the rest
+    // is read again next time. Synced before exiting.
+    let mut tailer = lock(&tailer);
+    tailer.commit(checkpoint.durable());
+    tailer.save(true);
+    drop(tailer);
     served?;
     Ok(worked?)
 }

@@ -1,6 +1,6 @@
 //! The set of followed files and the tasks that change it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 use herd_plugin::{Emitter, PluginError};
@@ -9,10 +9,14 @@ use serde::Serialize;
 use crate::LINE;
 use crate::error::LogtailError;
 use crate::follow::{Follower, Line, Start, StartAt};
-use crate::state::Store;
+use crate::state::{Position, Store};
 
 /// Lines read from one file before the others get their turn.
 const LINES_PER_TURN: usize = 1024;
+/// Lines sent but not yet confirmed durable by the agent; at this many the
+/// tailer stops reading until confirmations come (bounded memory, and no
+/// runaway ahead of an agent that cannot keep up).
+const MAX_UNCOMMITTED: usize = 64 * 1024;
 
 /// Tuning of the tailer, from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +36,9 @@ pub struct FileStatus {
     pub open: bool,
     /// Byte offset of the next line to send.
     pub offset: Option<u64>,
+    /// Byte offset up to which the agent confirmed the lines durable (what a
+    /// restart resumes from).
+    pub committed: Option<u64>,
     /// Inode of the open file.
     pub inode: Option<u64>,
 }
@@ -42,6 +49,10 @@ pub struct Tailer {
     store: Store,
     followers: BTreeMap<PathBuf, Follower>,
     options: TailOptions,
+    /// Positions to save once the record numbered `.0` is durable, in order.
+    uncommitted: VecDeque<(u64, PathBuf, Position)>,
+    /// Number of the last record sent (0: none).
+    last_sent: u64,
 }
 
 impl Tailer {
@@ -60,6 +71,8 @@ impl Tailer {
             store,
             followers: BTreeMap::new(),
             options,
+            uncommitted: VecDeque::new(),
+            last_sent: 0,
         };
         for path in wanted {
             tailer.follow(path);
@@ -80,30 +93,52 @@ impl Tailer {
             .insert(path.clone(), Follower::new(path, start));
     }
 
-    /// Sends the new lines of every file, saving each line's position right
-    /// after its record was written. Returns whether a file has more lines
+    /// Saves the positions of the lines the agent confirmed durable: the
+    /// first `durable` records sent (see [`Checkpoint`](herd_plugin::Checkpoint)).
+    pub fn commit(&mut self, durable: u64) {
+        while let Some((number, _, _)) = self.uncommitted.front()
+            && *number <= durable
+        {
+            if let Some((_, path, position)) = self.uncommitted.pop_front() {
+                self.store.set_position(&path, position);
+            }
+        }
+        self.store.save(false);
+    }
+
+    /// Sends the new lines of every file. A line's position is saved only
+    /// once the agent confirmed its record durable ([`commit`](Self::commit)
+    /// with the checkpoint, called here first), so a crash of the agent or of
+    /// logtail re-reads, never skips. Returns whether a file has more lines
     /// waiting (it had used up its turn), so the caller polls again at once.
-    pub fn poll(&mut self, emitter: &Emitter) -> Result<bool, PluginError> {
+    pub fn poll(&mut self, emitter: &Emitter, durable: u64) -> Result<bool, PluginError> {
+        self.commit(durable);
+        if self.uncommitted.len() >= MAX_UNCOMMITTED {
+            return Ok(false);
+        }
         let Self {
-            store,
             followers,
             options,
+            uncommitted,
+            last_sent,
+            ..
         } = self;
         let mut more = false;
         for (path, follower) in followers.iter_mut() {
             let sent = follower.poll(LINES_PER_TURN, options.max_line_bytes, &mut |line| {
-                send_line(emitter, path, &line)?;
-                store.set_position(path, line.next);
+                *last_sent = send_line(emitter, path, &line)?;
+                uncommitted.push_back((*last_sent, path.clone(), line.next));
                 Ok(())
             });
-            // Also covers a position that moved without a line: a file opened
-            // at its end, a truncation, a rotation.
+            // Also covers a position that moved without a line (a file opened
+            // at its end, a truncation, a rotation): saved once what was sent
+            // before it is durable.
             if let Some(position) = follower.position() {
-                store.set_position(path, position);
+                uncommitted.push_back((*last_sent, path.clone(), position));
             }
             more |= sent? == LINES_PER_TURN;
         }
-        store.save(false);
+        self.commit(durable);
         Ok(more)
     }
 
@@ -144,6 +179,7 @@ impl Tailer {
                     path: follower.path().to_owned(),
                     open: position.is_some(),
                     offset: position.map(|p| p.offset),
+                    committed: self.store.position(follower.path()).map(|p| p.offset),
                     inode: position.map(|p| p.inode),
                 }
             })
@@ -153,7 +189,8 @@ impl Tailer {
 
 /// One line as a 2100 record: `path`, `offset`, `inode`, `line`, and the raw
 /// bytes as the body when they are not UTF-8.
-fn send_line(emitter: &Emitter, path: &Path, line: &Line<'_>) -> Result<(), PluginError> {
+/// Returns the record's number.
+fn send_line(emitter: &Emitter, path: &Path, line: &Line<'_>) -> Result<u64, PluginError> {
     let record = emitter
         .record(LINE)
         .field("path", path.display())

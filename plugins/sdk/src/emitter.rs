@@ -27,6 +27,8 @@ type Writer = Box<dyn Write + Send>;
 pub struct Emitter {
     /// `None` once the pipe broke: later sends fail fast instead of writing.
     writer: Arc<Mutex<Option<Writer>>>,
+    /// Records written so far (under the writer's lock, so in frame order).
+    records_sent: Arc<std::sync::atomic::AtomicU64>,
     shutdown: Shutdown,
     max_frame_length: usize,
 }
@@ -44,6 +46,7 @@ impl Emitter {
     pub(crate) fn new(writer: Writer, shutdown: Shutdown, max_frame_length: usize) -> Self {
         Self {
             writer: Arc::new(Mutex::new(Some(writer))),
+            records_sent: Arc::default(),
             shutdown,
             max_frame_length,
         }
@@ -60,31 +63,51 @@ impl Emitter {
         }
     }
 
-    /// Sends a complete record. A zero `timestamp_ms` is set to now; `source`
-    /// is left alone because the agent overwrites it with the plugin's name.
-    pub fn send_record(&self, mut record: Record) -> Result<(), PluginError> {
+    /// Sends a complete record and returns its number: 1 for this process's
+    /// first record, and so on (what [`Checkpoint::durable`] counts). A zero
+    /// `timestamp_ms` is set to now; `source` is left alone because the agent
+    /// overwrites it with the plugin's name.
+    ///
+    /// [`Checkpoint::durable`]: crate::Checkpoint::durable
+    pub fn send_record(&self, mut record: Record) -> Result<u64, PluginError> {
         if record.timestamp_ms == 0 {
             record.timestamp_ms = now_ms();
         }
-        self.send(&PluginMessage::from(record), "record")
+        let mut number = 0;
+        self.send(&PluginMessage::from(record), "record", || {
+            number = self
+                .records_sent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+        })?;
+        Ok(number)
     }
 
     /// Sends the answer to a task. [`Plugin::run`](crate::Plugin::run) does
     /// this for the handler's return value; call it directly only for tasks
     /// answered outside the handler.
     pub fn send_result(&self, result: TaskResult) -> Result<(), PluginError> {
-        self.send(&PluginMessage::from(result), "task result")
+        self.send(&PluginMessage::from(result), "task result", || {})
     }
 
-    fn send(&self, message: &PluginMessage, what: &'static str) -> Result<(), PluginError> {
+    /// Writes one frame; `written` runs under the lock once it is out.
+    fn send(
+        &self,
+        message: &PluginMessage,
+        what: &'static str,
+        written: impl FnOnce(),
+    ) -> Result<(), PluginError> {
         let mut slot = self.writer.lock().map_err(|_| PluginError::Poisoned)?;
         let Some(writer) = slot.as_mut() else {
             return Err(PluginError::Disconnected);
         };
-        let written = write_frame_with_max(writer, message, self.max_frame_length)
+        let result = write_frame_with_max(writer, message, self.max_frame_length)
             .and_then(|()| writer.flush().map_err(CodecError::Io));
-        match written {
-            Ok(()) => Ok(()),
+        match result {
+            Ok(()) => {
+                written();
+                Ok(())
+            }
             Err(CodecError::Io(error)) if error.kind() == io::ErrorKind::BrokenPipe => {
                 *slot = None;
                 self.shutdown.trigger();
@@ -139,8 +162,9 @@ impl RecordBuilder<'_> {
         self.record
     }
 
-    /// Writes the record to the agent.
-    pub fn send(self) -> Result<(), PluginError> {
+    /// Writes the record to the agent; returns its number (see
+    /// [`Emitter::send_record`]).
+    pub fn send(self) -> Result<u64, PluginError> {
         self.emitter.send_record(self.record)
     }
 }

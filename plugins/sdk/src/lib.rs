@@ -52,6 +52,7 @@
 //! a plugin binary as a child process and plays the agent, for integration
 //! tests.
 
+mod checkpoint;
 pub mod cli;
 mod emitter;
 mod error;
@@ -60,6 +61,7 @@ mod result;
 mod shutdown;
 pub mod testing;
 
+pub use checkpoint::Checkpoint;
 pub use emitter::{Emitter, RecordBuilder};
 pub use error::PluginError;
 pub use herd_codec::proto::{Record, Task, TaskResult, TaskStatus};
@@ -70,6 +72,7 @@ pub use shutdown::Shutdown;
 /// Everything a plugin usually needs: `use herd_plugin::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Emitter, Plugin, PluginError, Record, Shutdown, Task, TaskResult, TaskResultExt, TaskStatus,
+        Checkpoint, Emitter, Plugin, PluginError, Record, Shutdown, Task, TaskResult,
+        TaskResultExt, TaskStatus,
     };
 }

@@ -10,6 +10,7 @@ use herd_codec::DEFAULT_MAX_FRAME_LENGTH;
 use herd_codec::blocking::read_frame;
 use herd_codec::proto::{PluginCommand, Task, TaskResult, plugin_command};
 
+use crate::checkpoint::Checkpoint;
 use crate::emitter::Emitter;
 use crate::error::PluginError;
 use crate::shutdown::Shutdown;
@@ -74,6 +75,7 @@ fn non_empty_var(key: &str) -> Option<String> {
 pub struct Plugin {
     reader: Box<dyn Read + Send>,
     emitter: Emitter,
+    checkpoint: Checkpoint,
     shutdown: Shutdown,
     env: PluginEnv,
     max_frame_length: usize,
@@ -171,6 +173,7 @@ impl Plugin {
         Self {
             reader: Box::new(reader),
             emitter: Emitter::new(Box::new(writer), shutdown.clone(), DEFAULT_MAX_FRAME_LENGTH),
+            checkpoint: Checkpoint::default(),
             shutdown,
             env,
             max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
@@ -206,13 +209,20 @@ impl Plugin {
         self.emitter.clone()
     }
 
+    /// What the agent has made durable of the records sent; [`run`](Self::run)
+    /// keeps it up to date.
+    pub fn checkpoint(&self) -> Checkpoint {
+        self.checkpoint.clone()
+    }
+
     /// The signal [`run`](Self::run) triggers when it returns.
     pub fn shutdown(&self) -> Shutdown {
         self.shutdown.clone()
     }
 
     /// Reads tasks from the agent until stdin ends, answering each with
-    /// `handler`'s result (its `task_id` is filled in if left empty).
+    /// `handler`'s result (its `task_id` is filled in if left empty), and
+    /// moves the [`Checkpoint`] on at each `Durable` command.
     ///
     /// Returns `Ok(())` when stdin ends (the agent asks the plugin to exit) or
     /// stdout breaks (the agent is gone), and an error when a command frame is
@@ -227,13 +237,15 @@ impl Plugin {
         loop {
             let command: Option<PluginCommand> =
                 read_frame(&mut self.reader, self.max_frame_length).map_err(PluginError::Read)?;
-            let Some(PluginCommand {
-                kind: Some(plugin_command::Kind::Task(task)),
-            }) = command
-            else {
-                // `None`: end of stdin. A command without a kind is refused by
-                // the codec, so nothing else reaches this point.
-                return Ok(());
+            let task = match command.and_then(|command| command.kind) {
+                Some(plugin_command::Kind::Task(task)) => task,
+                Some(plugin_command::Kind::Durable(durable)) => {
+                    self.checkpoint.advance(durable.through);
+                    continue;
+                }
+                // End of stdin. A command without a kind is refused by the
+                // codec, so nothing else reaches this point.
+                None => return Ok(()),
             };
             let task_id = task.id.clone();
             let mut result = handler(task);

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use herd_codec::DEFAULT_MAX_FRAME_LENGTH;
 use herd_codec::blocking::{read_frame, write_frame};
-use herd_codec::proto::{PluginCommand, PluginMessage, Record, Task, TaskResult, plugin_message};
+use herd_codec::proto::{
+    Durable, PluginCommand, PluginMessage, Record, Task, TaskResult, plugin_message,
+};
 
 /// What went wrong while driving a plugin process.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,10 @@ pub struct Finished {
 
 /// A plugin running as a child process, driven like the agent drives it.
 ///
+/// Like an agent with an instant spool, it confirms every record as durable
+/// (a `Durable` command) as soon as it has read it, unless built
+/// [`without_acks`](Self::without_acks).
+///
 /// Dropping it kills and reaps the process, so a failing test leaves no
 /// zombie and no stray plugin behind.
 #[derive(Debug)]
@@ -80,6 +86,8 @@ pub struct PluginProcess {
     reader: Option<JoinHandle<()>>,
     records: VecDeque<Record>,
     results: VecDeque<TaskResult>,
+    records_received: u64,
+    acknowledge: bool,
 }
 
 impl PluginProcess {
@@ -122,7 +130,17 @@ impl PluginProcess {
             reader: Some(reader),
             records: VecDeque::new(),
             results: VecDeque::new(),
+            records_received: 0,
+            acknowledge: true,
         })
+    }
+
+    /// Never confirms records durable: like an agent whose spool never
+    /// syncs (to test what a plugin does without confirmations).
+    #[must_use]
+    pub fn without_acks(mut self) -> Self {
+        self.acknowledge = false;
+        self
     }
 
     /// The plugin's process id.
@@ -215,7 +233,20 @@ impl PluginProcess {
         match self.frames.recv_timeout(left) {
             Ok(Ok(message)) => {
                 match message.kind {
-                    Some(plugin_message::Kind::Record(record)) => self.records.push_back(record),
+                    Some(plugin_message::Kind::Record(record)) => {
+                        self.records.push_back(record);
+                        self.records_received += 1;
+                        if self.acknowledge
+                            && let Some(stdin) = self.stdin.as_mut()
+                        {
+                            let durable = PluginCommand::from(Durable {
+                                through: self.records_received,
+                            });
+                            // A plugin that is exiting may have closed its stdin.
+                            let _ = write_frame(stdin, &durable)
+                                .and_then(|()| stdin.flush().map_err(herd_codec::CodecError::Io));
+                        }
+                    }
                     Some(plugin_message::Kind::TaskResult(result)) => {
                         self.results.push_back(result);
                     }
