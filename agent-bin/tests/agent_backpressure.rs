@@ -1,7 +1,8 @@
-//! A plugin that writes as fast as it can is slowed to what the spool takes:
-//! when the spool is full (no hub acks, `when_full = "block"`) the agent stops
-//! reading the plugin's stdout, the plugin waits on its pipe, and agent memory
-//! stays bounded instead of growing with the plugin's output.
+//! A plugin that writes as fast as it can against a spool that fills up (the
+//! hub acks nothing): with `when_full = "block"` the agent stops reading the
+//! plugin's stdout, the plugin waits on its pipe, and agent memory stays
+//! bounded; with `"drop_oldest"` the oldest batches go and every one of them
+//! is counted.
 
 mod support;
 
@@ -83,5 +84,41 @@ async fn a_full_spool_slows_an_unthrottled_plugin_and_memory_stays_bounded() {
         spool_bytes(&state) <= max_disk,
         "the spool stays within its bound"
     );
+    assert!(agent.stop().await.success());
+}
+
+#[tokio::test]
+async fn drop_oldest_counts_every_dropped_batch_exactly() {
+    let mut hub = ScriptedHub::start().await;
+    hub.max_ack.store(0, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = write_plugin(dir.path());
+    let state = dir.path().to_owned();
+    let config = agent_toml(
+        hub.addr,
+        &state,
+        &plugin_toml("flood", &plugin, "flood", ""),
+    ) + "[batch]\nmax_bytes = 65536\n[spool]\nmax_disk_bytes = 1048576\n\
+           segment_bytes = 262144\nwhen_full = \"drop_oldest\"\n";
+    let agent = AgentProcess::start(dir.path(), &config);
+    // Nothing is acked: every batch ever cut is on disk or dropped.
+    let heartbeat = hub
+        .record("a heartbeat after drops", |r| {
+            r.data_type == 1000
+                && r.fields
+                    .get("agent.dropped_batches")
+                    .and_then(|d| d.parse::<u64>().ok())
+                    .is_some_and(|d| d > 0)
+        })
+        .await;
+    let field = |name: &str| -> u64 { heartbeat.fields[name].parse().unwrap() };
+    assert_eq!(
+        field("agent.last_seq"),
+        field("agent.dropped_batches") + field("agent.unacked_batches"),
+        "{:?}",
+        heartbeat.fields
+    );
+    assert!(field("agent.spool_disk_bytes") <= 1_048_576);
+    assert_eq!(heartbeat.fields["agent.plugin_isolation"], "process_group");
     assert!(agent.stop().await.success());
 }

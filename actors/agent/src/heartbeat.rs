@@ -218,6 +218,9 @@ impl HeartbeatReporter {
             "agent.oversized_records",
             stats.oversized_records.to_string(),
         );
+        // Plugins run as process-group leaders with a parent-death signal;
+        // cgroup isolation is not built yet.
+        put("agent.plugin_isolation", "process_group".to_owned());
         record(data_type::AGENT_HEARTBEAT, "agent", fields)
     }
 }
