@@ -33,15 +33,6 @@ fn written(state: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|kb| kb.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 #[tokio::test]
 async fn a_full_spool_slows_an_unthrottled_plugin_and_memory_stays_bounded() {
     let hub = ScriptedHub::start().await;
@@ -78,7 +69,7 @@ async fn a_full_spool_slows_an_unthrottled_plugin_and_memory_stays_bounded() {
         after - full_at < 5_000,
         "the plugin kept writing at full speed: {full_at} -> {after}"
     );
-    let rss = rss_bytes(agent.pid);
+    let rss = herd_tests::process::rss_bytes(agent.pid).expect("the agent runs");
     assert!(rss < 64 * 1024 * 1024, "agent RSS {rss} bytes");
     assert!(
         spool_bytes(&state) <= max_disk,

@@ -109,15 +109,9 @@ impl Report {
     }
 }
 
-/// Resident set size of this process in bytes (`VmRSS` from `/proc/self/status`).
+/// Resident set size of this process in bytes.
 fn rss_bytes() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kib * 1024.0
+    herd_tests::process::rss_bytes(std::process::id()).expect("VmRSS of this process") as f64
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

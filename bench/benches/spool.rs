@@ -237,15 +237,9 @@ fn cpu_seconds() -> (f64, f64) {
     (user + secs(usage.system_time()), user)
 }
 
-/// Resident set size of this process in bytes (`VmRSS` from `/proc/self/status`).
+/// Resident set size of this process in bytes.
 fn rss_bytes() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kib * 1024.0
+    herd_tests::process::rss_bytes(std::process::id()).expect("VmRSS of this process") as f64
 }
 
 /// Highest `VmRSS` seen since the start of a run.

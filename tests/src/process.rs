@@ -314,6 +314,17 @@ pub fn wait_gone(pids: &[u32], timeout: Duration) -> Result<(), E2eError> {
     }
 }
 
+/// Resident set size of process `pid` in bytes (`VmRSS` in `/proc/<pid>/status`),
+/// if it runs.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;

@@ -17,6 +17,8 @@ struct Shared {
     upstream: SocketAddr,
     accepting: AtomicBool,
     accepted: AtomicU64,
+    /// Connections being forwarded now.
+    live: AtomicU64,
     /// Bumped by `cut`: every connection opened before the bump closes.
     generation: watch::Sender<u64>,
 }
@@ -50,6 +52,7 @@ impl TcpProxy {
             upstream,
             accepting: AtomicBool::new(true),
             accepted: AtomicU64::new(0),
+            live: AtomicU64::new(0),
             generation: watch::Sender::new(0),
         });
         let accept_task = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -87,6 +90,11 @@ impl TcpProxy {
     pub fn accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::SeqCst)
     }
+
+    /// Connections open through the proxy right now (to the upstream too).
+    pub fn live(&self) -> u64 {
+        self.shared.live.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for TcpProxy {
@@ -109,7 +117,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 }
                 shared.accepted.fetch_add(1, Ordering::SeqCst);
                 let generation = shared.generation.subscribe();
-                connections.spawn(forward(client, shared.upstream, generation));
+                connections.spawn(forward(client, shared.clone(), generation));
             }
             // Reap finished connection tasks so the set stays small.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -117,21 +125,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn forward(
-    mut client: TcpStream,
-    upstream: SocketAddr,
-    mut generation: watch::Receiver<u64>,
-) {
+async fn forward(mut client: TcpStream, shared: Arc<Shared>, mut generation: watch::Receiver<u64>) {
     generation.mark_unchanged();
-    let Ok(mut server) = TcpStream::connect(upstream).await else {
+    let Ok(mut server) = TcpStream::connect(shared.upstream).await else {
         // Upstream down: the client sees its connection close, as it would
         // with a hub that is not there.
         return;
     };
+    shared.live.fetch_add(1, Ordering::SeqCst);
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
         _ = generation.changed() => {}
     }
+    shared.live.fetch_sub(1, Ordering::SeqCst);
 }
 
 #[cfg(test)]

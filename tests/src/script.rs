@@ -370,7 +370,21 @@ impl ScriptedHub {
     }
 
     async fn bind_with(addr: SocketAddr, assign_id: &str, redirect: Vec<String>) -> Self {
-        let listener = TcpListener::bind(addr).await.expect("bind the test hub");
+        // Re-binding a port another test's outgoing connection happens to hold
+        // for a moment fails with AddrInUse: retry, bounded.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("bind the test hub on {addr}: {error}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let (events_tx, events) = mpsc::unbounded_channel();
         let commands = Arc::new(Mutex::new(None));

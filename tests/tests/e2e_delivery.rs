@@ -222,6 +222,12 @@ async fn e2e_connection_cut_mid_stream_resends_what_was_unacked() {
         // reconnect at once, possibly while the hub still holds the old
         // session of their id (the takeover path).
         for _ in 0..3 {
+            // Every agent connected through the proxy, so the cut hits each
+            // one (an agent still in its backoff would not be cut).
+            wait_until("every agent connected through the proxy", || {
+                deployment.proxy.live() >= AGENTS as u64
+            })
+            .await?;
             let accepted = deployment.proxy.accepted();
             deployment.proxy.cut();
             wait_until("every agent reconnected after the cut", || {
