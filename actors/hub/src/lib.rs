@@ -14,6 +14,7 @@
 //! ├── batcher      TaskBatcher: task results -> herd.task.results
 //! ├── router       CommandRouter: herd.cmd.<id> request/reply
 //! ├── configs      ConfigWatcher: KV herd_config -> Welcome / Command{config}
+//! ├── stream       DataStream (ack_mode = "jetstream"): keeps HERD_DATA in place
 //! └── ...          the embedder's own children (Hub::supervisor().start_child)
 //! admin HTTP              /metrics /healthz /agents
 //! ```
