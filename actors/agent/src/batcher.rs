@@ -275,8 +275,7 @@ impl Actor for Batcher {
                 "batches the spool refused are lost with this stop"
             );
         }
-        // Closing gives back the seqs reserved but not used, so the next run
-        // goes on without a gap.
+        // Closing syncs what is left and records the exact next seq.
         if let Some(spool) = self.spool.take()
             && let Err(error) = spool.close()
         {

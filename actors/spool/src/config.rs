@@ -71,7 +71,8 @@ pub struct SpoolConfig {
     /// What to do when a record does not fit under `max_disk_bytes`.
     pub when_full: WhenFull,
     /// How many seqs are reserved in the ledger at once (one ledger write per this many
-    /// appends). A crash skips at most this many seqs. Not read from config files: it is
+    /// appends); only damage inside durable data makes a reopen skip the rest of a
+    /// reservation. Not read from config files: it is
     /// a tuning knob for tests and benchmarks.
     #[serde(skip)]
     pub seq_reservation: u64,

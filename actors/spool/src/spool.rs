@@ -631,7 +631,7 @@ impl Spool {
     }
 
     /// Syncs everything and records the exact next seq in the ledger (giving back the
-    /// unused part of the reservation), so that a reopen skips no seq.
+    /// unused part of the reservation).
     pub fn close(mut self) -> Result<(), SpoolError> {
         self.sync()?;
         if self.ledger.next_seq != self.next_seq {
