@@ -24,7 +24,7 @@ use crate::messages::{
     Unregister,
 };
 use crate::metrics::HubMetrics;
-use crate::sink::{AgentIdentity, BatchPublisher, LossEvent, LossKind};
+use crate::sink::{AgentIdentity, BatchPublisher, LossKind};
 use herd_supervision::io::{FrameSender, FrameWriter, TrySendError};
 
 /// One frame read from the socket with the in-flight permit taken before it
@@ -428,19 +428,8 @@ async fn publish_in_order(
         } else if seq > last_acked + 1 {
             let missing = seq - last_acked - 1;
             metrics.gap_batches.inc_by(missing);
-            let identity = publisher.identity();
             publisher
-                .report_loss(LossEvent {
-                    agent_id: identity.agent_id.clone(),
-                    hub_id: identity.hub_id.clone(),
-                    kind: LossKind::SeqGap,
-                    from_seq: last_acked + 1,
-                    to_seq: seq - 1,
-                    records: 0,
-                    index: None,
-                    bytes: None,
-                    at_ms: crate::sink::now_ms(),
-                })
+                .report_loss(publisher.loss(LossKind::SeqGap, last_acked + 1, seq - 1))
                 .await;
         }
         publisher.publish(batch).await;

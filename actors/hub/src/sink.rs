@@ -6,13 +6,13 @@
 //! funnelling all of them through one mailbox would serialise the whole hub
 //! on one thread. The client itself is shared by async-nats' design.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use herd_codec::proto::{Batch, Envelope, Hello};
+use herd_codec::proto::{Batch, Envelope, Hello, Record};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -168,6 +168,7 @@ impl NatsLink {
             mode,
             timeout,
             metrics,
+            max_payload: OnceLock::new(),
         }
     }
 
@@ -185,8 +186,7 @@ impl NatsLink {
         );
         let seq = batch.seq;
         let mut messages = identity.envelopes(&publisher.subjects, batch);
-        let max_payload = self.client.server_info().max_payload;
-        if max_payload > 0 {
+        if let Some(max_payload) = publisher.max_payload() {
             let mut index = 0u32;
             let mut refused = Vec::new();
             messages.retain(|message| {
@@ -201,15 +201,10 @@ impl NatsLink {
                 metrics.oversize_records.inc();
                 publisher
                     .report_loss(LossEvent {
-                        agent_id: identity.agent_id.clone(),
-                        hub_id: identity.hub_id.clone(),
-                        kind: LossKind::Oversize,
-                        from_seq: seq,
-                        to_seq: seq,
                         records: 1,
                         index: Some(index),
                         bytes: Some(bytes as u64),
-                        at_ms: now_ms(),
+                        ..publisher.loss(LossKind::Oversize, seq, seq)
                     })
                     .await;
             }
@@ -346,6 +341,8 @@ pub(crate) struct BatchPublisher {
     mode: AckMode,
     timeout: Duration,
     metrics: HubMetrics,
+    /// The server's `max_payload`, once known (it does not change).
+    max_payload: OnceLock<usize>,
 }
 
 impl BatchPublisher {
@@ -369,16 +366,36 @@ impl BatchPublisher {
         }
     }
 
-    /// The agent this publisher serves.
-    pub(crate) fn identity(&self) -> &AgentIdentity {
-        &self.identity
+    /// A loss event of this agent, now, with nothing known about its records.
+    pub(crate) fn loss(&self, kind: LossKind, from_seq: u64, to_seq: u64) -> LossEvent {
+        LossEvent {
+            agent_id: self.identity.agent_id.clone(),
+            hub_id: self.identity.hub_id.clone(),
+            kind,
+            from_seq,
+            to_seq,
+            records: 0,
+            index: None,
+            bytes: None,
+            at_ms: now_ms(),
+        }
+    }
+
+    /// The server's `max_payload`; `None` until the client has heard it.
+    /// Read from the client once, not per batch.
+    fn max_payload(&self) -> Option<usize> {
+        if let Some(known) = self.max_payload.get() {
+            return Some(*known);
+        }
+        let max_payload = self.link.client.server_info().max_payload;
+        (max_payload > 0).then(|| *self.max_payload.get_or_init(|| max_payload))
     }
 
     /// The largest record NATS takes from this agent: `max_payload` minus
     /// its envelope; `None` while the server's limit is not known.
     pub(crate) fn max_record_bytes(&self) -> Option<usize> {
-        let max_payload = self.link.client.server_info().max_payload;
-        (max_payload > 0).then(|| max_payload.saturating_sub(self.identity.envelope_overhead()))
+        self.max_payload()
+            .map(|max_payload| max_payload.saturating_sub(self.identity.envelope_overhead()))
     }
 }
 
@@ -441,20 +458,32 @@ impl AgentIdentity {
     /// Bytes an envelope adds around a record, with room for the largest
     /// seq, index and timestamp.
     fn envelope_overhead(&self) -> usize {
-        let envelope = Envelope {
+        // The record's field tag and length prefix (at most 1 + 5 bytes).
+        self.envelope(i64::MAX, u64::MAX, u32::MAX, None)
+            .encoded_len()
+            + 6
+    }
+
+    /// This agent's envelope around `record`.
+    fn envelope(
+        &self,
+        received_at_ms: i64,
+        seq: u64,
+        index: u32,
+        record: Option<Record>,
+    ) -> Envelope {
+        Envelope {
             agent_id: self.agent_id.clone(),
             hostname: self.hostname.clone(),
             intranet_ipv4: self.intranet_ipv4.clone(),
             intranet_ipv6: self.intranet_ipv6.clone(),
             agent_version: self.agent_version.clone(),
-            received_at_ms: i64::MAX,
-            seq: u64::MAX,
-            index: u32::MAX,
-            record: None,
+            received_at_ms,
+            seq,
+            index,
+            record,
             hub_id: self.hub_id.clone(),
-        };
-        // The record's field tag and length prefix (at most 1 + 5 bytes).
-        envelope.encoded_len() + 6
+        }
     }
 
     fn envelopes(&self, subjects: &Subjects, batch: Batch) -> Vec<OutMessage> {
@@ -470,19 +499,9 @@ impl AgentIdentity {
                 headers.insert(HEADER_SEQ, seq.to_string());
                 headers.insert(HEADER_MSG_ID, format!("{}{seq}.{index}", subjects.msg_id));
                 let subject = format!("{}{}", subjects.data, record.data_type);
-                let envelope = Envelope {
-                    agent_id: self.agent_id.clone(),
-                    hostname: self.hostname.clone(),
-                    intranet_ipv4: self.intranet_ipv4.clone(),
-                    intranet_ipv6: self.intranet_ipv6.clone(),
-                    agent_version: self.agent_version.clone(),
-                    received_at_ms,
-                    seq,
-                    // A batch has far fewer than 2^32 records: the frame cap bounds it.
-                    index: u32::try_from(index).unwrap_or(u32::MAX),
-                    record: Some(record),
-                    hub_id: self.hub_id.clone(),
-                };
+                // A batch has far fewer than 2^32 records: the frame cap bounds it.
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                let envelope = self.envelope(received_at_ms, seq, index, Some(record));
                 OutMessage {
                     subject,
                     headers,
