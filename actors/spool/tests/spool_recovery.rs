@@ -2,35 +2,13 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use herd_spool::{FrameProblem, LedgerStatus, Spool, SpoolConfig, SpoolError, verify};
+use herd_spool::{FrameProblem, LedgerStatus, Spool, SpoolError, verify};
 
-const FRAME: u64 = 124; // 24-byte header + 100-byte payload
+mod common;
 
-fn small() -> SpoolConfig {
-    SpoolConfig {
-        segment_bytes: 1024,
-        max_disk_bytes: 1024 * 1024,
-        ..SpoolConfig::default()
-    }
-}
-
-fn payload(i: u64) -> Vec<u8> {
-    let mut p = format!("record {i:06} ").into_bytes();
-    p.resize(100, b'.');
-    p
-}
-
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .expect("read spool dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    files.sort();
-    files
-}
+use common::{FRAME, payload, segment_files, small};
 
 /// A spool holding seqs 1..=n, synced, then dropped.
 fn spool_with(dir: &Path, n: u64) {

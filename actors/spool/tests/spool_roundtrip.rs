@@ -1,34 +1,12 @@
 //! Append, sync, read, ack and reopen on real files.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use herd_spool::{Spool, SpoolConfig, SpoolError};
 
-/// 1 KiB segments: a 100-byte payload is a 124-byte frame, 8 to a segment.
-fn small() -> SpoolConfig {
-    SpoolConfig {
-        segment_bytes: 1024,
-        max_disk_bytes: 1024 * 1024,
-        ..SpoolConfig::default()
-    }
-}
+mod common;
 
-fn payload(i: u64) -> Vec<u8> {
-    let mut p = format!("record {i:06} ").into_bytes();
-    p.resize(100, b'.');
-    p
-}
-
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read spool dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    files.sort();
-    files
-}
+use common::{payload, segment_files, small};
 
 fn append_n(spool: &mut Spool, n: u64) -> Vec<u64> {
     (0..n)
