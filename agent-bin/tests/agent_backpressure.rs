@@ -9,7 +9,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{AgentProcess, ScriptedHub, WAIT, agent_toml, plugin_toml, write_plugin};
+use herd_tests::script::poll_until;
+use support::{AgentProcess, ScriptedHub, agent_toml, plugin_toml, write_plugin};
 
 /// Bytes of the agent's segment files.
 fn spool_bytes(state: &Path) -> u64 {
@@ -53,13 +54,10 @@ async fn a_full_spool_slows_an_unthrottled_plugin_and_memory_stays_bounded() {
     let agent = AgentProcess::start(dir.path(), &config);
 
     // There is no event for "the disk is full"; poll it, bounded.
-    tokio::time::timeout(WAIT, async {
-        while spool_bytes(&state) < max_disk - 262_144 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    poll_until("the spool filling up", || {
+        spool_bytes(&state) >= max_disk - 262_144
     })
-    .await
-    .expect("the spool fills up");
+    .await;
     let full_at = written(&state);
     // A measurement window, not a synchronization: unthrottled, the plugin
     // writes tens of thousands of records per second.

@@ -6,9 +6,9 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use support::{AgentProcess, ScriptedHub, WAIT, agent_toml, alive};
+use herd_tests::script::poll_until;
+use support::{AgentProcess, ScriptedHub, agent_toml, alive};
 
 /// A plugin that ignores stdin, starts a grandchild in its process group and
 /// writes both pids to its state directory.
@@ -34,24 +34,12 @@ fn config(hub: &ScriptedHub, dir: &Path, plugin: &Path) -> String {
     agent_toml(hub.addr, &dir.join("state"), &plugins)
 }
 
-/// Polls (bounded by [`WAIT`]) until `done` holds; there is no event for a
-/// process appearing or vanishing.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"));
-}
-
 /// The `(plugin, grandchild)` pids the plugin wrote, once a fresh file with a
 /// plugin pid other than `old` is there.
 async fn pids(dir: &Path, old: Option<u32>) -> (u32, u32) {
     let file = dir.join("state/plugins/forker/pids");
     let mut found = None;
-    eventually("the plugin's pids", || {
+    poll_until("the plugin's pids", || {
         let parsed = std::fs::read_to_string(&file).ok().and_then(|text| {
             let mut pids = text.split_whitespace().map(|p| p.parse::<u32>().ok());
             Some((pids.next()??, pids.next()??))
@@ -73,7 +61,7 @@ async fn an_orderly_stop_kills_the_plugins_whole_process_group() {
     assert!(alive(plugin_pid) && alive(grandchild));
     assert!(agent.stop().await.success());
     assert!(!alive(plugin_pid), "the plugin survived the agent's stop");
-    eventually("the grandchild's end", || !alive(grandchild)).await;
+    poll_until("the grandchild's end", || !alive(grandchild)).await;
 }
 
 #[tokio::test]
@@ -86,16 +74,16 @@ async fn after_a_kill_9_the_plugin_dies_and_the_next_agent_clears_its_group() {
     let (plugin_pid, grandchild) = pids(dir.path(), None).await;
     agent.sigkill();
     agent.exit_status().await;
-    eventually("the plugin's parent-death signal", || !alive(plugin_pid)).await;
+    poll_until("the plugin's parent-death signal", || !alive(plugin_pid)).await;
 
     // The grandchild is not the agent's child; the next agent finds its group
     // recorded and clears it before it starts the plugin again.
     let agent = AgentProcess::start(dir.path(), &config);
     let (new_plugin, new_grandchild) = pids(dir.path(), Some(plugin_pid)).await;
-    eventually("the old grandchild's end", || !alive(grandchild)).await;
+    poll_until("the old grandchild's end", || !alive(grandchild)).await;
     assert!(alive(new_plugin) && alive(new_grandchild));
     assert!(agent.stop().await.success());
-    eventually("the new group's end", || {
+    poll_until("the new group's end", || {
         !alive(new_plugin) && !alive(new_grandchild)
     })
     .await;

@@ -33,6 +33,18 @@ pub async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output 
         .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"))
 }
 
+/// Polls `condition` every 20 ms until it holds, failing the test after
+/// [`WAIT`]; for state that announces no event (a process appearing in
+/// /proc, a file a plugin rewrites, bytes on disk).
+pub async fn poll_until(what: &str, mut condition: impl FnMut() -> bool) {
+    within(what, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// Why a scripted exchange failed (the fallible methods, for the bench).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

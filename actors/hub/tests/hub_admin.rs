@@ -227,12 +227,13 @@ fn nats_server_pid(store: &std::path::Path) -> Option<i32> {
 /// Waits for a `nats-server` process on `store` other than `old`; a process
 /// shows up in /proc only once it has exec'd, so this polls.
 async fn server_process(store: &std::path::Path, old: Option<i32>) -> i32 {
-    loop {
-        match nats_server_pid(store) {
-            Some(pid) if Some(pid) != old => return pid,
-            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-        }
-    }
+    let mut found = None;
+    herd_tests::script::poll_until("the nats-server process", || {
+        found = nats_server_pid(store).filter(|pid| Some(*pid) != old);
+        found.is_some()
+    })
+    .await;
+    found.expect("checked above")
 }
 
 #[actix::test]
@@ -240,7 +241,7 @@ async fn a_killed_embedded_nats_server_is_restarted_by_the_tree_on_the_same_port
     let (state, hub) = hub_with_embedded_nats().await;
     let url = hub.nats().url().to_owned();
     let store = state.path().join("nats");
-    let first = within("the server process", server_process(&store, None)).await;
+    let first = server_process(&store, None).await;
     let mut events = hub.supervisor().subscribe();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(first),
@@ -265,11 +266,7 @@ async fn a_killed_embedded_nats_server_is_restarted_by_the_tree_on_the_same_port
         hub.supervisor().stats().get("hub/tracker").unwrap().starts,
         1
     );
-    let second = within(
-        "the new server process",
-        server_process(&store, Some(first)),
-    )
-    .await;
+    let second = server_process(&store, Some(first)).await;
     assert_ne!(first, second);
     assert_eq!(hub.nats().url(), url, "same port after the restart");
     // The hub acks again once its client is back on the restarted server.
