@@ -26,12 +26,7 @@ async fn hub_outage_buffers_reconnects_and_resends_everything() {
     // Only the first batch is acked before the outage.
     hub.max_ack.store(1, std::sync::atomic::Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let plugin = write_plugin(dir.path());
-    let config = agent_toml(
-        addr,
-        dir.path(),
-        &plugin_toml("counter", &plugin, "stream", ""),
-    );
+    let config = one_plugin_config(addr, dir.path(), "counter", "stream");
     let agent = AgentProcess::start(dir.path(), &config);
 
     let first_hello = hub.hello().await;
@@ -97,12 +92,7 @@ async fn unacked_batches_survive_a_sigterm_while_the_hub_is_down() {
     let addr = hub.addr;
     hub.max_ack.store(1, std::sync::atomic::Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let plugin = write_plugin(dir.path());
-    let config = agent_toml(
-        addr,
-        dir.path(),
-        &plugin_toml("counter", &plugin, "stream", ""),
-    );
+    let config = one_plugin_config(addr, dir.path(), "counter", "stream");
     let agent = AgentProcess::start(dir.path(), &config);
     let mut acked = BTreeSet::new();
     let mut seen_max = 0;
@@ -173,12 +163,7 @@ async fn a_corrupt_spool_tail_is_reported_by_verify_then_cut_and_counted_at_star
     let mut hub = ScriptedHub::start().await;
     hub.max_ack.store(0, std::sync::atomic::Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let plugin = write_plugin(dir.path());
-    let config = agent_toml(
-        hub.addr,
-        dir.path(),
-        &plugin_toml("counter", &plugin, "stream", ""),
-    );
+    let config = one_plugin_config(hub.addr, dir.path(), "counter", "stream");
     let agent = AgentProcess::start(dir.path(), &config);
     while hub.batch().await.seq < 3 {}
     assert!(agent.stop().await.success());
@@ -223,12 +208,7 @@ async fn a_plugin_is_told_which_of_its_records_are_durable() {
     // Durable means in the spool, not acked: the hub acks nothing here.
     hub.max_ack.store(0, std::sync::atomic::Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let plugin = write_plugin(dir.path());
-    let config = agent_toml(
-        hub.addr,
-        dir.path(),
-        &plugin_toml("checker", &plugin, "checkpoint", ""),
-    );
+    let config = one_plugin_config(hub.addr, dir.path(), "checker", "checkpoint");
     let agent = AgentProcess::start(dir.path(), &config);
     let durable_file = dir.path().join("plugins/checker/durable");
     // The start record and 50 more: 51 records in the plugin's numbering.
@@ -304,12 +284,7 @@ async fn id_and_seq_survive_restarts_and_sigterm_exits_cleanly() {
 async fn shutdown_task_stops_plugins_flushes_and_exits_zero() {
     let mut hub = ScriptedHub::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let plugin = write_plugin(dir.path());
-    let config = agent_toml(
-        hub.addr,
-        dir.path(),
-        &plugin_toml("worker", &plugin, "serve", ""),
-    );
+    let config = one_plugin_config(hub.addr, dir.path(), "worker", "serve");
     let mut agent = AgentProcess::start(dir.path(), &config);
     let start = hub.record("worker starts", |r| is_start(r, "worker")).await;
     let plugin_pid: u32 = start.fields["pid"].parse().unwrap();

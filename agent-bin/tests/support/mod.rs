@@ -29,6 +29,13 @@ pub fn plugin_toml(name: &str, path: &Path, mode: &str, extra: &str) -> String {
     )
 }
 
+/// An agent configuration with one test plugin `name` in `mode`, the
+/// plugin script written into `dir`, which is also the state directory.
+pub fn one_plugin_config(hub: SocketAddr, dir: &Path, name: &str, mode: &str) -> String {
+    let plugin = write_plugin(dir);
+    agent_toml(hub, dir, &plugin_toml(name, &plugin, mode, ""))
+}
+
 /// An agent configuration for tests: fast heartbeats and reconnects.
 pub fn agent_toml(hub: SocketAddr, state_dir: &Path, plugins: &str) -> String {
     format!(
