@@ -31,6 +31,20 @@ pub trait WireMessage: prost::Message + Default {
     }
 }
 
+/// What a [`FrameCodec`] decodes a frame body into. Every [`WireMessage`]
+/// is one (decoded by prost); [`crate::AgentFrame`] is the hub's forwarding
+/// view of an agent frame.
+pub trait FrameBody: Sized {
+    /// Decodes one complete frame body.
+    fn decode_frame(body: Bytes) -> Result<Self, CodecError>;
+}
+
+impl<M: WireMessage> FrameBody for M {
+    fn decode_frame(body: Bytes) -> Result<Self, CodecError> {
+        decode_body(body)
+    }
+}
+
 /// Refuses a frame length above `max` (and above what the 4-byte header can
 /// express).
 pub(crate) fn check_length(length: u64, max: usize) -> Result<(), CodecError> {
@@ -274,6 +288,10 @@ pub struct FrameCodec<D, E> {
 
 /// The hub's end of an agent connection: reads [`AgentMessage`], writes [`HubMessage`].
 pub type HubCodec = FrameCodec<AgentMessage, HubMessage>;
+/// The hub's end of an agent connection on its forwarding path: reads
+/// [`crate::AgentFrame`] (batches with their records left encoded), writes
+/// [`HubMessage`].
+pub type HubForwardCodec = FrameCodec<crate::AgentFrame, HubMessage>;
 /// The agent's end of its hub connection: reads [`HubMessage`], writes [`AgentMessage`].
 pub type AgentCodec = FrameCodec<HubMessage, AgentMessage>;
 /// The agent's end of a plugin's pipes: reads [`PluginMessage`] from the
@@ -341,7 +359,7 @@ impl<D, E> fmt::Debug for FrameCodec<D, E> {
     }
 }
 
-impl<D: WireMessage, E> Decoder for FrameCodec<D, E> {
+impl<D: FrameBody, E> Decoder for FrameCodec<D, E> {
     type Item = D;
     type Error = CodecError;
 
@@ -358,7 +376,7 @@ impl<D: WireMessage, E> Decoder for FrameCodec<D, E> {
         match self.inner.decode(src)? {
             Some(body) => {
                 self.pending_body = None;
-                decode_body(body.freeze()).map(Some)
+                D::decode_frame(body.freeze()).map(Some)
             }
             None => {
                 if let Some(length) = new_header {

@@ -11,6 +11,9 @@
 //!   wrapper converts into it with `From`, e.g. `AgentMessage::from(batch)`.
 //! - [`FrameCodec`] (aliases [`HubCodec`], [`AgentCodec`], [`PluginHostCodec`],
 //!   [`PluginCodec`]): a `tokio_util` codec for `Framed*` streams.
+//! - [`AgentFrame`], [`HubForwardCodec`], [`EnvelopeIdentity`]: the hub's
+//!   forwarding path, which reads a batch's records without decoding them and
+//!   builds each envelope around the record's own bytes.
 //! - [`blocking`]: the same frames over `std::io`.
 //! - [`CodecError`]: what went wrong, with the numbers.
 //! - [`PROTOCOL_VERSION`], [`DEFAULT_MAX_FRAME_LENGTH`], [`data_type`],
@@ -26,6 +29,7 @@
 pub mod blocking;
 mod constants;
 mod error;
+mod forward;
 mod frame;
 mod messages;
 
@@ -41,7 +45,8 @@ pub use constants::{
     validate_agent_id, validate_name,
 };
 pub use error::{AgentIdError, CodecError, NameError};
+pub use forward::{AgentFrame, EnvelopeIdentity, RawBatch, RawRecord};
 pub use frame::{
-    AgentCodec, BatchRecords, Encoded, FrameCodec, HubCodec, PluginCodec, PluginHostCodec,
-    WireMessage,
+    AgentCodec, BatchRecords, Encoded, FrameBody, FrameCodec, HubCodec, HubForwardCodec,
+    PluginCodec, PluginHostCodec, WireMessage,
 };

@@ -114,10 +114,11 @@ impl AgentTally {
 pub struct Tally {
     /// Messages read from the stream.
     pub messages: u64,
-    /// Messages whose `Nats-Msg-Id` had been read before (the stream's
-    /// de-duplication window should make this 0).
+    /// Messages whose record (agent id, seq, index) had been read before
+    /// (the stream's de-duplication by `Nats-Msg-Id` should make this 0).
     pub duplicate_ids: u64,
-    /// Messages that were not a decodable envelope with the expected headers.
+    /// Messages that were not a decodable envelope, or whose `Nats-Msg-Id`
+    /// names another record.
     pub malformed: u64,
     /// Per agent id.
     pub agents: BTreeMap<String, AgentTally>,
@@ -127,16 +128,21 @@ pub struct Tally {
 impl Tally {
     fn add(&mut self, message: &async_nats::Message) {
         self.messages += 1;
-        let msg_id = message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(HEADER_MSG_ID))
-            .map(|id| id.as_str().to_owned());
-        let (Some(msg_id), Ok(envelope)) = (msg_id, Envelope::decode(message.payload.clone()))
-        else {
+        let Ok(envelope) = Envelope::decode(message.payload.clone()) else {
             self.malformed += 1;
             return;
         };
+        // The record's identity is in the envelope; a `Nats-Msg-Id` (set in
+        // JetStream mode) must name the same record.
+        let msg_id = format!("{}.{}.{}", envelope.agent_id, envelope.seq, envelope.index);
+        let header = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(HEADER_MSG_ID));
+        if header.is_some_and(|header| header.as_str() != msg_id) {
+            self.malformed += 1;
+            return;
+        }
         if !self.ids.insert(msg_id) {
             self.duplicate_ids += 1;
             return;

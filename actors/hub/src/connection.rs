@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use herd_codec::proto::agent_message::Kind;
-use herd_codec::proto::{
-    Ack, AgentMessage, Batch, CloseReason, ConfigSet, Goodbye, Hello, HubMessage, Ping, Welcome,
+use herd_codec::proto::{Ack, CloseReason, ConfigSet, Goodbye, Hello, HubMessage, Ping, Welcome};
+use herd_codec::{
+    AgentFrame, CodecError, Encoded, HubForwardCodec, PROTOCOL_VERSION, RawBatch, data_type,
+    validate_agent_id,
 };
-use herd_codec::{CodecError, HubCodec, PROTOCOL_VERSION, data_type, validate_agent_id};
 use prost::Message as _;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
@@ -29,13 +31,19 @@ use herd_supervision::io::{FrameSender, FrameWriter, TrySendError};
 
 /// One frame read from the socket with the in-flight permit taken before it
 /// was read: reading stops while every permit is out.
-type Gated = (Result<AgentMessage, CodecError>, OwnedSemaphorePermit);
+type Gated = (Result<AgentFrame, CodecError>, OwnedSemaphorePermit);
+
+/// The first capacity of a connection's read buffer; it grows to the
+/// largest frame in flight.
+const INITIAL_READ_BUFFER: usize = 512;
+/// The first capacity of a connection's encode buffer.
+const INITIAL_WRITE_BUFFER: usize = 256;
 
 /// A batch on its way to NATS, holding one in-flight permit until acked.
 #[derive(Debug)]
 struct InFlight {
-    batch: Batch,
-    _permit: OwnedSemaphorePermit,
+    batch: RawBatch,
+    permit: OwnedSemaphorePermit,
 }
 
 #[derive(Debug)]
@@ -45,10 +53,31 @@ enum Phase {
     Registering,
     Ready {
         identity: AgentIdentity,
-        /// `None` once shutdown stopped taking batches.
-        publisher: Option<mpsc::UnboundedSender<InFlight>>,
-        publisher_task: tokio::task::JoinHandle<()>,
+        publishing: Publishing,
     },
+}
+
+/// The ordered publisher of a connection's batches, started by the first
+/// batch: an agent that only holds its connection open costs no publisher.
+#[derive(Debug)]
+enum Publishing {
+    /// No batch yet; `resume_after` is the last seq the agent knows acked.
+    NotStarted { resume_after: u64 },
+    Running {
+        batches: mpsc::UnboundedSender<InFlight>,
+        task: tokio::task::JoinHandle<()>,
+    },
+    /// Shutting down: batches are no longer taken (the agent re-sends them
+    /// to the next hub).
+    Stopped,
+}
+
+impl Publishing {
+    fn abort(&self) {
+        if let Self::Running { task, .. } = self {
+            task.abort();
+        }
+    }
 }
 
 /// The actor owning one agent's TCP connection.
@@ -65,7 +94,7 @@ pub(crate) struct Connection {
     conn_id: u64,
     peer: SocketAddr,
     socket: Option<std::net::TcpStream>,
-    writer: Option<FrameWriter<HubMessage>>,
+    writer: Option<FrameWriter<Encoded<HubMessage>>>,
     permits: Arc<Semaphore>,
     phase: Phase,
     last_heard: Instant,
@@ -110,7 +139,8 @@ impl Connection {
     /// this actor rather than being dropped.
     fn send_frame(&self, ctx: &mut Context<Self>, frame: HubMessage) {
         let Some(writer) = &self.writer else { return };
-        if let Err(TrySendError::Full(frame)) = writer.try_send(frame) {
+        // Encoded here, so the queue holds bytes rather than message trees.
+        if let Err(TrySendError::Full(frame)) = writer.try_send(Encoded::new(&frame)) {
             let sender = writer.sender();
             ctx.spawn(
                 async move {
@@ -236,6 +266,14 @@ impl Connection {
         );
     }
 
+    fn not_hello(&mut self, ctx: &mut Context<Self>, name: &str) {
+        self.refuse(
+            ctx,
+            "not_hello",
+            format!("the first frame must be Hello, got {name}"),
+        );
+    }
+
     fn token_ok(&self, token: &str) -> bool {
         let tokens = &self.services.config.tokens;
         // Every token is compared, in constant time each, so timing tells
@@ -263,12 +301,6 @@ impl Connection {
         services.metrics.handshake("ok");
         services.metrics.connections.inc();
         tracing::info!(peer = %self.peer, agent_id = %identity.agent_id, "agent connected");
-        let batch_publisher = services.link.publisher(
-            identity.clone(),
-            services.config.ack_mode,
-            services.config.publish_timeout(),
-            services.metrics.clone(),
-        );
         let clamp = |value: usize| u32::try_from(value).unwrap_or(u32::MAX);
         let welcome = Welcome {
             ok: true,
@@ -278,24 +310,15 @@ impl Connection {
             hub_id: services.hub_id.to_string(),
             redirect: Vec::new(),
             message: String::new(),
-            max_record_bytes: batch_publisher.max_record_bytes().map_or(0, clamp),
+            max_record_bytes: services.link.max_record_bytes(&identity).map_or(0, clamp),
             max_frame_bytes: clamp(services.config.max_frame_length),
             ping_interval_ms: u32::try_from(services.config.ping_interval_ms).unwrap_or(u32::MAX),
             ping_misses: services.config.ping_misses,
         };
         self.send_frame(ctx, welcome.into());
-        let (publisher, batches) = mpsc::unbounded_channel();
-        let publisher_task = actix::spawn(publish_in_order(
-            batches,
-            batch_publisher,
-            services.metrics.clone(),
-            self.writer.as_ref().map(FrameWriter::sender),
-            resume_after,
-        ));
         self.phase = Phase::Ready {
             identity,
-            publisher: Some(publisher),
-            publisher_task,
+            publishing: Publishing::NotStarted { resume_after },
         };
         self.last_heard = Instant::now();
         ctx.run_interval(services.config.ping_interval(), Self::check_liveness);
@@ -328,55 +351,86 @@ impl Connection {
         self.send_frame(ctx, Ping { nonce: self.nonce }.into());
     }
 
-    fn on_ready_message(
-        &mut self,
-        ctx: &mut Context<Self>,
-        kind: Kind,
-        permit: OwnedSemaphorePermit,
-    ) {
-        let Phase::Ready {
-            identity,
-            publisher,
-            ..
-        } = &self.phase
-        else {
+    fn on_batch(&mut self, ctx: &mut Context<Self>, batch: RawBatch, permit: OwnedSemaphorePermit) {
+        let Phase::Ready { identity, .. } = &self.phase else {
             return;
         };
-        match kind {
-            Kind::Batch(batch) if batch.seq == 0 => self.goodbye(
+        if batch.seq == 0 {
+            return self.goodbye(
                 ctx,
                 CloseReason::ProtocolError,
                 "protocol_error",
                 "a batch with seq 0 (seqs start at 1)".to_owned(),
-            ),
-            Kind::Batch(batch) => {
-                self.services
-                    .metrics
-                    .records_in
-                    .inc_by(batch.records.len() as u64);
-                let tracker = self.services.directory.tracker();
-                for record in &batch.records {
-                    if let Some(tracker) = &tracker
-                        && matches!(
-                            record.data_type,
-                            data_type::AGENT_HEARTBEAT | data_type::PLUGIN_HEARTBEAT
-                        )
-                    {
-                        tracker.do_send(HeartbeatReceived {
-                            agent_id: identity.agent_id.clone(),
-                            record: record.clone(),
-                        });
+            );
+        }
+        let metrics = &self.services.metrics;
+        metrics.records_in.inc_by(batch.records.len() as u64);
+        metrics.bytes_in.inc_by(batch.frame_bytes as u64);
+        // Framework records are the only ones the hub reads itself.
+        if let Some(tracker) = self.services.directory.tracker() {
+            let heartbeats = batch.records.iter().filter(|record| {
+                matches!(
+                    record.data_type,
+                    data_type::AGENT_HEARTBEAT | data_type::PLUGIN_HEARTBEAT
+                )
+            });
+            for raw in heartbeats {
+                match raw.decode() {
+                    Ok(record) => tracker.do_send(HeartbeatReceived {
+                        agent_id: identity.agent_id.clone(),
+                        record,
+                    }),
+                    // The forwarding walk accepted it, so prost does too.
+                    Err(error) => {
+                        tracing::warn!(agent_id = %identity.agent_id, %error, "heartbeat record not readable")
                     }
                 }
-                // Without a publisher (shutting down) the batch is not acked
-                // and the agent re-sends it to the next hub.
-                if let Some(publisher) = publisher {
-                    let _ = publisher.send(InFlight {
-                        batch,
-                        _permit: permit,
-                    });
-                }
             }
+        }
+        self.publish(InFlight { batch, permit });
+    }
+
+    /// Hands a batch to the connection's publisher, starting it for the
+    /// first batch. While shutting down the batch is not acked and the agent
+    /// re-sends it to the next hub.
+    fn publish(&mut self, batch: InFlight) {
+        let Phase::Ready {
+            identity,
+            publishing,
+        } = &mut self.phase
+        else {
+            return;
+        };
+        if let Publishing::NotStarted { resume_after } = *publishing {
+            let services = &self.services;
+            let publisher = services.link.publisher(
+                identity.clone(),
+                services.config.ack_mode,
+                services.config.publish_timeout(),
+                services.metrics.clone(),
+            );
+            let (batches, queue) = mpsc::unbounded_channel();
+            let task = actix::spawn(publish_in_order(
+                queue,
+                publisher,
+                services.metrics.clone(),
+                self.writer.as_ref().map(FrameWriter::sender),
+                resume_after,
+            ));
+            *publishing = Publishing::Running { batches, task };
+        }
+        if let Publishing::Running { batches, .. } = publishing {
+            let _ = batches.send(batch);
+        }
+    }
+
+    fn on_ready_message(&mut self, ctx: &mut Context<Self>, kind: Kind) {
+        let Phase::Ready { identity, .. } = &self.phase else {
+            return;
+        };
+        match kind {
+            // The forwarding codec delivers batches as `AgentFrame::Batch`.
+            Kind::Batch(_) => {}
             Kind::TaskResult(result) => {
                 let done = TaskDone {
                     agent_id: identity.agent_id.clone(),
@@ -404,40 +458,67 @@ impl Connection {
     }
 }
 
-/// Publishes the connection's batches one after the other and acks each once
-/// NATS accepted it. Runs until the connection drops its sender (or aborts
-/// the task when it stops: what was not acked is re-sent by the agent).
+/// Publishes the connection's batches in order and acks each once NATS
+/// accepted it and every batch before it. Runs until the connection drops
+/// its sender (or aborts the task when it stops: what was not acked is
+/// re-sent by the agent).
 ///
-/// Acks never go down: a batch at or below the last acked seq is a resend,
+/// In JetStream mode the PubAcks of several batches (up to the in-flight
+/// bound, which the read permits enforce) are awaited at once, so the agent
+/// link is not idle for a round trip per batch; acks still go out in seq
+/// order.
+///
+/// Acks never go down: a batch at or below the highest seq seen is a resend,
 /// published again (JetStream drops the duplicates) and acked with the last
 /// acked seq. A batch beyond the next seq means the ones between never came:
 /// they are counted and reported as a loss event.
 async fn publish_in_order(
     mut batches: mpsc::UnboundedReceiver<InFlight>,
-    publisher: BatchPublisher,
+    mut publisher: BatchPublisher,
     metrics: HubMetrics,
-    writer: Option<FrameSender<HubMessage>>,
+    writer: Option<FrameSender<Encoded<HubMessage>>>,
     resume_after: u64,
 ) {
     let Some(writer) = writer else { return };
+    let mut highest_seen = resume_after;
     let mut last_acked = resume_after;
-    while let Some(InFlight { batch, _permit }) = batches.recv().await {
-        let seq = batch.seq;
-        if seq <= last_acked {
-            metrics.resent_batches.inc();
-        } else if seq > last_acked + 1 {
-            let missing = seq - last_acked - 1;
-            metrics.gap_batches.inc_by(missing);
-            publisher
-                .report_loss(publisher.loss(LossKind::SeqGap, last_acked + 1, seq - 1))
-                .await;
+    let mut accepting = FuturesOrdered::new();
+    let mut open = true;
+    while open || !accepting.is_empty() {
+        tokio::select! {
+            biased;
+            Some((seq, permit)) = accepting.next(), if !accepting.is_empty() => {
+                last_acked = std::cmp::max(last_acked, seq);
+                let ack = HubMessage::from(Ack { seq: last_acked });
+                if writer.send(Encoded::new(&ack)).await.is_err() {
+                    return;
+                }
+                drop::<OwnedSemaphorePermit>(permit);
+                metrics.acks.inc();
+            }
+            next = batches.recv(), if open => {
+                let Some(InFlight { batch, permit }) = next else {
+                    open = false;
+                    continue;
+                };
+                let seq = batch.seq;
+                if seq <= highest_seen {
+                    metrics.resent_batches.inc();
+                } else if seq > highest_seen + 1 {
+                    metrics.gap_batches.inc_by(seq - highest_seen - 1);
+                    publisher
+                        .report_loss(publisher.loss(LossKind::SeqGap, highest_seen + 1, seq - 1))
+                        .await;
+                }
+                highest_seen = highest_seen.max(seq);
+                let prepared = publisher.prepare(batch).await;
+                let accepted = publisher.send(prepared).await;
+                accepting.push_back(async move {
+                    accepted.await;
+                    (seq, permit)
+                });
+            }
         }
-        publisher.publish(batch).await;
-        last_acked = last_acked.max(seq);
-        if writer.send(Ack { seq: last_acked }.into()).await.is_err() {
-            return;
-        }
-        metrics.acks.inc();
     }
 }
 
@@ -458,13 +539,16 @@ impl Actor for Connection {
         let _ = socket.set_nodelay(true);
         let (read_half, write_half) = socket.into_split();
         let config = &self.services.config;
-        let codec = HubCodec::with_max_frame_length(config.max_frame_length);
-        self.writer = Some(FrameWriter::new(
+        let codec = HubForwardCodec::with_max_frame_length(config.max_frame_length);
+        // Small buffers that grow when a frame needs it: most of a hub's
+        // connections are idle most of the time.
+        self.writer = Some(FrameWriter::with_buffer(
             write_half,
             codec.clone(),
             config.write_queue,
+            INITIAL_WRITE_BUFFER,
         ));
-        let frames = FramedRead::new(read_half, codec);
+        let frames = FramedRead::with_capacity(read_half, codec, INITIAL_READ_BUFFER);
         let permits = self.permits.clone();
         let gated =
             futures::stream::unfold((frames, permits), |(mut frames, permits)| async move {
@@ -484,8 +568,8 @@ impl Actor for Connection {
     fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
         // The publisher holds a sender of the writer; without it the writer
         // can flush what is queued (the Goodbye) and close.
-        if let Phase::Ready { publisher_task, .. } = &self.phase {
-            publisher_task.abort();
+        if let Phase::Ready { publishing, .. } = &self.phase {
+            publishing.abort();
         }
         let Some(writer) = self.writer.take() else {
             return Running::Stop;
@@ -508,11 +592,10 @@ impl Actor for Connection {
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         if let Phase::Ready {
             identity,
-            publisher_task,
-            ..
+            publishing,
         } = &self.phase
         {
-            publisher_task.abort();
+            publishing.abort();
             self.services.metrics.connections.dec();
             // A registry that is down lost its map anyway (rest-for-one
             // restarts the connections after it).
@@ -534,8 +617,8 @@ impl StreamHandler<Gated> for Connection {
             return;
         }
         self.last_heard = Instant::now();
-        let message = match frame {
-            Ok(message) => message,
+        let frame = match frame {
+            Ok(frame) => frame,
             Err(error) => {
                 let message = format!("bad frame: {error}");
                 return match self.phase {
@@ -546,24 +629,23 @@ impl StreamHandler<Gated> for Connection {
                 };
             }
         };
-        self.services
-            .metrics
-            .bytes_in
-            .inc_by(message.encoded_len() as u64);
-        let Some(kind) = message.kind else { return };
-        match (&self.phase, kind) {
-            (Phase::Handshake, Kind::Hello(hello)) => self.on_hello(ctx, hello),
-            (Phase::Handshake, other) => {
-                let name = kind_name(&other);
-                self.refuse(
-                    ctx,
-                    "not_hello",
-                    format!("the first frame must be Hello, got {name}"),
-                );
+        match (&self.phase, frame) {
+            (Phase::Ready { .. }, AgentFrame::Batch(batch)) => self.on_batch(ctx, batch, permit),
+            (_, AgentFrame::Other(kind)) => {
+                self.services
+                    .metrics
+                    .bytes_in
+                    .inc_by(kind_len(&kind) as u64);
+                match (&self.phase, *kind) {
+                    (Phase::Handshake, Kind::Hello(hello)) => self.on_hello(ctx, hello),
+                    (Phase::Handshake, other) => self.not_hello(ctx, kind_name(&other)),
+                    // `wait` in on_hello keeps frames from arriving while registering.
+                    (Phase::Registering, _) => {}
+                    (Phase::Ready { .. }, kind) => self.on_ready_message(ctx, kind),
+                }
             }
-            // `wait` in on_hello keeps frames from arriving while registering.
-            (Phase::Registering, _) => {}
-            (Phase::Ready { .. }, kind) => self.on_ready_message(ctx, kind, permit),
+            (Phase::Handshake, AgentFrame::Batch(_)) => self.not_hello(ctx, "Batch"),
+            (Phase::Registering, AgentFrame::Batch(_)) => {}
         }
     }
 
@@ -576,6 +658,17 @@ impl StreamHandler<Gated> for Connection {
             }
             self.close(ctx, None, "connection closed by the agent".to_owned());
         }
+    }
+}
+
+/// The encoded length of a decoded frame's message (the frame's length but
+/// for the wrapper's own few bytes).
+fn kind_len(kind: &Kind) -> usize {
+    match kind {
+        Kind::Hello(hello) => hello.encoded_len(),
+        Kind::Batch(batch) => batch.encoded_len(),
+        Kind::TaskResult(result) => result.encoded_len(),
+        Kind::Pong(pong) => pong.encoded_len(),
     }
 }
 
@@ -598,21 +691,19 @@ impl Handler<Close> for Connection {
             }
             CloseKind::Shutdown => {
                 let message = close.message;
-                let Phase::Ready {
-                    publisher,
-                    publisher_task,
-                    ..
-                } = &mut self.phase
-                else {
+                let Phase::Ready { publishing, .. } = &mut self.phase else {
                     return self.goodbye(ctx, CloseReason::Shutdown, "shutdown", message);
                 };
                 // Let the acks of what is already in flight go out first, within bounds.
-                publisher.take();
+                let Publishing::Running { mut task, .. } =
+                    std::mem::replace(publishing, Publishing::Stopped)
+                else {
+                    return self.goodbye(ctx, CloseReason::Shutdown, "shutdown", message);
+                };
                 let timeout = self.services.config.shutdown_timeout();
-                let mut pending = std::mem::replace(publisher_task, actix::spawn(async {}));
                 let drain = async move {
-                    if tokio::time::timeout(timeout, &mut pending).await.is_err() {
-                        pending.abort();
+                    if tokio::time::timeout(timeout, &mut task).await.is_err() {
+                        task.abort();
                     }
                 };
                 ctx.wait(drain.into_actor(self).map(move |(), act, ctx| {

@@ -89,9 +89,7 @@ pub use embedded::{NATS_URL_FILE, find_nats_server};
 pub use error::HubError;
 pub use messages::PresenceEvent;
 pub use metrics::HubMetrics;
-pub use sink::{
-    HEADER_AGENT_ID, HEADER_MSG_ID, HEADER_SEQ, LossEvent, LossKind, NatsLink, NatsState,
-};
+pub use sink::{HEADER_MSG_ID, LossEvent, LossKind, NatsLink, NatsState};
 pub use tracker::Presence;
 
 use batcher::TaskBatcher;

@@ -41,7 +41,7 @@ pub struct HubMetrics {
     pub closes: Family<OutcomeLabel, Counter>,
     /// Records received from agents.
     pub records_in: Counter,
-    /// Frame bytes received from agents (payload of decoded frames).
+    /// Frame bytes received from agents (frame bodies).
     pub bytes_in: Counter,
     /// Records published to NATS and accepted.
     pub records_out: Counter,

@@ -10,10 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_nats::HeaderMap;
-use bytes::Bytes;
-use herd_codec::proto::{Batch, Envelope, Hello, Record};
-use prost::Message as _;
+use std::future::Future;
+use std::pin::Pin;
+
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::{HeaderMap, Subject};
+use bytes::{Bytes, BytesMut};
+use herd_codec::proto::{Envelope, Hello};
+use herd_codec::{EnvelopeIdentity, RawBatch};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -22,11 +26,9 @@ use crate::error::HubError;
 use crate::metrics::HubMetrics;
 use herd_supervision::{Backoff, BackoffPolicy, Retry};
 
-/// Header carrying the agent id of a published record.
-pub const HEADER_AGENT_ID: &str = "Herd-Agent-Id";
-/// Header carrying the batch sequence number of a published record.
-pub const HEADER_SEQ: &str = "Herd-Seq";
-/// JetStream's de-duplication header: `<agent_id>.<seq>.<index>`.
+/// JetStream's de-duplication header, `<agent_id>.<seq>.<index>`: the only
+/// header the hub sets, and only in [`AckMode::Jetstream`]. Everything else a
+/// consumer needs (agent id, seq, index) is in the [`Envelope`].
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 
 /// Whether the hub currently has a NATS connection.
@@ -152,6 +154,21 @@ impl NatsLink {
             .is_ok_and(|result| result.is_ok())
     }
 
+    /// The largest record NATS takes from the agent `identity`: the
+    /// server's `max_payload` minus the envelope around the record; `None`
+    /// while the server's limit is not known.
+    pub(crate) fn max_record_bytes(&self, identity: &AgentIdentity) -> Option<usize> {
+        let max_payload = self.client.server_info().max_payload;
+        // The widest numbers: a negative time and the largest seq, index and
+        // record length each take their longest varint.
+        let largest = u32::MAX as usize;
+        let overhead = identity
+            .envelope_identity()
+            .encoded_len(-1, u64::MAX, u32::MAX, largest)
+            - largest;
+        (max_payload > 0).then(|| max_payload.saturating_sub(overhead))
+    }
+
     /// The publisher of one agent connection's batches: its identity,
     /// subjects and settings, built once for the connection.
     pub(crate) fn publisher(
@@ -162,138 +179,18 @@ impl NatsLink {
         metrics: HubMetrics,
     ) -> BatchPublisher {
         BatchPublisher {
-            link: self.clone(),
+            prefix: identity.envelope_identity(),
             subjects: Subjects::new(&identity.agent_id),
+            delivery: Arc::new(Delivery {
+                link: self.clone(),
+                agent_id: identity.agent_id.clone(),
+                mode,
+                timeout,
+                metrics,
+            }),
             identity,
-            mode,
-            timeout,
-            metrics,
             max_payload: OnceLock::new(),
         }
-    }
-
-    /// Publishes every record of `batch` and returns once the sink accepted
-    /// all of them (see [`AckMode`]). A failed or stalled attempt is
-    /// re-published whole (JetStream drops the duplicates by `Nats-Msg-Id`),
-    /// so this only returns when the batch is safe; drop the future to give
-    /// up (the agent then re-sends the batch after it reconnects).
-    async fn publish_batch(&self, publisher: &BatchPublisher, batch: Batch) {
-        let (identity, mode, timeout, metrics) = (
-            &publisher.identity,
-            publisher.mode,
-            publisher.timeout,
-            &publisher.metrics,
-        );
-        let seq = batch.seq;
-        let mut messages = identity.envelopes(&publisher.subjects, batch);
-        if let Some(max_payload) = publisher.max_payload() {
-            let mut index = 0u32;
-            let mut refused = Vec::new();
-            messages.retain(|message| {
-                let fits = message.payload.len() <= max_payload;
-                if !fits {
-                    refused.push((index, message.payload.len()));
-                }
-                index += 1;
-                fits
-            });
-            for (index, bytes) in refused {
-                metrics.oversize_records.inc();
-                publisher
-                    .report_loss(LossEvent {
-                        records: 1,
-                        index: Some(index),
-                        bytes: Some(bytes as u64),
-                        ..publisher.loss(LossKind::Oversize, seq, seq)
-                    })
-                    .await;
-            }
-        }
-        let mut retry = Retry::new(
-            Backoff::exponential(Duration::from_millis(20), Duration::from_secs(1), 0.2)
-                .expect("constant backoff parameters are valid"),
-        );
-        loop {
-            let attempt = retry.attempt() + 1;
-            let started = Instant::now();
-            // Publishing while async-nats reconnects only fills its buffers.
-            if !self.wait_connected(timeout).await {
-                tracing::debug!(agent_id = %identity.agent_id, "waiting for NATS before publishing");
-                continue;
-            }
-            let epoch = self.epoch.load(Ordering::SeqCst);
-            let accepted = match mode {
-                AckMode::Flush => self.publish_flush(&messages, timeout).await,
-                AckMode::Jetstream => self.publish_jetstream(&messages, timeout).await,
-            };
-            match accepted {
-                Ok(()) if self.epoch.load(Ordering::SeqCst) == epoch => {
-                    let bytes = messages.iter().map(|message| message.payload.len()).sum();
-                    metrics.observe_publish(started.elapsed(), messages.len(), bytes);
-                    return;
-                }
-                Ok(()) => {
-                    tracing::warn!(agent_id = %identity.agent_id, attempt, "NATS reconnected during the publish; publishing the batch again");
-                }
-                Err(reason) => {
-                    tracing::warn!(agent_id = %identity.agent_id, attempt, %reason, "publish failed; retrying");
-                }
-            }
-            metrics.publish_retries.inc();
-            retry.wait().await;
-        }
-    }
-
-    async fn publish_flush(
-        &self,
-        messages: &[OutMessage],
-        timeout: Duration,
-    ) -> Result<(), String> {
-        let publish = async {
-            for message in messages {
-                self.client
-                    .publish_with_headers(
-                        message.subject.clone(),
-                        message.headers.clone(),
-                        message.payload.clone(),
-                    )
-                    .await
-                    .map_err(|error| error.to_string())?;
-            }
-            self.client.flush().await.map_err(|error| error.to_string())
-        };
-        tokio::time::timeout(timeout, publish)
-            .await
-            .map_err(|_| format!("no flush within {timeout:?}"))?
-    }
-
-    async fn publish_jetstream(
-        &self,
-        messages: &[OutMessage],
-        timeout: Duration,
-    ) -> Result<(), String> {
-        let publish = async {
-            let mut acks = Vec::with_capacity(messages.len());
-            for message in messages {
-                acks.push(
-                    self.jetstream
-                        .publish_with_headers(
-                            message.subject.clone(),
-                            message.headers.clone(),
-                            message.payload.clone(),
-                        )
-                        .await
-                        .map_err(|error| error.to_string())?,
-                );
-            }
-            for ack in acks {
-                ack.await.map_err(|error| error.to_string())?;
-            }
-            Ok(())
-        };
-        tokio::time::timeout(timeout, publish)
-            .await
-            .map_err(|_| format!("no PubAck within {timeout:?}"))?
     }
 }
 
@@ -335,20 +232,99 @@ pub enum LossKind {
 /// Publishes one agent connection's batches (see [`NatsLink::publisher`]).
 #[derive(Debug)]
 pub(crate) struct BatchPublisher {
-    link: NatsLink,
     identity: AgentIdentity,
+    /// The identity fields of every envelope, encoded once.
+    prefix: EnvelopeIdentity,
     subjects: Subjects,
-    mode: AckMode,
-    timeout: Duration,
-    metrics: HubMetrics,
+    delivery: Arc<Delivery>,
     /// The server's `max_payload`, once known (it does not change).
     max_payload: OnceLock<usize>,
 }
 
+/// A future that resolves once NATS accepted a batch (see
+/// [`BatchPublisher::send`]).
+pub(crate) type Accepted = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 impl BatchPublisher {
-    /// Publishes `batch`; returns once NATS accepted all of it.
-    pub(crate) async fn publish(&self, batch: Batch) {
-        self.link.publish_batch(self, batch).await;
+    /// Turns `batch` into one message per record, each an envelope spliced
+    /// around the record's bytes as the agent sent them. A record NATS cannot
+    /// take is left out, counted and reported as a loss event.
+    pub(crate) async fn prepare(&mut self, batch: RawBatch) -> PreparedBatch {
+        let seq = batch.seq;
+        let received_at_ms = now_ms();
+        let max_payload = self.max_payload();
+        let jetstream = self.delivery.mode == AckMode::Jetstream;
+        // A batch has far fewer than 2^32 records: the frame cap bounds it.
+        let index_of = |index: usize| u32::try_from(index).unwrap_or(u32::MAX);
+        let total = batch
+            .records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| {
+                self.prefix
+                    .encoded_len(received_at_ms, seq, index_of(index), record.bytes.len())
+            })
+            .sum();
+        // One allocation for the whole batch; each payload is a slice of it.
+        let mut buffer = BytesMut::with_capacity(total);
+        let mut messages = Vec::with_capacity(batch.records.len());
+        let mut refused = Vec::new();
+        for (index, record) in batch.records.iter().enumerate() {
+            let index = index_of(index);
+            self.prefix
+                .encode(received_at_ms, seq, index, &record.bytes, &mut buffer);
+            let payload = buffer.split().freeze();
+            if max_payload.is_some_and(|max_payload| payload.len() > max_payload) {
+                refused.push((index, payload.len()));
+                continue;
+            }
+            let message_id = jetstream.then(|| {
+                let mut headers = HeaderMap::new();
+                headers.insert(
+                    HEADER_MSG_ID,
+                    format!("{}{seq}.{index}", self.subjects.msg_id),
+                );
+                headers
+            });
+            messages.push(OutMessage {
+                subject: self.subjects.data(record.data_type),
+                message_id,
+                payload,
+            });
+        }
+        for (index, bytes) in refused {
+            self.delivery.metrics.oversize_records.inc();
+            self.report_loss(LossEvent {
+                records: 1,
+                index: Some(index),
+                bytes: Some(bytes as u64),
+                ..self.loss(LossKind::Oversize, seq, seq)
+            })
+            .await;
+        }
+        PreparedBatch { messages }
+    }
+
+    /// Hands `batch` to NATS and returns what confirms it: with
+    /// [`AckMode::Jetstream`] the PubAcks are awaited by the returned future,
+    /// so the next batch can be published while this one's acks are on their
+    /// way; with [`AckMode::Flush`] the flush is done before this returns.
+    /// A failed or stalled attempt is re-published whole (JetStream drops
+    /// the duplicates by `Nats-Msg-Id`), so the future only resolves when the
+    /// batch is safe; drop it to give up (the agent then re-sends the batch
+    /// after it reconnects).
+    pub(crate) async fn send(&self, batch: PreparedBatch) -> Accepted {
+        let delivery = self.delivery.clone();
+        let first = delivery.start(&batch.messages).await;
+        match delivery.mode {
+            // A flushed batch is confirmed; a retried one must be, before
+            // the next is published, or core NATS would see them reordered.
+            AckMode::Flush => {
+                delivery.deliver(batch, first).await;
+                Box::pin(std::future::ready(()))
+            }
+            AckMode::Jetstream => Box::pin(async move { delivery.deliver(batch, first).await }),
+        }
     }
 
     /// Publishes a loss event (best effort: a failure is logged, the data is
@@ -361,7 +337,13 @@ impl BatchPublisher {
             Ok(payload) => payload,
             Err(error) => return tracing::error!(%error, "cannot encode a loss event"),
         };
-        if let Err(error) = self.link.client.publish(subject, payload.into()).await {
+        if let Err(error) = self
+            .delivery
+            .link
+            .client
+            .publish(subject, payload.into())
+            .await
+        {
             tracing::warn!(%error, "cannot publish a loss event");
         }
     }
@@ -387,42 +369,195 @@ impl BatchPublisher {
         if let Some(known) = self.max_payload.get() {
             return Some(*known);
         }
-        let max_payload = self.link.client.server_info().max_payload;
+        let max_payload = self.delivery.link.client.server_info().max_payload;
         (max_payload > 0).then(|| *self.max_payload.get_or_init(|| max_payload))
-    }
-
-    /// The largest record NATS takes from this agent: `max_payload` minus
-    /// its envelope; `None` while the server's limit is not known.
-    pub(crate) fn max_record_bytes(&self) -> Option<usize> {
-        self.max_payload()
-            .map(|max_payload| max_payload.saturating_sub(self.identity.envelope_overhead()))
     }
 }
 
-/// The subject and message-id prefixes of one agent, built once.
+/// One batch's records as NATS messages, ready to (re-)publish.
+#[derive(Debug)]
+pub(crate) struct PreparedBatch {
+    messages: Vec<OutMessage>,
+}
+
+/// One record, encoded and addressed.
+#[derive(Debug)]
+struct OutMessage {
+    subject: Subject,
+    /// `Nats-Msg-Id`, in JetStream mode only.
+    message_id: Option<HeaderMap>,
+    payload: Bytes,
+}
+
+/// What one connection's publishes share with the futures confirming them.
+#[derive(Debug)]
+struct Delivery {
+    link: NatsLink,
+    agent_id: String,
+    mode: AckMode,
+    timeout: Duration,
+    metrics: HubMetrics,
+}
+
+/// How far one attempt got: handed to the client (and flushed, in flush
+/// mode), or JetStream PubAcks still to come.
+enum Sent {
+    Flushed,
+    Acks(Vec<PublishAckFuture>),
+}
+
+/// One publish attempt of a batch.
+struct Attempt {
+    epoch: u64,
+    started: Instant,
+    sent: Result<Sent, String>,
+}
+
+impl Delivery {
+    /// Publishes `messages` once, after waiting for a connection (publishing
+    /// while async-nats reconnects only fills its buffers).
+    async fn start(&self, messages: &[OutMessage]) -> Attempt {
+        while !self.link.wait_connected(self.timeout).await {
+            tracing::debug!(agent_id = %self.agent_id, "waiting for NATS before publishing");
+        }
+        let epoch = self.link.epoch.load(Ordering::SeqCst);
+        let started = Instant::now();
+        let sent = match self.mode {
+            AckMode::Flush => self.publish_flush(messages).await,
+            AckMode::Jetstream => self.publish_jetstream(messages).await,
+        };
+        Attempt {
+            epoch,
+            started,
+            sent,
+        }
+    }
+
+    /// Waits for what confirms `attempt`; `true` once the batch is safe.
+    async fn finish(&self, attempt: Attempt, messages: &[OutMessage]) -> bool {
+        let confirmed = match attempt.sent {
+            Ok(Sent::Flushed) => Ok(()),
+            Ok(Sent::Acks(acks)) => {
+                let confirm = async {
+                    for ack in acks {
+                        ack.await.map_err(|error| error.to_string())?;
+                    }
+                    Ok(())
+                };
+                tokio::time::timeout(self.timeout, confirm)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no PubAck within {:?}", self.timeout)))
+            }
+            Err(reason) => Err(reason),
+        };
+        match confirmed {
+            Ok(()) if self.link.epoch.load(Ordering::SeqCst) == attempt.epoch => {
+                let bytes = messages.iter().map(|message| message.payload.len()).sum();
+                self.metrics
+                    .observe_publish(attempt.started.elapsed(), messages.len(), bytes);
+                return true;
+            }
+            Ok(()) => {
+                tracing::warn!(agent_id = %self.agent_id, "NATS reconnected during the publish; publishing the batch again");
+            }
+            Err(reason) => {
+                tracing::warn!(agent_id = %self.agent_id, %reason, "publish failed; retrying");
+            }
+        }
+        false
+    }
+
+    /// Confirms `first`, re-publishing the batch until it is accepted.
+    async fn deliver(&self, batch: PreparedBatch, first: Attempt) {
+        let mut retry = Retry::new(
+            Backoff::exponential(Duration::from_millis(20), Duration::from_secs(1), 0.2)
+                .expect("constant backoff parameters are valid"),
+        );
+        let mut attempt = first;
+        while !self.finish(attempt, &batch.messages).await {
+            self.metrics.publish_retries.inc();
+            retry.wait().await;
+            attempt = self.start(&batch.messages).await;
+        }
+    }
+
+    async fn publish_flush(&self, messages: &[OutMessage]) -> Result<Sent, String> {
+        let client = &self.link.client;
+        let publish = async {
+            for message in messages {
+                client
+                    .publish(message.subject.clone(), message.payload.clone())
+                    .await
+                    .map_err(|error| error.to_string())?;
+            }
+            client.flush().await.map_err(|error| error.to_string())
+        };
+        tokio::time::timeout(self.timeout, publish)
+            .await
+            .map_err(|_| format!("no flush within {:?}", self.timeout))??;
+        Ok(Sent::Flushed)
+    }
+
+    async fn publish_jetstream(&self, messages: &[OutMessage]) -> Result<Sent, String> {
+        let jetstream = &self.link.jetstream;
+        let publish = async {
+            let mut acks = Vec::with_capacity(messages.len());
+            for message in messages {
+                let publish =
+                    jetstream::message::PublishMessage::build().payload(message.payload.clone());
+                let publish = match &message.message_id {
+                    Some(headers) => publish.headers(headers.clone()),
+                    None => publish,
+                };
+                acks.push(
+                    jetstream
+                        .send_publish(message.subject.clone(), publish)
+                        .await
+                        .map_err(|error| error.to_string())?,
+                );
+            }
+            Ok(Sent::Acks(acks))
+        };
+        tokio::time::timeout(self.timeout, publish)
+            .await
+            .map_err(|_| format!("JetStream took no publish within {:?}", self.timeout))?
+    }
+}
+
+/// The subjects and message-id prefix of one agent, built once.
 #[derive(Debug, Clone)]
 struct Subjects {
     /// `herd.data.<agent_id>.`
-    data: String,
+    data_prefix: String,
+    /// `herd.data.<agent_id>.<data_type>` of the types seen so far.
+    data: Vec<(u32, Subject)>,
     /// `<agent_id>.`
     msg_id: String,
 }
 
 impl Subjects {
+    /// Data types whose subjects are kept; an agent sends a handful, and one
+    /// that sends thousands gets its subjects built per record.
+    const KEPT: usize = 64;
+
     fn new(agent_id: &str) -> Self {
         Self {
-            data: format!("herd.data.{agent_id}."),
+            data_prefix: format!("herd.data.{agent_id}."),
+            data: Vec::new(),
             msg_id: format!("{agent_id}."),
         }
     }
-}
 
-/// One record, encoded and addressed, ready to (re-)publish.
-#[derive(Debug)]
-struct OutMessage {
-    subject: String,
-    headers: HeaderMap,
-    payload: Bytes,
+    fn data(&mut self, data_type: u32) -> Subject {
+        if let Some((_, subject)) = self.data.iter().find(|(known, _)| *known == data_type) {
+            return subject.clone();
+        }
+        let subject = Subject::from(format!("{}{data_type}", self.data_prefix));
+        if self.data.len() < Self::KEPT {
+            self.data.push((data_type, subject.clone()));
+        }
+        subject
+    }
 }
 
 /// Who an agent is, as copied into every [`Envelope`] it causes.
@@ -455,60 +590,17 @@ impl AgentIdentity {
         }
     }
 
-    /// Bytes an envelope adds around a record, with room for the largest
-    /// seq, index and timestamp.
-    fn envelope_overhead(&self) -> usize {
-        // The record's field tag and length prefix (at most 1 + 5 bytes).
-        self.envelope(i64::MAX, u64::MAX, u32::MAX, None)
-            .encoded_len()
-            + 6
-    }
-
-    /// This agent's envelope around `record`.
-    fn envelope(
-        &self,
-        received_at_ms: i64,
-        seq: u64,
-        index: u32,
-        record: Option<Record>,
-    ) -> Envelope {
-        Envelope {
+    /// The identity fields of this agent's envelopes, encoded.
+    fn envelope_identity(&self) -> EnvelopeIdentity {
+        EnvelopeIdentity::new(&Envelope {
             agent_id: self.agent_id.clone(),
             hostname: self.hostname.clone(),
             intranet_ipv4: self.intranet_ipv4.clone(),
             intranet_ipv6: self.intranet_ipv6.clone(),
             agent_version: self.agent_version.clone(),
-            received_at_ms,
-            seq,
-            index,
-            record,
             hub_id: self.hub_id.clone(),
-        }
-    }
-
-    fn envelopes(&self, subjects: &Subjects, batch: Batch) -> Vec<OutMessage> {
-        let received_at_ms = now_ms();
-        let seq = batch.seq;
-        batch
-            .records
-            .into_iter()
-            .enumerate()
-            .map(|(index, record)| {
-                let mut headers = HeaderMap::new();
-                headers.insert(HEADER_AGENT_ID, self.agent_id.as_str());
-                headers.insert(HEADER_SEQ, seq.to_string());
-                headers.insert(HEADER_MSG_ID, format!("{}{seq}.{index}", subjects.msg_id));
-                let subject = format!("{}{}", subjects.data, record.data_type);
-                // A batch has far fewer than 2^32 records: the frame cap bounds it.
-                let index = u32::try_from(index).unwrap_or(u32::MAX);
-                let envelope = self.envelope(received_at_ms, seq, index, Some(record));
-                OutMessage {
-                    subject,
-                    headers,
-                    payload: envelope.encode_to_vec().into(),
-                }
-            })
-            .collect()
+            ..Envelope::default()
+        })
     }
 }
 

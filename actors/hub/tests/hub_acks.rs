@@ -7,9 +7,10 @@ mod hub_support;
 
 use futures::StreamExt;
 use herd_codec::proto::hub_message::Kind;
-use herd_codec::proto::{Batch, CloseReason, Hello, Record};
+use herd_codec::proto::{Batch, CloseReason, Envelope, Hello, Record};
 use herd_hub::{LossEvent, LossKind};
 use hub_support::{ScriptedAgent, hub_with, within};
+use prost::Message as _;
 
 fn batch(seq: u64, body: usize) -> Batch {
     Batch {
@@ -54,14 +55,10 @@ async fn acks_never_go_down_and_a_resend_is_published_and_acked_again() {
     let mut seqs = Vec::new();
     for _ in 0..5 {
         let message = within("a data message", data.next()).await.expect("open");
-        let seq = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Herd-Seq"))
-            .map(|v| v.to_string());
-        seqs.push(seq.unwrap_or_default());
+        let envelope = Envelope::decode(message.payload).expect("an Envelope");
+        seqs.push(envelope.seq);
     }
-    assert_eq!(seqs, ["1", "2", "3", "2", "4"]);
+    assert_eq!(seqs, [1, 2, 3, 2, 4]);
     let metrics = hub.metrics().render();
     assert_eq!(metric(&metrics, "herd_hub_resent_batches_total"), 1);
     assert_eq!(metric(&metrics, "herd_hub_gap_batches_total"), 0);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use herd_codec::proto::hub_message::Kind;
 use herd_codec::proto::{Batch, Envelope, Record};
-use herd_hub::{AckMode, HEADER_AGENT_ID, HEADER_MSG_ID, HEADER_SEQ};
+use herd_hub::{AckMode, HEADER_MSG_ID};
 use hub_support::{ScriptedAgent, WAIT, hub_with, within};
 use prost::Message as _;
 
@@ -38,7 +38,7 @@ async fn expect_ack(agent: &mut ScriptedAgent, seq: u64) {
 }
 
 #[actix::test]
-async fn records_of_several_agents_arrive_in_order_as_envelopes_with_headers() {
+async fn records_of_several_agents_arrive_in_order_as_envelopes_with_only_a_message_id() {
     let (nats, hub) = hub_with(|_| {}).await;
     let mut data = hub_support::subscribe(&nats, "herd.data.>").await;
     let mut agents = Vec::new();
@@ -69,15 +69,9 @@ async fn records_of_several_agents_arrive_in_order_as_envelopes_with_headers() {
         assert_eq!(record.fields["agent"], envelope.agent_id);
         assert_eq!(envelope.hostname, format!("host-{}", envelope.agent_id));
         assert_eq!(envelope.hub_id, hub.hub_id());
+        // JetStream mode (the default): the dedupe id is the only header.
         let headers = message.headers.expect("headers");
-        assert_eq!(
-            headers.get(HEADER_AGENT_ID).map(|v| v.as_str()),
-            Some(envelope.agent_id.as_str())
-        );
-        assert_eq!(
-            headers.get(HEADER_SEQ).map(|v| v.as_str()),
-            Some(envelope.seq.to_string().as_str())
-        );
+        assert_eq!(headers.len(), 1, "{headers:?}");
         assert_eq!(
             headers.get(HEADER_MSG_ID).map(|v| v.as_str().to_owned()),
             Some(format!(
@@ -92,6 +86,31 @@ async fn records_of_several_agents_arrive_in_order_as_envelopes_with_headers() {
     let in_order: Vec<(u64, u32)> = (1..=3).flat_map(|seq| [(seq, 0), (seq, 1)]).collect();
     assert_eq!(seen["alpha"], in_order);
     assert_eq!(seen["beta"], in_order);
+    hub.shutdown().await;
+}
+
+#[actix::test]
+async fn in_flush_mode_records_carry_no_headers_and_the_envelope_says_who_and_which() {
+    let (nats, hub) = hub_with(|config| config.ack_mode = AckMode::Flush).await;
+    let mut data = hub_support::subscribe(&nats, "herd.data.>").await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "plain").await;
+    agent.send(batch(1, "plain")).await;
+    expect_ack(&mut agent, 1).await;
+    for index in 0..2 {
+        let message = within("a data message", data.next())
+            .await
+            .expect("subscription open");
+        assert!(message.headers.is_none(), "{:?}", message.headers);
+        let envelope = Envelope::decode(message.payload).expect("an Envelope");
+        assert_eq!(
+            (envelope.agent_id.as_str(), envelope.seq, envelope.index),
+            ("plain", 1, index)
+        );
+        assert_eq!(
+            envelope.record,
+            Some(batch(1, "plain").records[index as usize].clone())
+        );
+    }
     hub.shutdown().await;
 }
 
