@@ -2,8 +2,9 @@
 
 mod hub_support;
 
+use futures::StreamExt;
 use herd_codec::proto::hub_message::Kind;
-use herd_codec::proto::{Batch, CloseReason, Welcome};
+use herd_codec::proto::{Batch, CloseReason, Record, Welcome};
 use hub_support::{ScriptedAgent, hello, hub_with, within};
 
 fn refusal(kinds: &[Kind]) -> &Welcome {
@@ -173,4 +174,51 @@ async fn shutdown_says_goodbye_to_every_agent() {
         [Kind::Goodbye(goodbye)] => assert_eq!(goodbye.reason(), CloseReason::Shutdown),
         other => panic!("expected Goodbye{{SHUTDOWN}}, got {other:?}"),
     }
+}
+
+#[actix::test]
+async fn a_batch_with_a_malformed_record_is_a_clear_protocol_error_and_nothing_of_it_is_published()
+{
+    let (nats, hub) = hub_with(|_| {}).await;
+    let mut data = hub_support::subscribe(&nats, "herd.data.>").await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "mangler").await;
+    // AgentMessage{batch{seq 1, records: [good, record with a source that is not UTF-8]}}.
+    let good = [0x08, 0xd0, 0x0f]; // data_type 2000
+    let bad = [0x08, 0xd0, 0x0f, 0x1a, 0x01, 0xff]; // + source = [0xff]
+    let mut batch = vec![0x08, 0x01, 0x12, good.len() as u8];
+    batch.extend_from_slice(&good);
+    batch.extend_from_slice(&[0x12, bad.len() as u8]);
+    batch.extend_from_slice(&bad);
+    let mut body = vec![0x12, batch.len() as u8];
+    body.extend_from_slice(&batch);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    agent.send_raw(&frame).await;
+    match &agent.until_closed().await[..] {
+        [Kind::Goodbye(goodbye)] => {
+            assert_eq!(goodbye.reason(), CloseReason::ProtocolError);
+            assert!(
+                goodbye.message.starts_with(&format!(
+                    "bad frame: frame body of {} bytes is not a valid herd.v1.AgentMessage",
+                    body.len()
+                )),
+                "{}",
+                goodbye.message
+            );
+            assert!(goodbye.message.contains("UTF-8"), "{}", goodbye.message);
+        }
+        other => panic!("expected a Goodbye, got {other:?}"),
+    }
+    // Not even the well-formed record of that batch went out: the first
+    // record published is the one a second agent sends after the refusal.
+    let mut witness = ScriptedAgent::online(hub.listen_addr(), "witness").await;
+    witness
+        .send_acked(Batch {
+            seq: 1,
+            records: vec![Record::default()],
+        })
+        .await;
+    let first = within("a data message", data.next()).await.expect("open");
+    assert_eq!(first.subject.as_str(), "herd.data.witness.0");
+    hub.shutdown().await;
 }
