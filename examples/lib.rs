@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use herd_codec::NameError;
-use herd_codec::proto::{ConfigSet, Envelope, Task, TaskResult, TaskStatus};
+use herd_codec::proto::{ConfigSet, Envelope, EnvelopeBatch, Task, TaskResult, TaskStatus};
 use herd_hub::{AGENT_KEY_PREFIX, FLEET_KEY, parse_config};
 use prost::Message as _;
 
@@ -22,6 +22,54 @@ pub use record_counter::{Counts, RecordCounter, RecordCounts};
 
 /// Body bytes shown before a body is summarised by its length.
 const BODY_PREVIEW: usize = 64;
+
+/// The records of one message the hub published, as envelopes: a
+/// `herd.data.*` message holds one `Envelope`, a `herd.batch.*` message (the
+/// grouped form, `data_form = "batch"`) an `EnvelopeBatch` of several
+/// records with the agent's identity once.
+///
+/// ```
+/// use herd_codec::proto::{Envelope, EnvelopeBatch, Record};
+/// use prost::Message;
+///
+/// let group = EnvelopeBatch {
+///     agent_id: "web-1".into(),
+///     seq: 7,
+///     index: vec![0, 2],
+///     records: vec![Record { data_type: 2000, ..Default::default() }; 2],
+///     ..Default::default()
+/// };
+/// let envelopes = herd_examples::envelopes("herd.batch.web-1.2000", &group.encode_to_vec())?;
+/// assert_eq!(envelopes.len(), 2);
+/// assert_eq!((envelopes[1].agent_id.as_str(), envelopes[1].seq, envelopes[1].index), ("web-1", 7, 2));
+///
+/// let one = Envelope { agent_id: "web-1".into(), ..Default::default() };
+/// assert_eq!(herd_examples::envelopes("herd.data.web-1.2000", &one.encode_to_vec())?, vec![one]);
+/// # Ok::<(), prost::DecodeError>(())
+/// ```
+pub fn envelopes(subject: &str, payload: &[u8]) -> Result<Vec<Envelope>, prost::DecodeError> {
+    if !subject.starts_with("herd.batch.") {
+        return Envelope::decode(payload).map(|envelope| vec![envelope]);
+    }
+    let group = EnvelopeBatch::decode(payload)?;
+    Ok(group
+        .records
+        .into_iter()
+        .zip(group.index)
+        .map(|(record, index)| Envelope {
+            agent_id: group.agent_id.clone(),
+            hostname: group.hostname.clone(),
+            intranet_ipv4: group.intranet_ipv4.clone(),
+            intranet_ipv6: group.intranet_ipv6.clone(),
+            agent_version: group.agent_version.clone(),
+            received_at_ms: group.received_at_ms,
+            seq: group.seq,
+            index,
+            record: Some(record),
+            hub_id: group.hub_id.clone(),
+        })
+        .collect())
+}
 
 /// One human-readable line for a record published by the hub, fields in key
 /// order:

@@ -6,13 +6,13 @@
 //! ```
 //!
 //! Records arrive on `herd.data.<agent_id>.<data_type>` as protobuf
-//! `Envelope`s; this subscribes to one agent, one data type, or everything,
-//! and decodes each message with `herd-codec`'s generated types.
+//! `Envelope`s, or, from a hub with `data_form = "batch"`, grouped on
+//! `herd.batch.<agent_id>.<data_type>` as `EnvelopeBatch`es; this subscribes
+//! to both forms for one agent, one data type, or everything, and decodes
+//! each message with `herd-codec`'s generated types.
 
 use clap::Parser;
 use futures::StreamExt;
-use herd_codec::proto::Envelope;
-use prost::Message;
 
 #[derive(Debug, Parser)]
 #[command(about = "Print herd records from NATS as readable lines")]
@@ -40,21 +40,34 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(agent) = &args.agent {
         herd_codec::validate_agent_id(agent)?;
     }
-    let subject = format!(
-        "herd.data.{}.{}",
+    let filter = format!(
+        "{}.{}",
         args.agent.as_deref().unwrap_or("*"),
         args.data_type
             .map_or_else(|| "*".to_owned(), |data_type| data_type.to_string()),
     );
     let client = async_nats::connect(&args.nats_url).await?;
-    let subscription = client.subscribe(subject.clone()).await?;
-    eprintln!("subscribed to {subject} on {}", args.nats_url);
+    let records = client.subscribe(format!("herd.data.{filter}")).await?;
+    let groups = client.subscribe(format!("herd.batch.{filter}")).await?;
+    eprintln!(
+        "subscribed to herd.data.{filter} and herd.batch.{filter} on {}",
+        args.nats_url
+    );
 
-    let mut messages = subscription.take(args.count.unwrap_or(usize::MAX));
-    while let Some(message) = messages.next().await {
-        match Envelope::decode(message.payload) {
-            Ok(envelope) => println!("{}", herd_examples::describe_envelope(&envelope)),
-            Err(error) => eprintln!("{}: not an Envelope: {error}", message.subject),
+    let mut messages = futures::stream::select(records, groups);
+    let mut left = args.count.unwrap_or(usize::MAX);
+    while left > 0 {
+        let Some(message) = messages.next().await else {
+            break;
+        };
+        match herd_examples::envelopes(&message.subject, &message.payload) {
+            Ok(envelopes) => {
+                for envelope in envelopes.iter().take(left) {
+                    println!("{}", herd_examples::describe_envelope(envelope));
+                }
+                left -= envelopes.len().min(left);
+            }
+            Err(error) => eprintln!("{}: not a herd record message: {error}", message.subject),
         }
     }
     Ok(())

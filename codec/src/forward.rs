@@ -353,6 +353,85 @@ impl EnvelopeIdentity {
     }
 }
 
+/// The grouped form: one [`EnvelopeBatch`](crate::proto::EnvelopeBatch)
+/// holding several records of one batch, each given as its index in the
+/// batch and its encoded bytes.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use herd_codec::EnvelopeIdentity;
+/// use herd_codec::proto::{Envelope, EnvelopeBatch, Record};
+/// use prost::Message;
+///
+/// let prefix = EnvelopeIdentity::new(&Envelope { agent_id: "web-1".into(), ..Envelope::default() });
+/// let records = [Record { data_type: 2000, ..Record::default() }, Record { data_type: 2000, source: "b".into(), ..Record::default() }];
+/// let encoded: Vec<Vec<u8>> = records.iter().map(|record| record.encode_to_vec()).collect();
+/// let group = [(0, &encoded[0][..]), (2, &encoded[1][..])];
+/// let mut out = BytesMut::new();
+/// prefix.encode_group(1_700_000_000_000, 9, &group, &mut out);
+/// assert_eq!(out.len(), prefix.group_len(1_700_000_000_000, 9, &group));
+///
+/// let batch = EnvelopeBatch::decode(out.freeze())?;
+/// assert_eq!((batch.agent_id.as_str(), batch.seq), ("web-1", 9));
+/// assert_eq!(batch.index, vec![0, 2]);
+/// assert_eq!(batch.records, records);
+/// # Ok::<(), prost::DecodeError>(())
+/// ```
+impl EnvelopeIdentity {
+    /// Length of the message [`EnvelopeIdentity::encode_group`] writes.
+    pub fn group_len(&self, received_at_ms: i64, seq: u64, records: &[(u32, &[u8])]) -> usize {
+        let indexes = packed_len(records);
+        let records: usize = records
+            .iter()
+            .map(|(_, record)| 1 + encoded_len_varint(record.len() as u64) + record.len())
+            .sum();
+        self.prefix.len()
+            + varint_field_len(received_at_ms as u64)
+            + varint_field_len(seq)
+            + if indexes == 0 {
+                0
+            } else {
+                1 + encoded_len_varint(indexes as u64) + indexes
+            }
+            + records
+    }
+
+    /// Appends one `EnvelopeBatch` of `records` to `dst`.
+    pub fn encode_group(
+        &self,
+        received_at_ms: i64,
+        seq: u64,
+        records: &[(u32, &[u8])],
+        dst: &mut BytesMut,
+    ) {
+        dst.reserve(self.group_len(received_at_ms, seq, records));
+        dst.extend_from_slice(&self.prefix);
+        put_varint_field(field::ENVELOPE_RECEIVED_AT_MS, received_at_ms as u64, dst);
+        put_varint_field(field::ENVELOPE_SEQ, seq, dst);
+        let indexes = packed_len(records);
+        if indexes > 0 {
+            // `repeated uint32` is packed in proto3, as prost writes it.
+            encode_key(field::ENVELOPE_INDEX, WireType::LengthDelimited, dst);
+            prost::encoding::encode_varint(indexes as u64, dst);
+            for (index, _) in records {
+                prost::encoding::encode_varint(u64::from(*index), dst);
+            }
+        }
+        for (_, record) in records {
+            encode_key(field::ENVELOPE_RECORD, WireType::LengthDelimited, dst);
+            prost::encoding::encode_varint(record.len() as u64, dst);
+            dst.put_slice(record);
+        }
+    }
+}
+
+fn packed_len(records: &[(u32, &[u8])]) -> usize {
+    records
+        .iter()
+        .map(|(index, _)| encoded_len_varint(u64::from(*index)))
+        .sum()
+}
+
 fn varint_field_len(value: u64) -> usize {
     if value == 0 {
         0

@@ -3,9 +3,10 @@
 
 use crate::frame::WireMessage;
 use crate::proto::{
-    Ack, AgentMessage, Batch, Command, ConfigSet, Durable, Envelope, Goodbye, Hello, HubMessage,
-    Ping, PluginCommand, PluginConfig, PluginMessage, PluginStatus, Pong, Record, RestartPolicy,
-    Task, TaskResult, Welcome, agent_message, hub_message, plugin_command, plugin_message,
+    Ack, AgentMessage, Batch, Command, ConfigSet, Durable, Envelope, EnvelopeBatch, Goodbye, Hello,
+    HubMessage, Ping, PluginCommand, PluginConfig, PluginMessage, PluginStatus, Pong, Record,
+    RestartPolicy, Task, TaskResult, Welcome, agent_message, hub_message, plugin_command,
+    plugin_message,
 };
 
 macro_rules! wire_messages {
@@ -33,6 +34,7 @@ wire_messages!(
     Ping,
     Goodbye,
     Envelope,
+    EnvelopeBatch,
     Durable,
 );
 

@@ -4,7 +4,9 @@
 //! accepted or refused exactly as prost accepts or refuses it.
 
 use bytes::{Bytes, BytesMut};
-use herd_codec::proto::{AgentMessage, Batch, Envelope, Pong, Record, agent_message};
+use herd_codec::proto::{
+    AgentMessage, Batch, Envelope, EnvelopeBatch, Pong, Record, agent_message,
+};
 use herd_codec::{AgentFrame, CodecError, EnvelopeIdentity, FrameBody, RawBatch, WireMessage};
 use proptest::collection::{hash_map, vec};
 use proptest::prelude::*;
@@ -216,4 +218,39 @@ fn a_record_is_forwarded_byte_for_byte_unknown_fields_included() {
     let walked = walked(body.into());
     assert_eq!(&walked.records[0].bytes[..], &record[..]);
     assert_eq!(walked.records[0].data_type, 2000);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn a_spliced_group_decodes_equal_to_a_prost_built_envelope_batch(
+        identity in identity(), received_at_ms in any::<i64>(), seq in any::<u64>(),
+        records in vec((any::<u32>(), record()), 0..6),
+    ) {
+        let prefix = EnvelopeIdentity::new(&identity);
+        let encoded: Vec<(u32, Vec<u8>)> = records
+            .iter()
+            .map(|(index, record)| (*index, record.encode_to_vec()))
+            .collect();
+        let group: Vec<(u32, &[u8])> =
+            encoded.iter().map(|(index, bytes)| (*index, &bytes[..])).collect();
+        let mut spliced = BytesMut::new();
+        prefix.encode_group(received_at_ms, seq, &group, &mut spliced);
+        prop_assert_eq!(spliced.len(), prefix.group_len(received_at_ms, seq, &group));
+        let expected = EnvelopeBatch {
+            agent_id: identity.agent_id.clone(),
+            hostname: identity.hostname.clone(),
+            intranet_ipv4: identity.intranet_ipv4.clone(),
+            intranet_ipv6: identity.intranet_ipv6.clone(),
+            agent_version: identity.agent_version.clone(),
+            received_at_ms,
+            seq,
+            index: records.iter().map(|(index, _)| *index).collect(),
+            records: records.into_iter().map(|(_, record)| record).collect(),
+            hub_id: identity.hub_id.clone(),
+        };
+        prop_assert_eq!(spliced.len(), expected.encoded_len());
+        prop_assert_eq!(EnvelopeBatch::decode(spliced.freeze()).expect("decodes"), expected);
+    }
 }

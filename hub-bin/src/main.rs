@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herd_cli::{ConfigFileError, LogFormat, ShutdownSignals};
-use herd_hub::{AckMode, Hub, HubConfig, HubError};
+use herd_hub::{AckMode, DataForm, Hub, HubConfig, HubError};
 
 /// Accepts herd agents over TCP and publishes their records to NATS.
 ///
@@ -56,6 +56,11 @@ struct Cli {
     /// or `flush` (core NATS; file key `ack_mode`).
     #[arg(long, env = "HERD_HUB_ACK_MODE", value_name = "jetstream|flush", value_parser = parse_ack_mode)]
     ack_mode: Option<AckMode>,
+    /// How records go to NATS: `record` (one Envelope per record on
+    /// herd.data.*, the default) or `batch` (one EnvelopeBatch per batch and
+    /// data type on herd.batch.*; file key `data_form`).
+    #[arg(long, env = "HERD_HUB_DATA_FORM", value_name = "record|batch", value_parser = parse_data_form)]
+    data_form: Option<DataForm>,
     /// Log line format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "HERD_HUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -84,6 +89,14 @@ fn parse_ack_mode(value: &str) -> Result<AckMode, String> {
         "jetstream" => Ok(AckMode::Jetstream),
         "flush" => Ok(AckMode::Flush),
         other => Err(format!("expected `jetstream` or `flush`, not {other:?}")),
+    }
+}
+
+fn parse_data_form(value: &str) -> Result<DataForm, String> {
+    match value {
+        "record" => Ok(DataForm::Record),
+        "batch" => Ok(DataForm::Batch),
+        other => Err(format!("expected `record` or `batch`, not {other:?}")),
     }
 }
 
@@ -119,6 +132,9 @@ impl Cli {
         }
         if let Some(mode) = self.ack_mode {
             config.ack_mode = mode;
+        }
+        if let Some(form) = self.data_form {
+            config.data_form = form;
         }
         config.validate().map_err(HubError::from)?;
         Ok(config)

@@ -154,3 +154,19 @@ async fn sigterm_shuts_the_hub_down_in_order() {
     assert!(status.success(), "{status:?}; log:\n{log}");
     assert!(log.contains("hub shut down"), "{log}");
 }
+
+#[test]
+fn the_data_form_flag_sets_it_and_a_wrong_value_is_named() {
+    let printed = printed(hub().args(["--data-form", "batch"]));
+    assert!(printed.contains("data_form = \"batch\""), "{printed}");
+    let output = hub()
+        .args(["--data-form", "grouped", "--print-config"])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("expected `record` or `batch`, not \"grouped\""),
+        "{stderr}"
+    );
+}

@@ -27,6 +27,21 @@ pub enum AckMode {
     Jetstream,
 }
 
+/// How the hub publishes an agent's records to NATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataForm {
+    /// One message per record on `herd.data.<agent_id>.<data_type>`: an
+    /// `Envelope` (the default).
+    #[default]
+    Record,
+    /// One message per batch and data type on
+    /// `herd.batch.<agent_id>.<data_type>`: an `EnvelopeBatch`, the agent's
+    /// identity once and the records. Far fewer messages for NATS and the
+    /// subscribers; a subscriber takes the records apart itself.
+    Batch,
+}
+
 /// Everything the hub needs to run. Every field has a default; see
 /// `hub-bin/herd-hub.example.toml` for the documented file form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +84,8 @@ pub struct HubConfig {
     pub ack_mode: AckMode,
     /// The stream records are stored in with `ack_mode = "jetstream"`.
     pub stream: DataStreamConfig,
+    /// One NATS message per record, or per batch and data type.
+    pub data_form: DataForm,
     /// Longest wait for a flush / `PubAck`s before the batch is re-published.
     pub publish_timeout_ms: u64,
     /// Timeout of a task request when the task does not set one.
@@ -102,6 +119,7 @@ impl Default for HubConfig {
             write_queue: 64,
             ack_mode: AckMode::Jetstream,
             stream: DataStreamConfig::default(),
+            data_form: DataForm::Record,
             publish_timeout_ms: 5_000,
             task_timeout_ms: 30_000,
             task_batch_size: 100,

@@ -406,6 +406,7 @@ impl Connection {
             let publisher = services.link.publisher(
                 identity.clone(),
                 services.config.ack_mode,
+                services.config.data_form,
                 services.config.publish_timeout(),
                 services.metrics.clone(),
             );

@@ -83,13 +83,14 @@ use actix::prelude::*;
 
 pub use agent_info::AgentInfo;
 pub use batcher::{TASK_RESULTS_SUBJECT, TaskResultRecord};
-pub use config::{AckMode, DataStreamConfig, HubConfig, HubConfigError};
+pub use config::{AckMode, DataForm, DataStreamConfig, HubConfig, HubConfigError};
 pub use config_watcher::{AGENT_KEY_PREFIX, CONFIG_BUCKET, FLEET_KEY, config_bucket, parse_config};
 pub use embedded::{NATS_URL_FILE, find_nats_server};
 pub use error::HubError;
 pub use messages::PresenceEvent;
 pub use metrics::HubMetrics;
 pub use sink::{HEADER_MSG_ID, LossEvent, LossKind, NatsLink, NatsState};
+pub use stream::DATA_STREAM_SUBJECTS;
 pub use tracker::Presence;
 
 use batcher::TaskBatcher;

@@ -21,7 +21,7 @@ use herd_codec::{EnvelopeIdentity, RawBatch};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::config::AckMode;
+use crate::config::{AckMode, DataForm};
 use crate::error::HubError;
 use crate::metrics::HubMetrics;
 use herd_supervision::{Backoff, BackoffPolicy, Retry};
@@ -175,12 +175,14 @@ impl NatsLink {
         &self,
         identity: AgentIdentity,
         mode: AckMode,
+        form: DataForm,
         timeout: Duration,
         metrics: HubMetrics,
     ) -> BatchPublisher {
         BatchPublisher {
             prefix: identity.envelope_identity(),
-            subjects: Subjects::new(&identity.agent_id),
+            subjects: Subjects::new(&identity.agent_id, form),
+            form,
             delivery: Arc::new(Delivery {
                 link: self.clone(),
                 agent_id: identity.agent_id.clone(),
@@ -236,6 +238,7 @@ pub(crate) struct BatchPublisher {
     /// The identity fields of every envelope, encoded once.
     prefix: EnvelopeIdentity,
     subjects: Subjects,
+    form: DataForm,
     delivery: Arc<Delivery>,
     /// The server's `max_payload`, once known (it does not change).
     max_payload: OnceLock<usize>,
@@ -246,16 +249,43 @@ pub(crate) struct BatchPublisher {
 pub(crate) type Accepted = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl BatchPublisher {
-    /// Turns `batch` into one message per record, each an envelope spliced
-    /// around the record's bytes as the agent sent them. A record NATS cannot
-    /// take is left out, counted and reported as a loss event.
+    /// Turns `batch` into NATS messages around the records' bytes as the
+    /// agent sent them: one envelope per record, or one `EnvelopeBatch` per
+    /// data type (split where NATS' `max_payload` needs it). A record NATS
+    /// cannot take is left out, counted and reported as a loss event.
     pub(crate) async fn prepare(&mut self, batch: RawBatch) -> PreparedBatch {
         let seq = batch.seq;
         let received_at_ms = now_ms();
-        let max_payload = self.max_payload();
-        let jetstream = self.delivery.mode == AckMode::Jetstream;
-        // A batch has far fewer than 2^32 records: the frame cap bounds it.
-        let index_of = |index: usize| u32::try_from(index).unwrap_or(u32::MAX);
+        let max_payload = self.max_payload().unwrap_or(usize::MAX);
+        let mut out = Built::default();
+        match self.form {
+            DataForm::Record => self.per_record(&batch, received_at_ms, max_payload, &mut out),
+            DataForm::Batch => self.grouped(&batch, received_at_ms, max_payload, &mut out),
+        }
+        for (index, bytes) in out.refused {
+            self.delivery.metrics.oversize_records.inc();
+            self.report_loss(LossEvent {
+                records: 1,
+                index: Some(index),
+                bytes: Some(bytes as u64),
+                ..self.loss(LossKind::Oversize, seq, seq)
+            })
+            .await;
+        }
+        PreparedBatch {
+            messages: out.messages,
+            records: batch.records.len(),
+        }
+    }
+
+    fn per_record(
+        &mut self,
+        batch: &RawBatch,
+        received_at_ms: i64,
+        max_payload: usize,
+        out: &mut Built,
+    ) {
+        let seq = batch.seq;
         let total = batch
             .records
             .iter()
@@ -267,42 +297,99 @@ impl BatchPublisher {
             .sum();
         // One allocation for the whole batch; each payload is a slice of it.
         let mut buffer = BytesMut::with_capacity(total);
-        let mut messages = Vec::with_capacity(batch.records.len());
-        let mut refused = Vec::new();
+        out.messages.reserve(batch.records.len());
         for (index, record) in batch.records.iter().enumerate() {
             let index = index_of(index);
             self.prefix
                 .encode(received_at_ms, seq, index, &record.bytes, &mut buffer);
             let payload = buffer.split().freeze();
-            if max_payload.is_some_and(|max_payload| payload.len() > max_payload) {
-                refused.push((index, payload.len()));
+            if payload.len() > max_payload {
+                out.refused.push((index, payload.len()));
                 continue;
             }
-            let message_id = jetstream.then(|| {
-                let mut headers = HeaderMap::new();
-                headers.insert(
-                    HEADER_MSG_ID,
-                    format!("{}{seq}.{index}", self.subjects.msg_id),
-                );
-                headers
-            });
-            messages.push(OutMessage {
-                subject: self.subjects.data(record.data_type),
-                message_id,
+            out.messages.push(OutMessage {
+                subject: self.subjects.subject(record.data_type),
+                message_id: self.message_id(format_args!("{seq}.{index}")),
                 payload,
             });
         }
-        for (index, bytes) in refused {
-            self.delivery.metrics.oversize_records.inc();
-            self.report_loss(LossEvent {
-                records: 1,
-                index: Some(index),
-                bytes: Some(bytes as u64),
-                ..self.loss(LossKind::Oversize, seq, seq)
-            })
-            .await;
+    }
+
+    fn grouped(
+        &mut self,
+        batch: &RawBatch,
+        received_at_ms: i64,
+        max_payload: usize,
+        out: &mut Built,
+    ) {
+        let seq = batch.seq;
+        // Data types in the order they first appear; few per batch.
+        let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
+        for (index, record) in batch.records.iter().enumerate() {
+            let index = index_of(index);
+            match groups
+                .iter_mut()
+                .find(|(data_type, _)| *data_type == record.data_type)
+            {
+                Some((_, indexes)) => indexes.push(index),
+                None => groups.push((record.data_type, vec![index])),
+            }
         }
-        PreparedBatch { messages }
+        // An upper bound of a group's size: the identity, the widest numbers
+        // and index list header, and per record its field and its index.
+        let fixed = self.prefix.prefix().len() + 11 + 11 + 1 + 5;
+        let cost = |index: u32, len: usize| 1 + 5 + len + varint_len(u64::from(index));
+        let mut buffer = BytesMut::with_capacity(batch.frame_bytes + groups.len() * fixed);
+        for (data_type, indexes) in groups {
+            let mut chunk: Vec<(u32, &[u8])> = Vec::new();
+            let mut size = fixed;
+            for index in indexes {
+                let record = &batch.records[index as usize].bytes[..];
+                let record_cost = cost(index, record.len());
+                if fixed + record_cost > max_payload {
+                    out.refused.push((index, fixed + record_cost));
+                    continue;
+                }
+                if size + record_cost > max_payload {
+                    self.push_group(data_type, seq, received_at_ms, &chunk, &mut buffer, out);
+                    chunk.clear();
+                    size = fixed;
+                }
+                chunk.push((index, record));
+                size += record_cost;
+            }
+            self.push_group(data_type, seq, received_at_ms, &chunk, &mut buffer, out);
+        }
+    }
+
+    fn push_group(
+        &mut self,
+        data_type: u32,
+        seq: u64,
+        received_at_ms: i64,
+        chunk: &[(u32, &[u8])],
+        buffer: &mut BytesMut,
+        out: &mut Built,
+    ) {
+        let Some((first, _)) = chunk.first() else {
+            return;
+        };
+        self.prefix.encode_group(received_at_ms, seq, chunk, buffer);
+        out.messages.push(OutMessage {
+            subject: self.subjects.subject(data_type),
+            // `.g`: never the id of a per-record message of the same batch.
+            message_id: self.message_id(format_args!("{seq}.{first}.g")),
+            payload: buffer.split().freeze(),
+        });
+    }
+
+    /// `Nats-Msg-Id` = `<agent_id>.<rest>`, in JetStream mode only.
+    fn message_id(&self, rest: std::fmt::Arguments<'_>) -> Option<HeaderMap> {
+        (self.delivery.mode == AckMode::Jetstream).then(|| {
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_MSG_ID, format!("{}{rest}", self.subjects.msg_id));
+            headers
+        })
     }
 
     /// Hands `batch` to NATS and returns what confirms it: with
@@ -378,6 +465,26 @@ impl BatchPublisher {
 #[derive(Debug)]
 pub(crate) struct PreparedBatch {
     messages: Vec<OutMessage>,
+    /// Records in the messages (with grouping, more than messages).
+    records: usize,
+}
+
+/// What [`BatchPublisher::prepare`] builds: the messages, and the records
+/// refused for their size (index in the batch, bytes).
+#[derive(Debug, Default)]
+struct Built {
+    messages: Vec<OutMessage>,
+    refused: Vec<(u32, usize)>,
+}
+
+/// A record's index in its batch; a batch has far fewer than 2^32 records
+/// (the frame cap bounds it).
+fn index_of(index: usize) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX)
+}
+
+fn varint_len(value: u64) -> usize {
+    prost::encoding::encoded_len_varint(value)
 }
 
 /// One record, encoded and addressed.
@@ -434,7 +541,7 @@ impl Delivery {
     }
 
     /// Waits for what confirms `attempt`; `true` once the batch is safe.
-    async fn finish(&self, attempt: Attempt, messages: &[OutMessage]) -> bool {
+    async fn finish(&self, attempt: Attempt, batch: &PreparedBatch) -> bool {
         let confirmed = match attempt.sent {
             Ok(Sent::Flushed) => Ok(()),
             Ok(Sent::Acks(acks)) => {
@@ -452,9 +559,13 @@ impl Delivery {
         };
         match confirmed {
             Ok(()) if self.link.epoch.load(Ordering::SeqCst) == attempt.epoch => {
-                let bytes = messages.iter().map(|message| message.payload.len()).sum();
+                let bytes = batch
+                    .messages
+                    .iter()
+                    .map(|message| message.payload.len())
+                    .sum();
                 self.metrics
-                    .observe_publish(attempt.started.elapsed(), messages.len(), bytes);
+                    .observe_publish(attempt.started.elapsed(), batch.records, bytes);
                 return true;
             }
             Ok(()) => {
@@ -474,7 +585,7 @@ impl Delivery {
                 .expect("constant backoff parameters are valid"),
         );
         let mut attempt = first;
-        while !self.finish(attempt, &batch.messages).await {
+        while !self.finish(attempt, &batch).await {
             self.metrics.publish_retries.inc();
             retry.wait().await;
             attempt = self.start(&batch.messages).await;
@@ -527,34 +638,38 @@ impl Delivery {
 /// The subjects and message-id prefix of one agent, built once.
 #[derive(Debug, Clone)]
 struct Subjects {
-    /// `herd.data.<agent_id>.`
-    data_prefix: String,
-    /// `herd.data.<agent_id>.<data_type>` of the types seen so far.
-    data: Vec<(u32, Subject)>,
+    /// `herd.data.<agent_id>.` or `herd.batch.<agent_id>.`
+    prefix: String,
+    /// The subjects of the data types seen so far.
+    known: Vec<(u32, Subject)>,
     /// `<agent_id>.`
     msg_id: String,
 }
 
 impl Subjects {
     /// Data types whose subjects are kept; an agent sends a handful, and one
-    /// that sends thousands gets its subjects built per record.
+    /// that sends thousands gets its subjects built per message.
     const KEPT: usize = 64;
 
-    fn new(agent_id: &str) -> Self {
+    fn new(agent_id: &str, form: DataForm) -> Self {
+        let root = match form {
+            DataForm::Record => "herd.data",
+            DataForm::Batch => "herd.batch",
+        };
         Self {
-            data_prefix: format!("herd.data.{agent_id}."),
-            data: Vec::new(),
+            prefix: format!("{root}.{agent_id}."),
+            known: Vec::new(),
             msg_id: format!("{agent_id}."),
         }
     }
 
-    fn data(&mut self, data_type: u32) -> Subject {
-        if let Some((_, subject)) = self.data.iter().find(|(known, _)| *known == data_type) {
+    fn subject(&mut self, data_type: u32) -> Subject {
+        if let Some((_, subject)) = self.known.iter().find(|(known, _)| *known == data_type) {
             return subject.clone();
         }
-        let subject = Subject::from(format!("{}{data_type}", self.data_prefix));
-        if self.data.len() < Self::KEPT {
-            self.data.push((data_type, subject.clone()));
+        let subject = Subject::from(format!("{}{data_type}", self.prefix));
+        if self.known.len() < Self::KEPT {
+            self.known.push((data_type, subject.clone()));
         }
         subject
     }

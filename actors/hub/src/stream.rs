@@ -12,7 +12,10 @@ use tokio::sync::watch;
 
 use crate::sink::{NatsLink, NatsState};
 
-/// The stream every `herd.data` record is stored in (JetStream ack mode).
+/// The subjects the data stream stores: both forms of published records.
+pub const DATA_STREAM_SUBJECTS: [&str; 2] = ["herd.data.>", "herd.batch.>"];
+
+/// The stream every published record is stored in (JetStream ack mode).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataStreamConfig {
@@ -44,7 +47,7 @@ impl DataStreamConfig {
     fn stream_config(&self) -> stream::Config {
         stream::Config {
             name: self.name.clone(),
-            subjects: vec!["herd.data.>".to_owned()],
+            subjects: DATA_STREAM_SUBJECTS.map(str::to_owned).to_vec(),
             max_bytes: self.max_bytes,
             max_age: Duration::from_secs(self.max_age_secs),
             duplicate_window: Duration::from_secs(self.duplicate_window_secs),
@@ -121,7 +124,7 @@ async fn keep(link: NatsLink, config: DataStreamConfig, status: watch::Sender<Re
 async fn ensure(link: &NatsLink, config: &DataStreamConfig) -> Result<(), String> {
     let jetstream = link.jetstream();
     match jetstream.get_stream(&config.name).await {
-        Ok(_) => return Ok(()),
+        Ok(stream) => return ensure_subjects(jetstream, &stream, config).await,
         Err(error) if !config.create => {
             return Err(format!(
                 "stream {} not found ({error}) and create = false",
@@ -135,4 +138,35 @@ async fn ensure(link: &NatsLink, config: &DataStreamConfig) -> Result<(), String
         .await
         .map(|_| tracing::info!(stream = %config.name, "created the JetStream data stream"))
         .map_err(|error| format!("cannot create stream {}: {error}", config.name))
+}
+
+/// A stream made by an older hub (or by hand) may lack `herd.batch.>`; with
+/// `create = true` the hub adds what is missing, otherwise it says so.
+async fn ensure_subjects(
+    jetstream: &async_nats::jetstream::Context,
+    stream: &stream::Stream,
+    config: &DataStreamConfig,
+) -> Result<(), String> {
+    let mut stream_config = stream.cached_info().config.clone();
+    let missing: Vec<String> = DATA_STREAM_SUBJECTS
+        .iter()
+        .filter(|subject| !stream_config.subjects.iter().any(|known| known == *subject))
+        .map(|subject| (*subject).to_owned())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !config.create {
+        return Err(format!(
+            "stream {} does not store {} and create = false",
+            config.name,
+            missing.join(", ")
+        ));
+    }
+    stream_config.subjects.extend(missing.iter().cloned());
+    jetstream
+        .update_stream(stream_config)
+        .await
+        .map(|_| tracing::info!(stream = %config.name, added = ?missing, "added subjects to the JetStream data stream"))
+        .map_err(|error| format!("cannot add {missing:?} to stream {}: {error}", config.name))
 }

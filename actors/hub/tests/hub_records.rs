@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use herd_codec::proto::hub_message::Kind;
-use herd_codec::proto::{Batch, Envelope, Record};
-use herd_hub::{AckMode, HEADER_MSG_ID};
+use herd_codec::proto::{Batch, Envelope, EnvelopeBatch, Record};
+use herd_hub::{AckMode, DataForm, HEADER_MSG_ID};
 use hub_support::{ScriptedAgent, WAIT, hub_with, within};
 use prost::Message as _;
 
@@ -160,5 +160,110 @@ async fn nats_restart_mid_stream_loses_no_acked_record_and_stops_reading_meanwhi
         .expect("stream");
     let info = within("stream info", stream.info()).await.expect("info");
     assert_eq!(info.state.messages, 14, "7 batches of 2 records");
+    hub.shutdown().await;
+}
+
+/// One grouped message from `herd.batch.>`: its subject, `Nats-Msg-Id` and
+/// decoded `EnvelopeBatch`.
+async fn next_group(data: &mut async_nats::Subscriber) -> (String, Option<String>, EnvelopeBatch) {
+    let message = within("a grouped message", data.next())
+        .await
+        .expect("subscription open");
+    let id = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(HEADER_MSG_ID))
+        .map(|id| id.as_str().to_owned());
+    let group = EnvelopeBatch::decode(message.payload).expect("an EnvelopeBatch");
+    (message.subject.to_string(), id, group)
+}
+
+#[actix::test]
+async fn grouped_form_publishes_one_message_per_batch_and_data_type_into_the_stream() {
+    let (nats, hub) = hub_with(|config| config.data_form = DataForm::Batch).await;
+    let mut data = hub_support::subscribe(&nats, "herd.batch.>").await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "grouper").await;
+    let mut records = batch(1, "grouper").records;
+    records.push(Record {
+        data_type: 2000,
+        source: "third".into(),
+        ..Record::default()
+    });
+    // Types in the batch: 2000, 2001, 2000.
+    agent
+        .send(Batch {
+            seq: 1,
+            records: records.clone(),
+        })
+        .await;
+    // Acked after the PubAcks: the stream stores `herd.batch.>` too.
+    expect_ack(&mut agent, 1).await;
+
+    let (subject, id, first) = next_group(&mut data).await;
+    assert_eq!(subject, "herd.batch.grouper.2000");
+    assert_eq!(id.as_deref(), Some("grouper.1.0.g"));
+    assert_eq!(
+        (first.agent_id.as_str(), first.seq, first.hub_id.as_str()),
+        ("grouper", 1, hub.hub_id())
+    );
+    assert_eq!(first.hostname, "host-grouper");
+    assert_eq!(first.index, vec![0, 2]);
+    assert_eq!(first.records, vec![records[0].clone(), records[2].clone()]);
+
+    let (subject, id, second) = next_group(&mut data).await;
+    assert_eq!(subject, "herd.batch.grouper.2001");
+    assert_eq!(id.as_deref(), Some("grouper.1.1.g"));
+    assert_eq!(second.index, vec![1]);
+    assert_eq!(second.records, vec![records[1].clone()]);
+    assert_eq!(second.received_at_ms, first.received_at_ms);
+
+    let client = nats.client().await.expect("client");
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("HERD_DATA")
+        .await
+        .expect("the hub's data stream");
+    let info = stream.info().await.expect("stream info");
+    // The two groups, and the probe that proved the subscription live.
+    assert_eq!(info.state.messages, 3);
+    assert!(info.config.subjects.contains(&"herd.batch.>".to_owned()));
+    hub.shutdown().await;
+}
+
+#[actix::test]
+async fn a_group_over_max_payload_is_split_and_nothing_is_lost() {
+    let (nats, hub) = hub_with(|config| {
+        config.data_form = DataForm::Batch;
+        config.ack_mode = AckMode::Flush;
+    })
+    .await;
+    let mut data = hub_support::subscribe(&nats, "herd.batch.>").await;
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "bulky").await;
+    // Three 400 KB records of one type: 1.2 MB, over NATS' 1 MiB max_payload.
+    let records: Vec<Record> = (0..3u8)
+        .map(|n| Record {
+            data_type: 2000,
+            body: vec![n; 400_000].into(),
+            ..Record::default()
+        })
+        .collect();
+    agent
+        .send(Batch {
+            seq: 1,
+            records: records.clone(),
+        })
+        .await;
+    expect_ack(&mut agent, 1).await;
+    let (_, id, first) = next_group(&mut data).await;
+    let (_, _, second) = next_group(&mut data).await;
+    assert_eq!(id, None, "flush mode sets no header");
+    assert_eq!((first.index, second.index), (vec![0, 1], vec![2]));
+    let mut received = first.records;
+    received.extend(second.records);
+    assert_eq!(received, records);
+    let metrics = hub.metrics().render();
+    assert!(
+        metrics.contains("herd_hub_oversize_records_total 0\n"),
+        "{metrics}"
+    );
     hub.shutdown().await;
 }
