@@ -4,6 +4,10 @@
 //! Every field has a default, so an empty TOML document is a valid (if
 //! useless, having no hub) configuration. Durations are integers with their
 //! unit in the name (`_ms`, `_secs`) so a TOML file needs no duration syntax.
+//! How plugins are isolated (`plugin_isolation`, `cgroup_dir`) and the
+//! resource caps of each (`[plugin_limits.<name>]`) are the host's own
+//! policy: they hold for a plugin of that name whether it is declared here
+//! or pushed by the hub.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use herd_spool::SpoolConfig;
 
+use crate::cgroup::{CpuMax, MemoryMax};
 use crate::error::AgentConfigError;
 
 /// Everything the agent needs to run.
@@ -34,6 +39,7 @@ use crate::error::AgentConfigError;
 /// assert_eq!(config.hubs.len(), 2);
 /// assert_eq!(config.heartbeat_interval_secs, 60);
 /// assert_eq!(config.plugins[0].restart.max_restarts, 5);
+/// assert_eq!(config.plugin_isolation, herd_agent::PluginIsolation::Auto);
 /// # Ok::<(), herd_agent::AgentConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,9 +70,65 @@ pub struct AgentConfig {
     pub spool: SpoolConfig,
     /// Reconnection backoff.
     pub reconnect: ReconnectConfig,
+    /// How plugin processes are isolated.
+    pub plugin_isolation: PluginIsolation,
+    /// The cgroup v2 directory plugins' cgroups go under (`<dir>/plugins/<name>`,
+    /// the agent itself moving to `<dir>/agent`); default: the agent's own
+    /// cgroup (`/proc/self/cgroup`), when it is delegated to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_dir: Option<PathBuf>,
+    /// Resource caps by plugin name, for local and hub-pushed plugins alike
+    /// (in force only with cgroup isolation and the controllers they need).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugin_limits: BTreeMap<String, PluginLimits>,
     /// Plugins declared locally (standalone use); the hub's configuration
     /// wins for the plugins it names.
     pub plugins: Vec<PluginSpec>,
+}
+
+/// How plugin processes are isolated from each other and from the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginIsolation {
+    /// cgroups when a writable cgroup v2 subtree is delegated to the agent
+    /// (or `cgroup_dir` names one), else process groups (logged at INFO
+    /// with the reason).
+    #[default]
+    Auto,
+    /// Each plugin in a cgroup of its own; without a usable subtree no
+    /// plugin is started (each is reported failed with the reason).
+    Cgroup,
+    /// Process groups and the parent-death signal only.
+    ProcessGroup,
+}
+
+/// A plugin's resource caps (`[plugin_limits.<name>]`), written to its
+/// cgroup: `memory.max` and `cpu.max`.
+///
+/// ```
+/// use herd_agent::AgentConfig;
+///
+/// let config = AgentConfig::from_toml_str(r#"
+///     hubs = ["hub:7400"]
+///     [plugin_limits.sysmetrics]
+///     memory_max = "250M"
+///     cpu_max = "10%"
+/// "#)?;
+/// let limits = config.limits_of("sysmetrics");
+/// assert_eq!(limits.memory_max.unwrap().bytes(), 250 << 20);
+/// assert_eq!(limits.cpu_max.unwrap().cpu_max_line(), "10000 100000");
+/// assert_eq!(config.limits_of("other"), Default::default());
+/// # Ok::<(), herd_agent::AgentConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginLimits {
+    /// Memory cap: bytes, or a string with K, M, G or T (binary), e.g. "250M".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<MemoryMax>,
+    /// CPU cap in percent of one CPU, e.g. "10%".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_max: Option<CpuMax>,
 }
 
 impl Default for AgentConfig {
@@ -84,6 +146,9 @@ impl Default for AgentConfig {
             batch: BatchConfig::default(),
             spool: SpoolConfig::default(),
             reconnect: ReconnectConfig::default(),
+            plugin_isolation: PluginIsolation::default(),
+            cgroup_dir: None,
+            plugin_limits: BTreeMap::new(),
             plugins: Vec::new(),
         }
     }
@@ -343,6 +408,12 @@ impl AgentConfig {
             self.reconnect.min_backoff_ms,
             self.reconnect.max_backoff_ms,
         )?;
+        for name in self.plugin_limits.keys() {
+            herd_codec::validate_name(name).map_err(|source| AgentConfigError::PluginName {
+                name: name.clone(),
+                source,
+            })?;
+        }
         let mut names = std::collections::HashSet::new();
         for plugin in &self.plugins {
             plugin.validate()?;
@@ -358,6 +429,11 @@ impl AgentConfig {
     /// The heartbeat interval as a duration.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs(self.heartbeat_interval_secs)
+    }
+
+    /// The resource caps configured for plugin `name` (none by default).
+    pub fn limits_of(&self, name: &str) -> PluginLimits {
+        self.plugin_limits.get(name).copied().unwrap_or_default()
     }
 }
 
@@ -448,6 +524,47 @@ mod tests {
                 .to_string()
                 .contains("\"abc\"")
         );
+    }
+
+    #[test]
+    fn isolation_and_limits_parse_and_are_checked() {
+        let config = AgentConfig::from_toml_str(
+            "hubs = [\"h:1\"]\nplugin_isolation = \"cgroup\"\n\
+             cgroup_dir = \"/sys/fs/cgroup/herd\"\n\
+             [plugin_limits.p]\nmemory_max = 262144000\ncpu_max = \"12.5%\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.plugin_isolation, PluginIsolation::Cgroup);
+        assert_eq!(
+            config.cgroup_dir.as_deref(),
+            Some(std::path::Path::new("/sys/fs/cgroup/herd"))
+        );
+        let limits = config.limits_of("p");
+        assert_eq!(limits.memory_max.map(MemoryMax::bytes), Some(250 << 20));
+        assert_eq!(limits.cpu_max.map(CpuMax::quota_us), Some(12_500));
+        // Printed and read back unchanged.
+        let printed = toml::to_string(&config).unwrap();
+        assert_eq!(AgentConfig::from_toml_str(&printed).unwrap(), config);
+        // The default prints neither cgroup_dir nor limits.
+        let printed = toml::to_string(&minimal()).unwrap();
+        assert!(printed.contains("plugin_isolation = \"auto\""), "{printed}");
+        assert!(!printed.contains("cgroup_dir") && !printed.contains("plugin_limits"));
+
+        let error = |toml: &str| {
+            AgentConfig::from_toml_str(&format!("hubs = [\"h:1\"]\n{toml}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let bad_mode = error("plugin_isolation = \"cgroups\"");
+        assert!(bad_mode.contains("process_group"), "{bad_mode}");
+        let bad_memory = error("[plugin_limits.p]\nmemory_max = \"250X\"");
+        assert!(bad_memory.contains("memory_max \"250X\""), "{bad_memory}");
+        let bad_cpu = error("[plugin_limits.p]\ncpu_max = \"10\"");
+        assert!(bad_cpu.contains("cpu_max \"10\""), "{bad_cpu}");
+        let unknown = error("[plugin_limits.p]\nmemory = \"1G\"");
+        assert!(unknown.contains("memory"), "{unknown}");
+        let bad_name = error("[plugin_limits.\"a.b\"]\nmemory_max = \"1G\"");
+        assert!(bad_name.contains("a.b"), "{bad_name}");
     }
 
     #[test]

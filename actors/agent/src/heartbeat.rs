@@ -4,6 +4,18 @@
 //! Values are strings in `Record.fields`: sizes in bytes, CPU in percent of
 //! one core (so a process may exceed 100), load as the kernel reports it.
 //! CPU figures are averages since the previous heartbeat.
+//!
+//! Isolation: the 1000 record says how plugins are isolated
+//! (`agent.plugin_isolation` = `cgroup`, `process_group`, or `unavailable`
+//! when cgroups are required and cannot be used; `agent.plugin_isolation_reason`
+//! says why not `cgroup`), the cgroup directory and the controllers enabled
+//! for plugins (`agent.cgroup_dir`, `agent.cgroup_controllers`) and which
+//! limits can be in force (`agent.plugin_limits`, e.g. `memory_max cpu_max`).
+//! Each 1001 record says which of the plugin's limits are in force:
+//! `memory_max` (bytes) / `cpu_max` (e.g. `10%`), empty when not configured,
+//! `memory_max_in_force` / `cpu_max_in_force` (`true` only when written to
+//! the cgroup of its running process), `limits_error` (why a configured
+//! limit is not in force) and `cgroup`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,10 +28,11 @@ use herd_codec::proto::Record;
 use sysinfo::{Disks, Networks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use crate::batcher::Batcher;
+use crate::cgroup::{Isolation, LimitState};
 use crate::messages::{
     BatcherStats, GetBatcherStats, GetPluginInfo, Ingest, SetHeartbeatInterval, Stop,
 };
-use crate::plugin_manager::PluginManager;
+use crate::plugin_manager::{GetIsolation, IsolationReport, PluginConfinement, PluginManager};
 use crate::report::{ConnectorStats, PluginInfo, ProcessStats, plugin_record, record};
 
 /// Emits heartbeats; see the module docs.
@@ -69,16 +82,22 @@ impl HeartbeatReporter {
         let plugins = self.plugins.clone();
         let gather = async move {
             let stats = batcher.send(GetBatcherStats).await.ok();
+            let isolation = plugins.send(GetIsolation).await.ok();
             let plugins = plugins.send(GetPluginInfo).await.ok();
-            (stats, plugins)
+            (stats, plugins, isolation)
         };
-        ctx.spawn(gather.into_actor(self).map(|(stats, plugins), act, _| {
-            let (Some(stats), Some(plugins)) = (stats, plugins) else {
-                return; // the agent is stopping
-            };
-            let records = act.records(&stats, &plugins);
-            act.batcher.do_send(Ingest(records));
-        }));
+        ctx.spawn(
+            gather
+                .into_actor(self)
+                .map(|(stats, plugins, isolation), act, _| {
+                    let (Some(stats), Some(plugins), Some(isolation)) = (stats, plugins, isolation)
+                    else {
+                        return; // the agent is stopping
+                    };
+                    let records = act.records(&stats, &plugins, &isolation);
+                    act.batcher.do_send(Ingest(records));
+                }),
+        );
     }
 
     fn process_stats(&self, pid: u32) -> Option<ProcessStats> {
@@ -90,7 +109,12 @@ impl HeartbeatReporter {
             })
     }
 
-    fn records(&mut self, stats: &BatcherStats, plugins: &[PluginInfo]) -> Vec<Record> {
+    fn records(
+        &mut self,
+        stats: &BatcherStats,
+        plugins: &[PluginInfo],
+        isolation: &IsolationReport,
+    ) -> Vec<Record> {
         let pids: Vec<Pid> = plugins
             .iter()
             .filter_map(|p| p.pid.map(Pid::from_u32))
@@ -106,12 +130,16 @@ impl HeartbeatReporter {
         self.networks.refresh(true);
         self.disks.refresh(true);
 
-        let mut records = vec![self.agent_record(stats)];
-        records.extend(
-            plugins
-                .iter()
-                .map(|info| plugin_record(info, info.pid.and_then(|pid| self.process_stats(pid)))),
-        );
+        let mut agent = self.agent_record(stats);
+        agent.fields.extend(isolation_fields(&isolation.isolation));
+        let mut records = vec![agent];
+        records.extend(plugins.iter().map(|info| {
+            let mut record = plugin_record(info, info.pid.and_then(|pid| self.process_stats(pid)));
+            if let Some(confinement) = isolation.plugins.get(&info.name) {
+                record.fields.extend(confinement_fields(confinement));
+            }
+            record
+        }));
         records
     }
 
@@ -218,11 +246,79 @@ impl HeartbeatReporter {
             "agent.oversized_records",
             stats.oversized_records.to_string(),
         );
-        // Plugins run as process-group leaders with a parent-death signal;
-        // cgroup isolation is not built yet.
-        put("agent.plugin_isolation", "process_group".to_owned());
         record(data_type::AGENT_HEARTBEAT, "agent", fields)
     }
+}
+
+/// The 1000 record's isolation fields (see the module docs).
+fn isolation_fields(isolation: &Isolation) -> Vec<(String, String)> {
+    let tree = isolation.tree();
+    let controllers = tree.map(|t| t.controllers()).unwrap_or_default();
+    let limits: Vec<&str> = controllers
+        .iter()
+        .map(|c| match *c {
+            "memory" => "memory_max",
+            _ => "cpu_max",
+        })
+        .collect();
+    [
+        ("agent.plugin_isolation", isolation.name().to_owned()),
+        (
+            "agent.plugin_isolation_reason",
+            isolation.reason().to_owned(),
+        ),
+        (
+            "agent.cgroup_dir",
+            tree.map(|t| t.dir().display().to_string())
+                .unwrap_or_default(),
+        ),
+        ("agent.cgroup_controllers", controllers.join(" ")),
+        ("agent.plugin_limits", limits.join(" ")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A 1001 record's limit fields (see the module docs).
+fn confinement_fields(confinement: &PluginConfinement) -> Vec<(String, String)> {
+    let limits = &confinement.limits;
+    let status = &confinement.status;
+    let in_force = |state: &LimitState| (*state == LimitState::InForce).to_string();
+    let errors: Vec<String> = [("memory_max", &status.memory), ("cpu_max", &status.cpu)]
+        .into_iter()
+        .filter_map(|(limit, state)| match state {
+            LimitState::NotInForce(why) => Some(format!("{limit}: {why}")),
+            _ => None,
+        })
+        .collect();
+    [
+        (
+            "cgroup",
+            confinement
+                .cgroup
+                .as_ref()
+                .map(|c| c.display().to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "memory_max",
+            limits
+                .memory_max
+                .map(|m| m.bytes().to_string())
+                .unwrap_or_default(),
+        ),
+        ("memory_max_in_force", in_force(&status.memory)),
+        (
+            "cpu_max",
+            limits.cpu_max.map(|c| c.to_string()).unwrap_or_default(),
+        ),
+        ("cpu_max_in_force", in_force(&status.cpu)),
+        ("limits_error", errors.join("; ")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 /// Number of processes on the host (Linux: entries of /proc).
@@ -290,5 +386,57 @@ mod tests {
     fn proc_counters_are_readable() {
         assert!(count_processes().is_some_and(|n| n > 0));
         assert!(own_threads().is_some_and(|n| n > 0));
+    }
+
+    #[test]
+    fn process_group_isolation_is_reported_with_its_reason() {
+        let isolation = Isolation::ProcessGroup {
+            reason: "the agent runs in the root cgroup".to_owned(),
+        };
+        let fields: HashMap<_, _> = isolation_fields(&isolation).into_iter().collect();
+        assert_eq!(fields["agent.plugin_isolation"], "process_group");
+        assert_eq!(
+            fields["agent.plugin_isolation_reason"],
+            "the agent runs in the root cgroup"
+        );
+        assert_eq!(fields["agent.cgroup_dir"], "");
+        assert_eq!(fields["agent.plugin_limits"], "");
+    }
+
+    #[test]
+    fn limits_are_reported_in_force_only_when_they_are() {
+        use crate::cgroup::LimitStatus;
+        use crate::config::PluginLimits;
+        let confinement = PluginConfinement {
+            cgroup: Some("/cg/plugins/p".into()),
+            limits: PluginLimits {
+                memory_max: Some("250M".parse().unwrap()),
+                cpu_max: Some("10%".parse().unwrap()),
+            },
+            status: LimitStatus {
+                memory: LimitState::NotInForce("no memory controller".to_owned()),
+                cpu: LimitState::InForce,
+            },
+        };
+        let fields: HashMap<_, _> = confinement_fields(&confinement).into_iter().collect();
+        assert_eq!(fields["cgroup"], "/cg/plugins/p");
+        assert_eq!(fields["memory_max"], "262144000");
+        assert_eq!(fields["memory_max_in_force"], "false");
+        assert_eq!(fields["cpu_max"], "10%");
+        assert_eq!(fields["cpu_max_in_force"], "true");
+        assert_eq!(fields["limits_error"], "memory_max: no memory controller");
+
+        let unset = PluginConfinement {
+            cgroup: None,
+            limits: PluginLimits::default(),
+            status: LimitStatus {
+                memory: LimitState::Unset,
+                cpu: LimitState::Unset,
+            },
+        };
+        let fields: HashMap<_, _> = confinement_fields(&unset).into_iter().collect();
+        assert_eq!(fields["memory_max"], "");
+        assert_eq!(fields["memory_max_in_force"], "false");
+        assert_eq!(fields["limits_error"], "");
     }
 }

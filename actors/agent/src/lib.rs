@@ -44,8 +44,19 @@
 //! batches wait and the reason is reported (`agent.spool_error`); with
 //! `"drop_oldest"` the oldest batches are dropped and counted
 //! (`agent.dropped_batches`, persisted across restarts).
+//!
+//! No plugin outlives the agent. Each runs as the leader of its own process
+//! group with a parent-death signal; where a cgroup v2 subtree is delegated
+//! to the agent (`plugin_isolation`, `cgroup_dir`), the plugin manager moves
+//! the agent into `<dir>/agent` when it starts and puts each plugin, before
+//! it execs, into `<dir>/plugins/<name>` with the `memory.max` / `cpu.max`
+//! of its `[plugin_limits.<name>]`; stopping it ends with `cgroup.kill`, and
+//! the cgroups a killed agent left are killed and removed by the next one.
+//! The heartbeat reports the mode (`agent.plugin_isolation`) and, per
+//! plugin, which limits are in force.
 
 mod batcher;
+mod cgroup;
 mod config;
 mod connector;
 mod error;
@@ -59,8 +70,10 @@ mod state;
 #[cfg(test)]
 mod tree_tests;
 
+pub use cgroup::{CPU_PERIOD_US, CpuMax, LimitError, MemoryMax};
 pub use config::{
-    AgentConfig, BatchConfig, PluginRestart, PluginSpec, ReconnectConfig, SpoolConfig,
+    AgentConfig, BatchConfig, PluginIsolation, PluginLimits, PluginRestart, PluginSpec,
+    ReconnectConfig, SpoolConfig,
 };
 pub use error::{AgentConfigError, AgentError, PluginError, StateError};
 pub use herd_spool::{SpoolError, VerifyReport};

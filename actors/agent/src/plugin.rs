@@ -6,12 +6,17 @@
 //! callers down instead of growing the agent), `PluginMessage` frames come from stdout,
 //! stderr lines become log lines (rate-limited). A separate reaper task owns
 //! the `Child` and always waits for it, so no zombie is left behind; on stop
-//! it escalates from closing stdin to SIGTERM to SIGKILL. Restarting is the
+//! it escalates from closing stdin to SIGTERM (to the process group) to
+//! SIGKILL — `cgroup.kill` of the plugin's cgroup in cgroup mode (see
+//! [`cgroup`](crate::cgroup)), which the process joined before its `exec` —
+//! and once the process is gone, whatever it left in its group and its
+//! cgroup is killed too and the cgroup removed. Restarting is the
 //! [`PluginManager`](super::plugin_manager::PluginManager)'s business: it
 //! runs each plugin under its own [`supervisor`](herd_supervision), which
 //! builds a new actor for every start.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -29,7 +34,8 @@ use tokio::process::{Child, ChildStderr, Command};
 use tokio::sync::{oneshot, watch};
 use tokio_util::codec::FramedRead;
 
-use crate::config::PluginSpec;
+use crate::cgroup::{self, Isolation, LimitState, LimitStatus, PluginCgroup};
+use crate::config::{PluginLimits, PluginSpec};
 use crate::error::PluginError;
 use crate::messages::{Ingest, NotifyDurable, RecordsDurable, RunTask};
 use herd_supervision::io::{FrameWriter, TrySendError};
@@ -43,6 +49,8 @@ const STDIN_QUEUE: usize = 64;
 /// Stderr lines logged in a burst, and per second after it.
 const STDERR_BURST: f64 = 20.0;
 const STDERR_PER_SEC: f64 = 5.0;
+/// Longest wait, after `cgroup.kill`, for a plugin's cgroup to be empty.
+const CGROUP_EMPTY_WAIT: Duration = Duration::from_secs(1);
 
 /// Counters a plugin's actors share with the manager across restarts.
 #[derive(Debug, Default)]
@@ -78,6 +86,10 @@ pub(crate) struct PluginEnv {
     pub max_frame_length: usize,
     /// Which configuration of the plugin this is (echoed in [`PluginEvent`]).
     pub generation: u64,
+    /// How plugins are isolated on this agent.
+    pub isolation: Arc<Isolation>,
+    /// The plugin's resource caps.
+    pub limits: PluginLimits,
 }
 
 /// What happened to a plugin's process, for the manager.
@@ -101,6 +113,10 @@ pub(crate) enum PluginEventKind {
         addr: Addr<Plugin>,
         /// The process id.
         pid: u32,
+        /// Its cgroup, in cgroup mode.
+        cgroup: Option<PathBuf>,
+        /// Which of its limits are in force.
+        limits: LimitStatus,
     },
     /// The process ended (and was reaped) without being asked to; the
     /// supervisor restarts it under its backoff.
@@ -158,6 +174,8 @@ pub(crate) struct Plugin {
     reaped: bool,
     /// Whether the actor was asked to stop (so the exit is expected).
     stopping: bool,
+    /// The process's cgroup, in cgroup mode.
+    cgroup: Option<PluginCgroup>,
 }
 
 impl Plugin {
@@ -176,6 +194,7 @@ impl Plugin {
             kill_reason: None,
             reaped: true,
             stopping: false,
+            cgroup: None,
         }
     }
 
@@ -187,14 +206,43 @@ impl Plugin {
         });
     }
 
-    /// Checks the executable's hash (when configured) and spawns it.
+    fn spawn_error(&self, source: std::io::Error) -> PluginError {
+        PluginError::Spawn {
+            name: self.spec.name.clone(),
+            path: self.spec.path.clone(),
+            source,
+        }
+    }
+
+    /// In cgroup mode, creates the plugin's cgroup with its limits; says
+    /// which limits are in force (WARN for one that should be and is not;
+    /// the manager already warned about missing controllers).
+    fn prepare_cgroup(&mut self) -> Result<LimitStatus, PluginError> {
+        let expected = self.env.isolation.expected(&self.env.limits);
+        let Some(tree) = self.env.isolation.tree() else {
+            return Ok(expected);
+        };
+        let (cgroup, status) = tree
+            .plugin_cgroup(&self.spec.name, &self.env.limits)
+            .map_err(|e| self.spawn_error(std::io::Error::other(e)))?;
+        for (limit, now, before) in [
+            ("memory_max", &status.memory, &expected.memory),
+            ("cpu_max", &status.cpu, &expected.cpu),
+        ] {
+            if let (LimitState::NotInForce(reason), LimitState::InForce) = (now, before) {
+                tracing::warn!(plugin = %self.spec.name, limit, %reason,
+                    "plugin limit not in force; the plugin runs without it");
+            }
+        }
+        self.cgroup = Some(cgroup);
+        Ok(status)
+    }
+
+    /// Checks the executable's hash (when configured) and spawns it (in its
+    /// cgroup, in cgroup mode).
     fn spawn_process(&self) -> Result<Child, PluginError> {
         let spec = &self.spec;
-        let spawn_error = |source| PluginError::Spawn {
-            name: spec.name.clone(),
-            path: spec.path.clone(),
-            source,
-        };
+        let spawn_error = |source| self.spawn_error(source);
         if !spec.sha256.is_empty() {
             let actual = sha256_file(&spec.path).map_err(spawn_error)?;
             if !actual.eq_ignore_ascii_case(&spec.sha256) {
@@ -209,12 +257,29 @@ impl Plugin {
         let agent_id = self.env.agent_id.borrow().clone();
         let mut command = Command::new(&spec.path);
         let agent = nix::unistd::getpid();
+        // Opened here, close-on-exec: the child only writes to it.
+        let procs: Option<OwnedFd> = match &self.cgroup {
+            Some(cgroup) => Some(
+                cgroup
+                    .open_procs()
+                    .map_err(|e| spawn_error(std::io::Error::other(e)))?,
+            ),
+            None => None,
+        };
         // SAFETY: the closure runs in the forked child before `exec`; it only
-        // makes the async-signal-safe `prctl` and `getppid` system calls and
-        // allocates nothing (its errors are raw OS errors).
+        // makes the async-signal-safe `prctl`, `getppid` and `write` (of "0"
+        // to the already open `cgroup.procs`) system calls and allocates
+        // nothing (its errors are raw OS errors). The fd it borrows is owned
+        // by the closure, so it is open for as long as the closure can run.
         #[allow(unsafe_code)]
         unsafe {
-            command.pre_exec(move || die_with_parent(agent));
+            command.pre_exec(move || {
+                die_with_parent(agent)?;
+                match &procs {
+                    Some(procs) => cgroup::join_in_child(procs.as_fd()),
+                    None => Ok(()),
+                }
+            });
         }
         command
             .args(&spec.args)
@@ -259,9 +324,9 @@ impl Plugin {
         let (control_tx, control_rx) = oneshot::channel();
         self.control = Some(control_tx);
         let me = ctx.address();
-        let (pid, grace) = (self.pid, self.spec.stop_grace());
+        let (pid, grace, cgroup) = (self.pid, self.spec.stop_grace(), self.cgroup.clone());
         actix::spawn(async move {
-            let reason = reap(child, pid, control_rx, grace).await;
+            let reason = reap(child, pid, control_rx, grace, cgroup).await;
             me.do_send(Reaped(reason));
         });
     }
@@ -337,18 +402,25 @@ impl Actor for Plugin {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         kill_leftover_group(&self.env.state_dir);
-        match self.spawn_process() {
-            Ok(child) => {
+        let spawned = self
+            .prepare_cgroup()
+            .and_then(|limits| Ok((self.spawn_process()?, limits)));
+        match spawned {
+            Ok((child, limits)) => {
                 record_group(&self.env.state_dir, child.id());
                 self.attach(child, ctx);
+                let cgroup = self.cgroup.as_ref().map(|c| c.path().to_owned());
                 tracing::info!(plugin = %self.spec.name, version = %self.spec.version,
-                    pid = self.pid, "plugin started");
+                    pid = self.pid, cgroup = ?cgroup, "plugin started");
                 self.report(PluginEventKind::Started {
                     addr: ctx.address(),
                     pid: self.pid,
+                    cgroup,
+                    limits,
                 });
             }
             Err(e @ PluginError::Sha256Mismatch { .. }) => {
+                self.remove_unused_cgroup();
                 // Restarting cannot fix the file: a normal stop, so the
                 // (transient) child is not restarted; a new config can.
                 self.report(PluginEventKind::Refused {
@@ -357,6 +429,7 @@ impl Actor for Plugin {
                 ctx.stop();
             }
             Err(e) => {
+                self.remove_unused_cgroup();
                 let reason = e.to_string();
                 tracing::error!(plugin = %self.spec.name, %reason, "plugin did not start");
                 self.report(PluginEventKind::Exited {
@@ -614,6 +687,21 @@ fn leader_is_running(pid: i32) -> bool {
     state != Some("Z")
 }
 
+impl Plugin {
+    /// Removes the cgroup made for a process that did not start (empty: the
+    /// process never joined it).
+    fn remove_unused_cgroup(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            let path = cgroup.path().to_owned();
+            actix::spawn(async move {
+                if let Err(error) = cgroup.kill_and_remove(CGROUP_EMPTY_WAIT).await {
+                    tracing::warn!(%error, cgroup = %path.display(), "cannot remove a plugin cgroup");
+                }
+            });
+        }
+    }
+}
+
 /// Sends `signal` to the plugin's whole process group (it is the group's
 /// leader), so what it started goes with it.
 fn signal_group(pid: u32, signal: nix::sys::signal::Signal) {
@@ -623,28 +711,47 @@ fn signal_group(pid: u32, signal: nix::sys::signal::Signal) {
     }
 }
 
+/// SIGKILL for everything of the plugin: its process group, and its cgroup
+/// (`cgroup.kill`, which also reaches processes that left the group).
+fn kill_all(pid: u32, cgroup: Option<&PluginCgroup>) {
+    if let Some(cgroup) = cgroup
+        && let Err(error) = cgroup.kill()
+    {
+        tracing::warn!(pid, %error, "cannot kill the plugin's cgroup");
+    }
+    signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
 /// Waits for the process; on request stops it (see [`StopProcess`]).
 /// Returns why it ended. The child is always waited for, and once it is gone
-/// whatever is left of its process group is killed: a plugin's children do
-/// not outlive it.
+/// whatever is left of its process group and its cgroup is killed (and the
+/// cgroup removed, waiting at most [`CGROUP_EMPTY_WAIT`] for it to empty):
+/// a plugin's children do not outlive it.
 async fn reap(
     mut child: Child,
     pid: u32,
     control: oneshot::Receiver<StopProcess>,
     grace: Duration,
+    cgroup: Option<PluginCgroup>,
 ) -> String {
     let status = tokio::select! {
         status = child.wait() => status,
         how = control => {
             if how == Ok(StopProcess::Kill) {
-                signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+                kill_all(pid, cgroup.as_ref());
                 child.wait().await
             } else {
-                stop_gracefully(&mut child, pid, grace).await
+                stop_gracefully(&mut child, pid, grace, cgroup.as_ref()).await
             }
         }
     };
     signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+    if let Some(cgroup) = &cgroup
+        && let Err(error) = cgroup.kill_and_remove(CGROUP_EMPTY_WAIT).await
+    {
+        // The next start of the plugin, or of the agent, kills it again.
+        tracing::warn!(pid, %error, "the plugin's cgroup is not removed");
+    }
     match status {
         Ok(status) => describe(status),
         Err(e) => format!("waiting for the process failed: {e}"),
@@ -655,6 +762,7 @@ async fn stop_gracefully(
     child: &mut Child,
     pid: u32,
     grace: Duration,
+    cgroup: Option<&PluginCgroup>,
 ) -> std::io::Result<ExitStatus> {
     // stdin is already closed: that is the request to exit.
     if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
@@ -668,8 +776,11 @@ async fn stop_gracefully(
     if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
         return status;
     }
-    tracing::warn!(pid, "plugin ignored SIGTERM; killing its process group");
-    signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+    tracing::warn!(
+        pid,
+        "plugin ignored SIGTERM; killing its process group and cgroup"
+    );
+    kill_all(pid, cgroup);
     child.wait().await
 }
 

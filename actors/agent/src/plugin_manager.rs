@@ -21,8 +21,17 @@
 //! the plugin is then **failed**, reported at once in a 1001 record and in
 //! every heartbeat, and not started again until its configuration changes.
 //! A sha256 mismatch fails it at once.
+//!
+//! When it starts, the manager also decides how plugins are isolated
+//! ([`Isolation::set_up`]: in cgroup mode the agent moves into its
+//! `agent` leaf) and, in cgroup mode, kills and removes the plugin cgroups
+//! a killed agent left, before any plugin starts. A plugin's limits
+//! (`[plugin_limits.<name>]`) hold for its name, whether the hub pushed it
+//! or not; one that cannot be in force is logged once per configuration
+//! (WARN) and reported (see [`GetIsolation`]), and the plugin runs anyway.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -31,7 +40,8 @@ use actix::prelude::*;
 use herd_codec::proto::{PluginStatus, TaskResult, TaskStatus};
 use tokio::sync::{oneshot, watch};
 
-use crate::config::{AgentConfig, PluginSpec};
+use crate::cgroup::{Isolation, LimitState, LimitStatus};
+use crate::config::{AgentConfig, PluginIsolation, PluginLimits, PluginSpec};
 use crate::messages::{
     ApplyHubConfig, GetPluginInfo, Ingest, ListPlugins, NotifyDurable, RunTask, StopPlugins,
 };
@@ -49,6 +59,8 @@ use herd_supervision::{
 const RESTART_JITTER: f64 = 0.5;
 /// Time a plugin actor gets to stop on top of its process's grace periods.
 const STOP_SLACK: Duration = Duration::from_secs(2);
+/// Longest wait for each leftover plugin cgroup to empty after `cgroup.kill`.
+const LEFTOVER_WAIT: Duration = Duration::from_secs(2);
 
 /// What happens once a plugin's supervisor has shut down.
 #[derive(Debug, PartialEq, Eq)]
@@ -84,6 +96,8 @@ struct Entry {
     starts: u64,
     last_error: String,
     counters: Arc<PluginCounters>,
+    /// The running process's cgroup and limits, from its `Started`.
+    confinement: Option<(Option<PathBuf>, LimitStatus)>,
 }
 
 impl Entry {
@@ -98,6 +112,7 @@ impl Entry {
             starts: 0,
             last_error: String::new(),
             counters: Arc::default(),
+            confinement: None,
         }
     }
 
@@ -117,6 +132,32 @@ impl Entry {
     }
 }
 
+/// Ask the plugin manager how plugins are isolated and which limits are in
+/// force (for the heartbeat).
+#[derive(Debug, Message)]
+#[rtype(result = "IsolationReport")]
+pub(crate) struct GetIsolation;
+
+/// The answer to [`GetIsolation`].
+#[derive(Debug, Clone)]
+pub(crate) struct IsolationReport {
+    /// The agent's mode.
+    pub isolation: Arc<Isolation>,
+    /// Per plugin (by name).
+    pub plugins: BTreeMap<String, PluginConfinement>,
+}
+
+/// One plugin's cgroup and limits, as the heartbeat reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PluginConfinement {
+    /// The cgroup of its running process (cgroup mode).
+    pub cgroup: Option<PathBuf>,
+    /// What is configured.
+    pub limits: PluginLimits,
+    /// What is in force (nothing while no process runs).
+    pub status: LimitStatus,
+}
+
 /// Supervises the plugin processes; see the module docs.
 #[derive(Debug)]
 pub(crate) struct PluginManager {
@@ -134,6 +175,11 @@ pub(crate) struct PluginManager {
     next_generation: u64,
     shutting_down: bool,
     stopped_waiters: Vec<oneshot::Sender<()>>,
+    isolation_mode: PluginIsolation,
+    cgroup_dir: Option<PathBuf>,
+    limits: BTreeMap<String, PluginLimits>,
+    /// Decided when the manager starts.
+    isolation: Arc<Isolation>,
 }
 
 impl PluginManager {
@@ -160,6 +206,41 @@ impl PluginManager {
             next_generation: 0,
             shutting_down: false,
             stopped_waiters: Vec::new(),
+            isolation_mode: config.plugin_isolation,
+            cgroup_dir: config.cgroup_dir.clone(),
+            limits: config.plugin_limits.clone(),
+            isolation: Arc::new(Isolation::ProcessGroup {
+                reason: "not set up yet".to_owned(),
+            }),
+        }
+    }
+
+    fn limits_of(&self, name: &str) -> PluginLimits {
+        self.limits.get(name).copied().unwrap_or_default()
+    }
+
+    /// What the heartbeat reports about isolation.
+    fn isolation_report(&self) -> IsolationReport {
+        let plugins = self
+            .entries
+            .iter()
+            .map(|(name, entry)| {
+                let limits = self.limits_of(name);
+                let (cgroup, status) = match (&entry.process, &entry.confinement) {
+                    (Some(_), Some((cgroup, status))) => (cgroup.clone(), status.clone()),
+                    _ => (None, not_running(&limits)),
+                };
+                let confinement = PluginConfinement {
+                    cgroup,
+                    limits,
+                    status,
+                };
+                (name.clone(), confinement)
+            })
+            .collect();
+        IsolationReport {
+            isolation: self.isolation.clone(),
+            plugins,
         }
     }
 
@@ -227,6 +308,7 @@ impl PluginManager {
         };
         entry.subtree = Subtree::Absent;
         entry.process = None;
+        entry.confinement = None;
         match entry.stopping.take() {
             Some(AfterStop::Remove) => {
                 tracing::info!(plugin = name, "plugin removed");
@@ -246,6 +328,19 @@ impl PluginManager {
     fn start(&mut self, name: &str, ctx: &mut Context<Self>) {
         if self.shutting_down {
             return;
+        }
+        if let Isolation::Unavailable { reason } = &*self.isolation {
+            let error = reason.clone();
+            self.fail(name, error);
+            return;
+        }
+        let limits = self.limits_of(name);
+        let expected = self.isolation.expected(&limits);
+        for (limit, state) in [("memory_max", &expected.memory), ("cpu_max", &expected.cpu)] {
+            if let LimitState::NotInForce(reason) = state {
+                tracing::warn!(plugin = name, limit, %reason,
+                    "plugin limit configured but not in force; the plugin runs without it");
+            }
         }
         let Some(entry) = self.entries.get_mut(name) else {
             return;
@@ -270,6 +365,8 @@ impl PluginManager {
             task_timeout: self.task_timeout,
             max_frame_length: self.max_frame_length,
             generation: entry.generation,
+            isolation: self.isolation.clone(),
+            limits,
         };
         let spec = match plugin_supervisor(entry.spec.clone(), env) {
             Ok(spec) => spec,
@@ -361,6 +458,7 @@ impl PluginManager {
         tracing::error!(plugin = name, %error, "plugin failed; not restarting it");
         entry.state = PluginState::Failed;
         entry.process = None;
+        entry.confinement = None;
         entry.last_error = error;
         self.records
             .do_send(Ingest(vec![plugin_record(&entry.info(), None)]));
@@ -423,9 +521,12 @@ impl Actor for PluginManager {
 
     /// Terminates the plugin supervisors a previous incarnation left (it
     /// went away other than through `StopPlugins`: a panic, or a restart),
-    /// so none runs next to the ones this one starts; then reconciles.
+    /// so none runs next to the ones this one starts; then sets up plugin
+    /// isolation, clears the plugin cgroups a killed agent left (cgroup
+    /// mode) and reconciles. No message is handled before that is done.
     fn started(&mut self, ctx: &mut Self::Context) {
         let plugins = self.plugins.clone();
+        let (mode, cgroup_dir) = (self.isolation_mode, self.cgroup_dir.clone());
         ctx.wait(
             async move {
                 let left = plugins.send(WhichChildren).await.unwrap_or_default();
@@ -433,9 +534,17 @@ impl Actor for PluginManager {
                     tracing::warn!(plugin = %child.id, "stopping a plugin the previous plugin manager left");
                     let _ = plugins.send(TerminateChild(child.id)).await;
                 }
+                let isolation = Isolation::set_up(mode, cgroup_dir.as_deref());
+                if let Some(tree) = isolation.tree() {
+                    tree.clear_leftovers(LEFTOVER_WAIT).await;
+                }
+                Arc::new(isolation)
             }
             .into_actor(self)
-            .map(|(), act, ctx| act.reconcile(ctx)),
+            .map(|isolation, act, ctx| {
+                act.isolation = isolation;
+                act.reconcile(ctx);
+            }),
         );
     }
 }
@@ -448,13 +557,20 @@ impl Handler<PluginEvent> for PluginManager {
             return;
         };
         match event.kind {
-            PluginEventKind::Started { addr, pid } => {
+            PluginEventKind::Started {
+                addr,
+                pid,
+                cgroup,
+                limits,
+            } => {
                 entry.starts += 1;
                 entry.process = Some((addr, pid));
+                entry.confinement = Some((cgroup, limits));
                 entry.state = PluginState::Running;
             }
             PluginEventKind::Exited { reason } => {
                 entry.process = None;
+                entry.confinement = None;
                 entry.last_error = reason;
                 if entry.stopping.is_none() {
                     entry.state = PluginState::Backoff;
@@ -542,6 +658,29 @@ impl Handler<ListPlugins> for PluginManager {
                 })
                 .collect(),
         )
+    }
+}
+
+impl Handler<GetIsolation> for PluginManager {
+    type Result = MessageResult<GetIsolation>;
+
+    fn handle(&mut self, _: GetIsolation, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.isolation_report())
+    }
+}
+
+/// The limits of a plugin with no process: none is in force.
+fn not_running(limits: &PluginLimits) -> LimitStatus {
+    let state = |configured: bool| {
+        if configured {
+            LimitState::NotInForce("the plugin is not running".to_owned())
+        } else {
+            LimitState::Unset
+        }
+    };
+    LimitStatus {
+        memory: state(limits.memory_max.is_some()),
+        cpu: state(limits.cpu_max.is_some()),
     }
 }
 
