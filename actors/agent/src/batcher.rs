@@ -12,8 +12,15 @@
 //!
 //! When the spool refuses a batch (full with `when_full = "block"`, or the
 //! disk cannot take it), the batch waits in order and is retried after every
-//! ack and every flush interval; the reason is logged once and reported in the
-//! heartbeat until an append succeeds again.
+//! ack and every flush interval; a sync that fails is retried every flush
+//! interval too. The reason is logged once per episode (one ERROR, however
+//! long the disk stays full) and reported in the heartbeat
+//! (`agent.spool_error`). An episode ends once syncs have succeeded with no
+//! batch waiting for [`REFUSAL_SETTLE`]: an append that only lands in the
+//! spool's write buffer does not end it, and a disk that is freed and filled
+//! again and again (acks racing a fast source on a nearly full disk) makes
+//! one episode, not one ERROR per flap. While the disk is short of room acks
+//! are applied as they come, not once per fsync interval.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -35,6 +42,8 @@ use crate::state::StateDir;
 /// Bytes a record adds to a batch on top of its own encoding (field tag and
 /// length prefix).
 const RECORD_OVERHEAD: usize = 6;
+/// How long the spool must take everything before a refusal episode ends.
+const REFUSAL_SETTLE: Duration = Duration::from_secs(2);
 
 /// Collects records into batches; see the module docs.
 #[derive(Debug)]
@@ -60,13 +69,20 @@ pub(crate) struct Batcher {
     durable_waiters: Vec<(u64, NotifyDurable)>,
     retry_timer: Option<SpawnHandle>,
     sync_timer: Option<SpawnHandle>,
+    /// The last sync failed: the next one waits a flush interval.
+    sync_failing: bool,
     /// The hub's latest ack, applied to the spool at most once per fsync
     /// interval: each applied ack rewrites and fsyncs the ledger.
     ack_to: u64,
     ack_timer: Option<SpawnHandle>,
     ack_interval: Duration,
-    /// Why the spool refused the last batch or sync, until it takes one again.
+    /// Why the spool refused the last batch or sync, until the episode ends
+    /// (see the module docs).
     spool_error: Option<String>,
+    /// During an episode: since when the spool has taken everything.
+    settling_since: Option<Instant>,
+    /// The last ack could not be applied (logged once until one is).
+    ack_failing: bool,
     durable: watch::Sender<u64>,
     drained: Vec<oneshot::Sender<()>>,
     /// Senders waiting for the spool to take batches again.
@@ -106,10 +122,13 @@ impl Batcher {
             durable_waiters: Vec::new(),
             retry_timer: None,
             sync_timer: None,
+            sync_failing: false,
             ack_to: 0,
             ack_timer: None,
             ack_interval: config.spool.fsync_interval(),
             spool_error: None,
+            settling_since: None,
+            ack_failing: false,
             durable,
             drained: Vec::new(),
             room_waiters: Vec::new(),
@@ -143,16 +162,12 @@ impl Batcher {
                 Ok(seq) => {
                     self.appended.push_back((seq, *end));
                     self.stalled.pop_front();
-                    if let Some(error) = self.spool_error.take() {
-                        tracing::info!(%error, "the spool takes batches again");
-                    }
                 }
                 Err(error) => {
-                    if self.spool_error.is_none() {
-                        tracing::error!(%error, waiting = self.stalled.len(),
-                            "the spool refuses batches; they wait (in memory) and are retried");
-                    }
-                    self.spool_error = Some(error.to_string());
+                    self.refused(
+                        &error,
+                        "the spool refuses batches; they wait (in memory) and are retried",
+                    );
                     if self.retry_timer.is_none() {
                         self.retry_timer = Some(ctx.run_later(self.flush_interval, |act, ctx| {
                             act.retry_timer = None;
@@ -172,7 +187,8 @@ impl Batcher {
         self.arm_sync(ctx);
     }
 
-    /// Syncs when the spool's fsync interval says so.
+    /// Syncs when the spool's fsync interval says so; after a failed sync,
+    /// a flush interval later (not at once, over and over).
     fn arm_sync(&mut self, ctx: &mut Context<Self>) {
         if self.sync_timer.is_some() {
             return;
@@ -180,7 +196,11 @@ impl Batcher {
         let Some(due) = self.spool.as_ref().and_then(Spool::sync_due) else {
             return;
         };
-        let wait = due.saturating_duration_since(Instant::now());
+        let wait = if self.sync_failing {
+            self.flush_interval
+        } else {
+            due.saturating_duration_since(Instant::now())
+        };
         self.sync_timer = Some(ctx.run_later(wait, |act, ctx| {
             act.sync_timer = None;
             act.sync();
@@ -193,27 +213,50 @@ impl Batcher {
         let Some(spool) = self.spool.as_mut() else {
             return;
         };
-        match spool.sync() {
-            Ok(durable) => {
-                self.durable.send_if_modified(|seen| {
-                    let newer = durable > *seen;
-                    *seen = (*seen).max(durable);
-                    newer
-                });
-                while let Some(&(seq, end)) = self.appended.front()
-                    && seq <= durable
-                {
-                    self.durable_count = self.durable_count.max(end);
-                    self.appended.pop_front();
-                }
-                self.notify_durable();
-            }
-            Err(error) => {
-                if self.spool_error.is_none() {
-                    tracing::error!(%error, "cannot make the spool durable");
-                }
-                self.spool_error = Some(error.to_string());
-            }
+        let synced = spool.sync();
+        self.sync_failing = synced.is_err();
+        // Even a failed sync (a full disk) may have made part of it durable:
+        // that part is sent, so its acks can free the disk.
+        let durable = spool.durable_seq();
+        self.durable.send_if_modified(|seen| {
+            let newer = durable > *seen;
+            *seen = (*seen).max(durable);
+            newer
+        });
+        while let Some(&(seq, end)) = self.appended.front()
+            && seq <= durable
+        {
+            self.durable_count = self.durable_count.max(end);
+            self.appended.pop_front();
+        }
+        self.notify_durable();
+        match synced {
+            Ok(_) if self.stalled.is_empty() => self.settle(),
+            Ok(_) => {}
+            Err(error) => self.refused(&error, "cannot make the spool durable"),
+        }
+    }
+
+    /// The spool refused a batch or a sync: logged at the start of an episode.
+    fn refused(&mut self, error: &SpoolError, what: &str) {
+        if self.spool_error.is_none() {
+            tracing::error!(%error, waiting = self.stalled.len(), "{what}");
+        }
+        self.spool_error = Some(error.to_string());
+        self.settling_since = None;
+    }
+
+    /// The spool took everything: the episode ends once that lasted.
+    fn settle(&mut self) {
+        if self.spool_error.is_none() {
+            return;
+        }
+        let since = *self.settling_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= REFUSAL_SETTLE
+            && let Some(error) = self.spool_error.take()
+        {
+            self.settling_since = None;
+            tracing::info!(%error, "the spool takes batches again");
         }
     }
 
@@ -411,8 +454,17 @@ impl Batcher {
             return;
         }
         if let Err(error) = spool.ack(self.ack_to) {
-            tracing::warn!(seq = self.ack_to, %error, "ignoring an ack");
+            // Once per episode: acks come one per batch.
+            if !self.ack_failing {
+                tracing::warn!(seq = self.ack_to, %error,
+                    "cannot apply the hub's ack; the next one tries again");
+            }
+            self.ack_failing = true;
             return;
+        }
+        if self.ack_failing {
+            tracing::info!(seq = self.ack_to, "acks are applied again");
+            self.ack_failing = false;
         }
         // An ack may have made room.
         self.append_stalled(ctx);
@@ -424,10 +476,12 @@ impl Handler<Acked> for Batcher {
     type Result = ();
 
     /// Acks come one per batch; they are applied together at most once per
-    /// fsync interval, and at once while batches wait for room.
+    /// fsync interval, and at once while batches wait for room or the disk
+    /// is short of it.
     fn handle(&mut self, Acked(seq): Acked, ctx: &mut Context<Self>) {
         self.ack_to = self.ack_to.max(seq);
-        if !self.stalled.is_empty() || self.ack_interval.is_zero() {
+        let short_of_room = self.spool.as_ref().is_some_and(Spool::is_short_of_room);
+        if !self.stalled.is_empty() || self.ack_interval.is_zero() || short_of_room {
             return self.apply_ack(ctx);
         }
         if self.ack_timer.is_none() {

@@ -174,6 +174,10 @@ pub(crate) struct Plugin {
     reaped: bool,
     /// Whether the actor was asked to stop (so the exit is expected).
     stopping: bool,
+    /// Once stopping: the records read before the stop, which the final
+    /// `Durable` covers. Records read after it are discarded unconfirmed
+    /// (the plugin sends them again after its restart).
+    final_count: Option<u64>,
     /// The process's cgroup, in cgroup mode.
     cgroup: Option<PluginCgroup>,
 }
@@ -194,6 +198,7 @@ impl Plugin {
             kill_reason: None,
             reaped: true,
             stopping: false,
+            final_count: None,
             cgroup: None,
         }
     }
@@ -346,6 +351,10 @@ impl Plugin {
     /// the plugin waits, instead of records piling up in agent memory.
     fn on_record(&mut self, mut record: Record, ctx: &mut Context<Self>) {
         self.records_sent += 1;
+        if self.final_count.is_some() {
+            // Read after the stop began: beyond the final confirmation.
+            return;
+        }
         if data_type::is_reserved(record.data_type) {
             self.env
                 .counters
@@ -374,13 +383,14 @@ impl Plugin {
     /// Asks the batcher to say when what this process sent so far is durable,
     /// unless a question is already out (its answer leads to the next one).
     fn ask_durable(&mut self, ctx: &mut Context<Self>) {
-        if self.durable_asked || self.records_sent <= self.durable_told {
+        let through = self.final_count.unwrap_or(self.records_sent);
+        if self.durable_asked || through <= self.durable_told {
             return;
         }
         self.durable_asked = true;
         self.env.durable.do_send(NotifyDurable {
             to: ctx.address().recipient(),
-            through: self.records_sent,
+            through,
         });
     }
 
@@ -447,6 +457,7 @@ impl Actor for Plugin {
         // Asked to stop: the process goes first; `Reaped` stops the actor.
         if !self.stopping {
             self.stopping = true;
+            self.final_count = Some(self.records_sent);
             if self.records_sent > self.durable_told && self.stdin.is_some() {
                 // Its last records get their confirmation before stdin closes,
                 // so a plugin that commits on it (logtail) neither loses nor
@@ -502,6 +513,15 @@ impl Handler<Reaped> for Plugin {
         self.pending.clear(); // their futures answer FAILED
         if self.stopping {
             tracing::info!(plugin = %self.spec.name, pid = self.pid, %status, "plugin stopped");
+            let not_taken = self
+                .final_count
+                .map_or(0, |count| self.records_sent.saturating_sub(count));
+            if not_taken > 0 {
+                // Like records still in the pipe: never confirmed, so a
+                // plugin that checkpoints sends them again after its restart.
+                tracing::warn!(plugin = %self.spec.name, records = not_taken,
+                    "records written after the stop began were not taken");
+            }
             ctx.stop();
             return;
         }
@@ -553,7 +573,10 @@ impl Handler<RecordsDurable> for Plugin {
                 }
             }
         }
-        if self.stopping && self.durable_told >= self.records_sent {
+        if self
+            .final_count
+            .is_some_and(|count| self.durable_told >= count)
+        {
             // Queued before stdin closes: the writer writes it first.
             self.stop_process(StopProcess::Graceful);
             return;

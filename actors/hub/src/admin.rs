@@ -79,6 +79,8 @@ async fn healthz(State(state): State<AdminState>) -> Response {
     }
 }
 
+/// `GET /agents`: a JSON array of [`AgentInfo`](crate::AgentInfo), one per
+/// connected agent, sorted by agent id (docs/protocol.md, "`GET /agents`").
 async fn agents(State(state): State<AdminState>) -> Response {
     let agents = match state.directory.tracker() {
         Some(tracker) => tracker.send(ListAgents).await.ok(),

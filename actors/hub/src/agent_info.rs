@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::sink::now_ms;
 
-/// What the hub knows about one connected agent (`/agents`, `herd.heartbeat.*`).
+/// What the hub knows about one connected agent: the JSON published on
+/// `herd.heartbeat.<agent_id>` and the elements of the admin `GET /agents`
+/// array (docs/protocol.md documents both).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentInfo {
     /// The agent id.

@@ -14,7 +14,8 @@ use crate::sink::{NatsLink, now_ms};
 /// Subject of the batched task results.
 pub const TASK_RESULTS_SUBJECT: &str = "herd.task.results";
 
-/// One task result in a published batch (JSON array).
+/// One task result in a batch published on [`TASK_RESULTS_SUBJECT`] (a JSON
+/// array of these; docs/protocol.md, "`herd.task.results`").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskResultRecord {
     /// The agent that ran the task.
@@ -23,7 +24,8 @@ pub struct TaskResultRecord {
     pub task_id: String,
     /// `TaskStatus` as its protobuf name, e.g. `TASK_STATUS_OK`.
     pub status: String,
-    /// Output bytes.
+    /// Output bytes; in JSON a base64 string (standard alphabet, padded).
+    #[serde(with = "base64_bytes")]
     pub output: Vec<u8>,
     /// Error text.
     pub error: String,
@@ -33,6 +35,26 @@ pub struct TaskResultRecord {
     pub fields: std::collections::BTreeMap<String, String>,
     /// When the hub received it, ms since the Unix epoch.
     pub received_at_ms: i64,
+}
+
+/// Bytes as a base64 string (standard alphabet, padded) in serde formats.
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        STANDARD.decode(text.as_bytes()).map_err(|error| {
+            serde::de::Error::custom(format_args!("output is not base64: {error}"))
+        })
+    }
 }
 
 /// Collects task results and publishes them as one JSON array when
@@ -122,5 +144,51 @@ impl HubDirectory {
     /// The TaskBatcher.
     pub(crate) fn batcher(&self) -> Option<Addr<TaskBatcher>> {
         self.get(crate::directory::ids::BATCHER)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(output: &[u8]) -> TaskResultRecord {
+        TaskResultRecord {
+            agent_id: "a".into(),
+            task_id: "t".into(),
+            status: "TASK_STATUS_OK".into(),
+            output: output.to_vec(),
+            error: String::new(),
+            source: "exec".into(),
+            fields: Default::default(),
+            received_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn output_is_a_padded_standard_base64_string_and_reads_back_as_bytes() {
+        let bytes = b"\x00ok\xff\xfe>?";
+        let json = serde_json::to_value(record(bytes)).expect("encodes");
+        assert_eq!(json["output"], "AG9r//4+Pw==");
+        let back: TaskResultRecord = serde_json::from_value(json).expect("decodes");
+        assert_eq!(back.output, bytes);
+        let empty = serde_json::to_value(record(b"")).expect("encodes");
+        assert_eq!(empty["output"], "");
+    }
+
+    #[test]
+    fn output_that_is_not_base64_is_refused() {
+        let mut json = serde_json::to_value(record(b"x")).expect("encodes");
+        json["output"] = "not base64!".into();
+        let error = serde_json::from_value::<TaskResultRecord>(json).expect_err("refused");
+        assert!(
+            error.to_string().starts_with("output is not base64"),
+            "{error}"
+        );
+        let mut json = serde_json::to_value(record(b"x")).expect("encodes");
+        json["output"] = serde_json::json!([120]);
+        assert!(
+            serde_json::from_value::<TaskResultRecord>(json).is_err(),
+            "a list of integers"
+        );
     }
 }

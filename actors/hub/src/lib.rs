@@ -198,9 +198,9 @@ fn tree(
     // place, publishes are retried.
     match stream_status {
         Some(status) => {
-            let (link, stream) = (link.clone(), config.stream.clone());
+            let (link, stream, form) = (link.clone(), config.stream.clone(), config.data_form);
             root.child(ChildSpec::new(ids::STREAM, move || {
-                stream::DataStream::new(link.clone(), stream.clone(), status.clone())
+                stream::DataStream::new(link.clone(), stream.clone(), form, status.clone())
             }))
         }
         None => root,

@@ -10,10 +10,20 @@ use herd_supervision::{Backoff, Retry};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::config::DataForm;
 use crate::sink::{NatsLink, NatsState};
 
-/// The subjects the data stream stores: both forms of published records.
+/// The subjects a data stream the hub creates stores: both forms of
+/// published records, so a hub can switch `data_form` without touching it.
 pub const DATA_STREAM_SUBJECTS: [&str; 2] = ["herd.data.>", "herd.batch.>"];
+
+/// The subject of the records of `form`, which the stream must store.
+fn needed_subject(form: DataForm) -> &'static str {
+    match form {
+        DataForm::Record => DATA_STREAM_SUBJECTS[0],
+        DataForm::Batch => DATA_STREAM_SUBJECTS[1],
+    }
+}
 
 /// The stream every published record is stored in (JetStream ack mode).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +79,7 @@ pub(crate) type StreamStatus = watch::Receiver<Result<(), String>>;
 pub(crate) struct DataStream {
     link: NatsLink,
     config: DataStreamConfig,
+    form: DataForm,
     status: watch::Sender<Result<(), String>>,
 }
 
@@ -76,11 +87,13 @@ impl DataStream {
     pub(crate) fn new(
         link: NatsLink,
         config: DataStreamConfig,
+        form: DataForm,
         status: watch::Sender<Result<(), String>>,
     ) -> Self {
         Self {
             link,
             config,
+            form,
             status,
         }
     }
@@ -91,11 +104,16 @@ impl Actor for DataStream {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let (link, config, status) = (self.link.clone(), self.config.clone(), self.status.clone());
-        ctx.spawn(keep(link, config, status).into_actor(self));
+        ctx.spawn(keep(link, config, self.form, status).into_actor(self));
     }
 }
 
-async fn keep(link: NatsLink, config: DataStreamConfig, status: watch::Sender<Result<(), String>>) {
+async fn keep(
+    link: NatsLink,
+    config: DataStreamConfig,
+    form: DataForm,
+    status: watch::Sender<Result<(), String>>,
+) {
     let mut retry = Retry::new(
         Backoff::exponential(Duration::from_millis(200), Duration::from_secs(2), 0.2)
             .expect("constant backoff parameters are valid"),
@@ -104,7 +122,7 @@ async fn keep(link: NatsLink, config: DataStreamConfig, status: watch::Sender<Re
         if !link.wait_connected(Duration::from_secs(3600)).await {
             continue;
         }
-        match ensure(&link, &config).await {
+        match ensure(&link, &config, form).await {
             Ok(()) => {
                 retry.succeeded();
                 let _previous = status.send_replace(Ok(()));
@@ -121,10 +139,10 @@ async fn keep(link: NatsLink, config: DataStreamConfig, status: watch::Sender<Re
     }
 }
 
-async fn ensure(link: &NatsLink, config: &DataStreamConfig) -> Result<(), String> {
+async fn ensure(link: &NatsLink, config: &DataStreamConfig, form: DataForm) -> Result<(), String> {
     let jetstream = link.jetstream();
     match jetstream.get_stream(&config.name).await {
-        Ok(stream) => return ensure_subjects(jetstream, &stream, config).await,
+        Ok(stream) => return ensure_subject(jetstream, &stream, config, form).await,
         Err(error) if !config.create => {
             return Err(format!(
                 "stream {} not found ({error}) and create = false",
@@ -140,33 +158,30 @@ async fn ensure(link: &NatsLink, config: &DataStreamConfig) -> Result<(), String
         .map_err(|error| format!("cannot create stream {}: {error}", config.name))
 }
 
-/// A stream made by an older hub (or by hand) may lack `herd.batch.>`; with
-/// `create = true` the hub adds what is missing, otherwise it says so.
-async fn ensure_subjects(
+/// A stream made by an older hub (or by hand) may lack the subject of this
+/// hub's `data_form` (`herd.batch.>`, say); with `create = true` the hub adds
+/// it, otherwise it says so.
+async fn ensure_subject(
     jetstream: &async_nats::jetstream::Context,
     stream: &stream::Stream,
     config: &DataStreamConfig,
+    form: DataForm,
 ) -> Result<(), String> {
+    let needed = needed_subject(form);
     let mut stream_config = stream.cached_info().config.clone();
-    let missing: Vec<String> = DATA_STREAM_SUBJECTS
-        .iter()
-        .filter(|subject| !stream_config.subjects.iter().any(|known| known == *subject))
-        .map(|subject| (*subject).to_owned())
-        .collect();
-    if missing.is_empty() {
+    if stream_config.subjects.iter().any(|known| known == needed) {
         return Ok(());
     }
     if !config.create {
         return Err(format!(
-            "stream {} does not store {} and create = false",
-            config.name,
-            missing.join(", ")
+            "stream {} does not store {needed} and create = false",
+            config.name
         ));
     }
-    stream_config.subjects.extend(missing.iter().cloned());
+    stream_config.subjects.push(needed.to_owned());
     jetstream
         .update_stream(stream_config)
         .await
-        .map(|_| tracing::info!(stream = %config.name, added = ?missing, "added subjects to the JetStream data stream"))
-        .map_err(|error| format!("cannot add {missing:?} to stream {}: {error}", config.name))
+        .map(|_| tracing::info!(stream = %config.name, added = needed, "added a subject to the JetStream data stream"))
+        .map_err(|error| format!("cannot add {needed} to stream {}: {error}", config.name))
 }

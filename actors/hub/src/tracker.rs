@@ -12,7 +12,8 @@ use crate::directory::HubDirectory;
 use crate::messages::{HeartbeatReceived, ListAgents, Offline, Online, PresenceEvent};
 use crate::sink::{NatsLink, now_ms};
 
-/// A presence event as published on `herd.presence.<agent_id>`.
+/// A presence event as published (JSON) on `herd.presence.<agent_id>`
+/// (docs/protocol.md, "`herd.presence.<agent_id>`").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence {
     /// The agent.
@@ -21,8 +22,8 @@ pub struct Presence {
     pub event: PresenceEvent,
     /// Why (empty for `online`).
     pub reason: String,
-    /// When, ms since the Unix epoch.
-    pub at: i64,
+    /// When the hub saw it, ms since the Unix epoch.
+    pub at_ms: i64,
     /// The hub that saw it.
     pub hub_id: String,
 }
@@ -60,7 +61,7 @@ impl HeartbeatTracker {
             agent_id: agent_id.to_owned(),
             event,
             reason,
-            at: now_ms(),
+            at_ms: now_ms(),
             hub_id: self.hub_id.clone(),
         };
         match serde_json::to_vec(&presence) {

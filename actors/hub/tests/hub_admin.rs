@@ -125,7 +125,7 @@ async fn jetstream_mode_stores_records_in_the_data_stream_it_creates() {
         .expect("the hub created HERD_DATA");
     let info = stream.info().await.expect("stream info");
     assert_eq!(info.state.messages, 2);
-    assert_eq!(info.config.subjects, ["herd.data.>"]);
+    assert_eq!(info.config.subjects, ["herd.data.>", "herd.batch.>"]);
     assert_eq!(
         get(hub.admin_addr().expect("admin"), "/healthz").await.0,
         200
@@ -332,5 +332,44 @@ async fn an_embedders_actor_is_supervised_and_its_restarts_are_metrics() {
         again.is_some_and(|addr| addr.connected()),
         "the new incarnation is registered"
     );
+    hub.shutdown().await;
+}
+
+#[actix::test]
+async fn a_batch_form_hub_adds_its_subject_to_a_stream_made_without_it() {
+    let nats = herd_tests::nats::NatsServer::start()
+        .await
+        .expect("nats-server starts");
+    // A stream made by an older hub (or by hand) for per-record data only.
+    let jetstream = async_nats::jetstream::new(nats.client().await.expect("client"));
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "HERD_DATA".into(),
+            subjects: vec!["herd.data.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let mut config = HubConfig::for_tests(nats.url());
+    config.data_form = herd_hub::DataForm::Batch;
+    let hub = within("hub start", Hub::start(config)).await.expect("hub");
+    let mut agent = ScriptedAgent::online(hub.listen_addr(), "grouped").await;
+    // Acked only once stored: the hub added `herd.batch.>` to the stream.
+    agent
+        .send_acked(Batch {
+            seq: 1,
+            records: vec![Default::default()],
+        })
+        .await;
+    let info = jetstream
+        .get_stream("HERD_DATA")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .clone();
+    assert_eq!(info.config.subjects, ["herd.data.>", "herd.batch.>"]);
+    assert_eq!(info.state.messages, 1);
     hub.shutdown().await;
 }

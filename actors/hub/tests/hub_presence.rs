@@ -24,10 +24,9 @@ async fn takeover_supersedes_the_old_connection_and_says_so() {
     let mut presence = hub_support::subscribe(&nats, "herd.presence.dup").await;
 
     let mut old = ScriptedAgent::online(hub.listen_addr(), "dup").await;
-    assert_eq!(
-        next_presence(&mut presence).await.event,
-        PresenceEvent::Online
-    );
+    let online = next_presence(&mut presence).await;
+    assert_eq!(online.event, PresenceEvent::Online);
+    assert_eq!(online.reason, "");
     let new = ScriptedAgent::online(hub.listen_addr(), "dup").await;
     match &old.until_closed().await[..] {
         [Kind::Goodbye(goodbye)] => {
@@ -54,6 +53,10 @@ async fn takeover_supersedes_the_old_connection_and_says_so() {
     assert_eq!(offline.event, PresenceEvent::Offline);
     assert_eq!(offline.reason, "connection closed by the agent");
     assert_eq!(offline.hub_id, hub.hub_id());
+    assert!(
+        online.at_ms > 0 && superseded.at_ms >= online.at_ms && offline.at_ms >= superseded.at_ms,
+        "{online:?} {superseded:?} {offline:?}"
+    );
     hub.shutdown().await;
 }
 

@@ -43,7 +43,7 @@ async fn a_task_goes_to_the_agent_and_its_result_comes_back_and_is_batched() {
     let result = TaskResult {
         task_id: "t-1".into(),
         status: TaskStatus::Ok as i32,
-        output: b"done".to_vec().into(),
+        output: b"done\xff".to_vec().into(),
         source: "exec".into(),
         ..TaskResult::default()
     };
@@ -56,12 +56,15 @@ async fn a_task_goes_to_the_agent_and_its_result_comes_back_and_is_batched() {
     let batch = within("a task result batch", batches.next())
         .await
         .expect("open");
+    let json: serde_json::Value = serde_json::from_slice(&batch.payload).expect("JSON");
+    // Output bytes (not UTF-8 here) travel as a padded standard base64 string.
+    assert_eq!(json[0]["output"], "ZG9uZf8=", "{json}");
     let records: Vec<TaskResultRecord> =
         serde_json::from_slice(&batch.payload).expect("JSON array");
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].agent_id, "worker");
     assert_eq!(records[0].status, "TASK_STATUS_OK");
-    assert_eq!(records[0].output, b"done");
+    assert_eq!(records[0].output, b"done\xff");
     assert!(
         hub.metrics()
             .render()

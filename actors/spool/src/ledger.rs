@@ -5,6 +5,13 @@
 //! ledger_rebuilds, then a crc32c `u32` over everything before it. It is replaced by
 //! writing `ledger.tmp`, fsyncing it, renaming it over `ledger` and fsyncing the
 //! directory, so a reader sees the old or the new ledger, never a mix.
+//!
+//! On a full disk (`ENOSPC`, `EDQUOT`) the temporary file cannot get a block, and a spool
+//! that cannot write its ledger cannot persist the acks that would free the disk. Then the
+//! ledger is overwritten in place instead: 72 bytes at offset 0, inside one sector and one
+//! page, in blocks the file already has, so a crash leaves the old or the new ledger, and
+//! the checksum catches a sector torn by a power loss (the spool then rebuilds the ledger
+//! from its segments and counts the rebuild).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -148,19 +155,50 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<Result<Ledger, LedgerError>>
     Ok(Some(Ledger::decode(&bytes)))
 }
 
-/// Replaces the ledger of `dir` atomically and durably.
+/// Replaces the ledger of `dir` atomically and durably; on a full disk, in place (see the
+/// module docs).
 pub(crate) fn write(dir: &Path, ledger: &Ledger) -> io::Result<()> {
     let tmp = dir.join(LEDGER_TMP);
+    match replace(dir, &tmp, ledger) {
+        Err(error) if is_disk_full(&error) => {
+            // Whatever the failed attempt left takes blocks the disk does not have.
+            let _ = fs::remove_file(&tmp);
+            overwrite(dir, ledger).map_err(|_| error)
+        }
+        result => result,
+    }
+}
+
+fn replace(dir: &Path, tmp: &Path, ledger: &Ledger) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&tmp)?;
+        .open(tmp)?;
     file.write_all(&ledger.encode())?;
     file.sync_all()?;
     drop(file);
-    fs::rename(&tmp, dir.join(LEDGER_FILE))?;
+    fs::rename(tmp, dir.join(LEDGER_FILE))?;
     sync_dir(dir)
+}
+
+/// Overwrites an existing ledger of exactly [`LEN`] bytes in place, needing no new block.
+fn overwrite(dir: &Path, ledger: &Ledger) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = OpenOptions::new().write(true).open(dir.join(LEDGER_FILE))?;
+    if file.metadata()?.len() != LEN as u64 {
+        return Err(io::Error::other("no ledger of the right size to overwrite"));
+    }
+    file.write_all_at(&ledger.encode(), 0)?;
+    file.sync_data()
+}
+
+/// Whether `error` says the file system has no room (`ENOSPC`, or a quota: `EDQUOT`).
+pub(crate) fn is_disk_full(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Fsyncs a directory, making creations, renames and removals in it durable.

@@ -61,6 +61,16 @@
 //! - **Recovery** never fails because of file contents: see [`Spool::open`]. Every cut
 //!   and rebuild is logged with `tracing`, returned in [`Recovery`] and added to the
 //!   persisted counters in [`SpoolStats`].
+//! - **A full disk** (the kernel's `ENOSPC`, before `max_disk_bytes`) makes appends and
+//!   syncs fail with [`SpoolError::Io`]; nothing beyond what reached the files is
+//!   assigned or durable, and what did reach them is still made durable by the failing
+//!   sync, so it can be sent and acked. Acks keep working: the ledger is then overwritten
+//!   in place, in the blocks it has. Once a write has failed, the disk is taken to have
+//!   less room than a segment: segments are closed at 64 KiB, and an active segment whose
+//!   written frames are all acked is given up at once (its buffered frames move to a new
+//!   one), so acks give the room back; this ends when the segment files grow to two
+//!   segments again. Opening on a full disk works too: a ledger that cannot be rewritten
+//!   keeps its old reservation.
 //!
 //! # On disk
 //!
@@ -74,7 +84,8 @@
 //! - `ledger`: 72 bytes — magic `HERDSPLG`, version `u32`, then `u64`s next seq (the
 //!   reservation), acked seq, dropped records and bytes, corrupt records and bytes, ledger
 //!   rebuilds, and a crc32c `u32` of the rest. Replaced atomically (`ledger.tmp`, fsync,
-//!   rename, directory fsync).
+//!   rename, directory fsync); on a full disk overwritten in place (one sector: a crash
+//!   leaves the old or the new one, a torn sector fails the crc and is rebuilt).
 //! - `lock`: an empty file holding an exclusive `flock` while a [`Spool`] is open.
 //!
 //! [`verify`] inspects a directory without changing it.

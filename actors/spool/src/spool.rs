@@ -18,6 +18,10 @@ use crate::ledger::{self, LEDGER_FILE, LEDGER_TMP, Ledger};
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// File name of the lock that keeps two spools out of one directory.
 const LOCK_FILE: &str = "lock";
+/// Segment size while the disk has less room than `segment_bytes` (see
+/// [`Spool::reclaim_acked_active`]): acked segments then give their room back in steps of
+/// this size instead of only once a whole segment is full.
+const SHORT_SEGMENT_BYTES: u64 = 64 * 1024;
 
 /// What [`Spool::open`] found and repaired.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,11 +138,19 @@ pub struct Spool {
     ledger: Ledger,
     next_seq: u64,
     durable_seq: u64,
+    /// The last seq handed to the active segment's file (not necessarily synced).
+    written_seq: u64,
     disk_bytes: u64,
     total_records: u64,
     head: Head,
     unsynced_since: Option<Instant>,
     poisoned: bool,
+    /// A write to the active segment failed (the disk is full) and the segment files have
+    /// not grown to two segments since: the disk has less room than a segment. Segments are
+    /// then closed at [`SHORT_SEGMENT_BYTES`], and an active segment whose frames on file
+    /// are all acked is given up as soon as an ack says so; see
+    /// [`Spool::reclaim_acked_active`].
+    short_of_room: bool,
 }
 
 impl fmt::Debug for Spool {
@@ -153,6 +165,7 @@ impl fmt::Debug for Spool {
             .field("disk_bytes", &self.disk_bytes)
             .field("buffered_bytes", &self.active.pending.len())
             .field("poisoned", &self.poisoned)
+            .field("short_of_room", &self.short_of_room)
             .finish_non_exhaustive()
     }
 }
@@ -302,11 +315,20 @@ impl Spool {
         ledger.next_seq = next_seq;
         ledger.corrupt_records += cut_records;
         ledger.corrupt_bytes += cut_bytes;
-        if !had_ledger || ledger != before {
-            ledger::write(&dir, &ledger).map_err(|source| SpoolError::Ledger {
-                path: dir.join(LEDGER_FILE),
-                source,
-            })?;
+        if (!had_ledger || ledger != before)
+            && let Err(error) = ledger::write(&dir, &ledger)
+        {
+            // The agent never refuses to start because of its spool (a full disk, say):
+            // go on with what the ledger file still says. Its reservation still covers the
+            // seqs below it; without one the first append tries to reserve and, while the
+            // ledger cannot be written, fails with `SpoolError::Ledger`.
+            tracing::warn!(dir = %dir.display(), %error,
+                "spool: cannot write the ledger at open; going on with the old one");
+            ledger.next_seq = if had_ledger && before.next_seq >= next_seq {
+                before.next_seq
+            } else {
+                next_seq
+            };
         }
 
         // Closed segments with nothing left to send: acked ones (a crash came between the
@@ -364,9 +386,11 @@ impl Spool {
             ledger,
             next_seq,
             durable_seq: next_seq - 1,
+            written_seq: next_seq - 1,
             head: Head::default(),
             unsynced_since: None,
             poisoned: false,
+            short_of_room: false,
         };
         spool.refresh_head()?;
         let stats = spool.stats();
@@ -403,7 +427,16 @@ impl Spool {
         }
         let frame_len = (HEADER_LEN + payload.len()) as u64;
         let active_len = self.active_segment().len;
-        let rotate = active_len > 0 && active_len + frame_len > self.config.segment_bytes;
+        if self.short_of_room && self.disk_bytes >= 2 * self.config.segment_bytes {
+            // Room for whole segments after all.
+            self.short_of_room = false;
+        }
+        let segment_bytes = if self.short_of_room {
+            SHORT_SEGMENT_BYTES.min(self.config.segment_bytes)
+        } else {
+            self.config.segment_bytes
+        };
+        let rotate = active_len > 0 && active_len + frame_len > segment_bytes;
         // Closing a fully acked active segment frees it at once: count that before deciding
         // the spool is full.
         let reclaim = if rotate && self.active_segment().is_acked(self.ledger.acked_seq) {
@@ -475,6 +508,10 @@ impl Spool {
 
     /// Writes and fsyncs what was appended and returns the highest durable seq: every
     /// record up to it survives a crash, so its source may be told it is safe.
+    ///
+    /// When not everything can be written (a full disk), what did reach the file is still
+    /// made durable before the error is returned, so it can be sent, acked and give its
+    /// room back: [`durable_seq`](Spool::durable_seq) tells how far.
     pub fn sync(&mut self) -> Result<u64, SpoolError> {
         if self.poisoned {
             return Err(SpoolError::Poisoned);
@@ -488,6 +525,13 @@ impl Spool {
     /// Every record up to this seq is durable.
     pub fn durable_seq(&self) -> u64 {
         self.durable_seq
+    }
+
+    /// Whether a write failed (a full disk) and the disk is taken to have less room than a
+    /// segment (see the crate docs): the owner should then apply acks as they come, since
+    /// only acks give the room back.
+    pub fn is_short_of_room(&self) -> bool {
+        self.short_of_room
     }
 
     /// Whether records have been waiting unsynced for at least the fsync interval at `now`.
@@ -594,6 +638,9 @@ impl Spool {
             ..self.ledger
         })?;
         self.remove_acked_segments()?;
+        if self.short_of_room {
+            self.reclaim_acked_active()?;
+        }
         self.refresh_head()
     }
 
@@ -657,11 +704,27 @@ impl Spool {
         Ok(())
     }
 
-    /// Hands buffered frames to the file (no fsync).
+    /// Hands buffered frames to the file (no fsync). When the write fails, an active
+    /// segment whose frames on file are all acked is given up (see
+    /// [`reclaim_acked_active`](Self::reclaim_acked_active)) and the write tried once more.
     fn flush_pending(&mut self) -> Result<(), SpoolError> {
         if self.active.pending.is_empty() {
             return Ok(());
         }
+        match self.write_pending() {
+            Err(error) => {
+                self.short_of_room = true;
+                if self.reclaim_acked_active()? {
+                    self.write_pending().map_err(|_| error)
+                } else {
+                    Err(error)
+                }
+            }
+            ok => ok,
+        }
+    }
+
+    fn write_pending(&mut self) -> Result<(), SpoolError> {
         if let Err(e) = self.active.file.write_all(&self.active.pending) {
             // Take back a partial write so the next one does not land after half a frame;
             // if even that fails the file's tail is unknown.
@@ -672,16 +735,94 @@ impl Spool {
         }
         self.active.written += self.active.pending.len() as u64;
         self.active.pending.clear();
+        // Buffered frames are always the newest ones.
+        self.written_seq = self.next_seq - 1;
         Ok(())
     }
 
+    /// On a disk with less room than a segment: when every frame of the active segment that
+    /// reached its file is acked, the file holds disk space for nothing, and nothing else
+    /// frees it — the active segment is only closed once it is full, and its buffered
+    /// frames (not durable, so not acked) keep it from being fully acked. Closes it early:
+    /// with nothing buffered it is rotated (and, fully acked, unlinked at once); otherwise
+    /// the buffered frames move to a new active segment named for the first of them and the
+    /// old file is unlinked (its frames are acked in the ledger already). Returns whether it
+    /// did either.
+    fn reclaim_acked_active(&mut self) -> Result<bool, SpoolError> {
+        if self.poisoned || self.active.written == 0 {
+            return Ok(false);
+        }
+        if self.active.pending.is_empty() {
+            if !self.active_segment().is_acked(self.ledger.acked_seq) {
+                return Ok(false);
+            }
+            self.rotate()?;
+            return Ok(true);
+        }
+        let pending = &self.active.pending;
+        let first = Header::decode(pending[..HEADER_LEN].try_into().expect("a header"));
+        // Seqs in a segment are consecutive: all on file are below the first buffered one.
+        if first.seq > self.ledger.acked_seq + 1 {
+            return Ok(false);
+        }
+        let mut index = Vec::new();
+        let (mut offset, mut records) = (0usize, 0u64);
+        while offset + HEADER_LEN <= pending.len() {
+            let header = Header::decode(
+                pending[offset..offset + HEADER_LEN]
+                    .try_into()
+                    .expect("a header"),
+            );
+            frame::maybe_index(
+                &mut index,
+                IndexEntry {
+                    seq: header.seq,
+                    offset: offset as u64,
+                    ordinal: records,
+                },
+            );
+            offset += usize::try_from(header.frame_len()).expect("a buffered frame");
+            records += 1;
+        }
+        let (mut segment, mut active) = create_segment(&self.dir, first.seq)?;
+        let old = self.segments.pop_back().expect("an active segment");
+        segment.len = pending.len() as u64;
+        segment.records = records;
+        segment.last_seq = old.last_seq;
+        segment.index = index;
+        active.pending = std::mem::take(&mut self.active.pending);
+        let old_active = std::mem::replace(&mut self.active, active);
+        self.disk_bytes -= old_active.written;
+        self.total_records -= old.records - records;
+        drop(old_active);
+        if self.segments.is_empty() {
+            // The old segment was the oldest: the head is the first buffered frame.
+            self.head = Head {
+                seq: Some(first.seq),
+                time_ms: Some(first.time_ms),
+                ordinal: 0,
+                offset: 0,
+            };
+        }
+        self.segments.push_back(segment);
+        remove_if_present(&old.path).map_err(SpoolError::io("remove segment", &old.path))?;
+        ledger::sync_dir(&self.dir).map_err(SpoolError::io("fsync", &self.dir))?;
+        tracing::debug!(dir = %self.dir.display(), acked = %old.path.display(), next = first.seq,
+            "spool: the disk is short of room; an acked active segment was split off and removed");
+        Ok(true)
+    }
+
     fn sync_active(&mut self) -> Result<(), SpoolError> {
-        self.flush_pending()?;
+        // What reached the file becomes durable even when the rest cannot be written: on a
+        // full disk, frames written but never synced would never be sent, so never acked,
+        // and never give their room back.
+        let flushed = self.flush_pending();
         if let Err(e) = self.active.file.sync_data() {
             self.poisoned = true;
             return Err(SpoolError::io("fsync segment", &self.active_segment().path)(e));
         }
-        self.durable_seq = self.next_seq - 1;
+        self.durable_seq = self.durable_seq.max(self.written_seq);
+        flushed?;
         self.unsynced_since = None;
         Ok(())
     }
@@ -764,10 +905,6 @@ impl Spool {
     /// nearest index entry.
     fn refresh_head(&mut self) -> Result<(), SpoolError> {
         let acked = self.ledger.acked_seq;
-        if self.segments.len() == 1 {
-            // The record looked for may still be in the write buffer.
-            self.flush_pending()?;
-        }
         let segment = &self.segments[0];
         let mut head = Head {
             seq: None,
@@ -777,16 +914,38 @@ impl Spool {
         };
         if !segment.is_acked(acked) {
             let (mut offset, mut ordinal) = frame::start_for(&segment.index, acked);
+            // The record looked for may still be in the write buffer, which is not written
+            // here: on a full disk that write fails, and an ack must not.
+            let on_file = if self.segments.len() == 1 {
+                self.active.written
+            } else {
+                segment.len
+            };
             let read = SpoolError::io("read segment", &segment.path);
             let found = (|| {
-                let mut reader = BufReader::new(File::open(&segment.path)?);
-                reader.seek(SeekFrom::Start(offset))?;
+                if offset < on_file {
+                    let mut reader = BufReader::new(File::open(&segment.path)?);
+                    reader.seek(SeekFrom::Start(offset))?;
+                    while offset < on_file {
+                        let header = read_header(&mut reader)?;
+                        if header.seq > acked {
+                            return Ok(header);
+                        }
+                        reader.seek_relative(i64::from(header.len))?;
+                        offset += header.frame_len();
+                        ordinal += 1;
+                    }
+                }
+                let pending = &self.active.pending;
                 loop {
-                    let header = read_header(&mut reader)?;
+                    let at = usize::try_from(offset - on_file).map_err(io::Error::other)?;
+                    let bytes = pending
+                        .get(at..at + HEADER_LEN)
+                        .ok_or_else(|| io::Error::other("unacked record not found"))?;
+                    let header = Header::decode(bytes.try_into().expect("a header"));
                     if header.seq > acked {
                         return Ok(header);
                     }
-                    reader.seek_relative(i64::from(header.len))?;
                     offset += header.frame_len();
                     ordinal += 1;
                 }

@@ -55,15 +55,30 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Writes `config` to `<dir>/agent.toml` and starts the agent with it.
     pub fn start(dir: &Path, config: &str) -> Self {
+        Self::spawn(dir, config, "warn", Stdio::inherit())
+    }
+
+    /// Like [`start`](Self::start), with the agent's log (stderr, level
+    /// `info`) appended to `log` instead of the test's output.
+    pub fn start_logged(dir: &Path, config: &str, log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|error| panic!("open {}: {error}", log.display()));
+        Self::spawn(dir, config, "info", Stdio::from(file))
+    }
+
+    fn spawn(dir: &Path, config: &str, level: &str, stderr: Stdio) -> Self {
         let path = dir.join("agent.toml");
         std::fs::write(&path, config).unwrap();
         let child = Process::new(env!("CARGO_BIN_EXE_herd-agent"))
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("spawn herd-agent");

@@ -12,8 +12,18 @@ Modes (argv[1]):
            each Durable count the agent sends to $HERD_PLUGIN_STATE_DIR/durable
   flood    announce the start, then records as fast as the pipe takes them,
            writing how many it has written to $HERD_PLUGIN_STATE_DIR/written
+  fast     announce the start, then records {"n": 0, 1, ..., "pid"} as fast as
+           the pipe takes them (a 1 ms pause every 10), writing how many it has
+           written to the file $HERD_TEST_WRITTEN names (outside the agent's
+           state dir, which may be a full disk); nothing else is written
+  durable-log  announce the start, then a record {"k": 2, 3, ...} every 5 ms,
+           k being the record's number in the agent's count (the start record
+           is 1); every Durable the agent sends is appended to
+           $HERD_PLUGIN_STATE_DIR/durable.log as "durable <through> <time>",
+           and stdin EOF as "eof <records sent> <time>" (time: Unix seconds)
 Every mode announces its start with a 2000 record {event=start, pid} and
-appends its pid to $HERD_PLUGIN_STATE_DIR/started. EOF on stdin: exit 0.
+appends its pid to $HERD_PLUGIN_STATE_DIR/started (a failed write, on a full
+disk, is only logged). EOF on stdin: exit 0.
 """
 import os
 import struct
@@ -114,9 +124,32 @@ def tasks():
             yield (task.get(1, [b""])[0].decode(), task.get(2, [0])[0], task.get(5, [b""])[0])
 
 
+def durables():
+    """The `through` of each Durable command on stdin, until EOF."""
+    while True:
+        header = read_exact(4)
+        if header is None:
+            return
+        frame = read_exact(struct.unpack(">I", header)[0])
+        if frame is None:
+            return
+        command = parse(frame)
+        if 2 in command:  # PluginCommand.durable
+            yield parse(command[2][0]).get(1, [0])[0]
+
+
+def write_count(path, n):
+    with open(path + ".partial", "w") as f:
+        f.write(str(n))
+    os.replace(path + ".partial", path)
+
+
 mode = sys.argv[1]
-with open(os.path.join(os.environ["HERD_PLUGIN_STATE_DIR"], "started"), "a") as f:
-    f.write(f"{os.getpid()}\n")
+try:
+    with open(os.path.join(os.environ["HERD_PLUGIN_STATE_DIR"], "started"), "a") as f:
+        f.write(f"{os.getpid()}\n")
+except OSError as error:
+    print(f"cannot record the start: {error}", file=sys.stderr)
 send(record(2000, {"event": "start", "pid": str(os.getpid()),
                    "agent_id": os.environ.get("HERD_AGENT_ID", "")}))
 print(f"plugin {os.environ['HERD_PLUGIN_NAME']} started in mode {mode}", file=sys.stderr)
@@ -160,20 +193,49 @@ elif mode == "flood":
             with open(written + ".partial", "w") as f:
                 f.write(str(n))
             os.replace(written + ".partial", written)
+elif mode == "fast":
+    def drain():
+        for _ in tasks():
+            pass
+        os._exit(0)
+
+    threading.Thread(target=drain, daemon=True).start()
+    written = os.environ.get("HERD_TEST_WRITTEN")
+    pid = str(os.getpid())
+    n = 0
+    while True:
+        send(record(2001, {"n": str(n), "pid": pid, "pad": "x" * 100}))
+        n += 1
+        if n % 10 == 0:
+            time.sleep(0.001)
+        if written and n % 100 == 0:
+            write_count(written, n)
+elif mode == "durable-log":
+    log = open(os.path.join(os.environ["HERD_PLUGIN_STATE_DIR"], "durable.log"), "a")
+    sent = [1]  # the start record
+
+    def produce():
+        while True:
+            # Numbered and written under the lock: the number is the frame's
+            # position on stdout, which is how the agent counts.
+            with LOCK:
+                k = sent[0] + 1
+                message = record(2001, {"k": str(k)})
+                OUT.write(struct.pack(">I", len(message)) + message)
+                OUT.flush()
+                sent[0] = k
+            time.sleep(0.005)
+
+    threading.Thread(target=produce, daemon=True).start()
+    for through in durables():
+        log.write(f"durable {through} {time.time():.3f}\n")
+        log.flush()
+    log.write(f"eof {sent[0]} {time.time():.3f}\n")
+    log.close()
+    os._exit(0)
 elif mode == "checkpoint":
     for n in range(50):
         send(record(2001, {"n": str(n)}))
     durable = os.path.join(os.environ["HERD_PLUGIN_STATE_DIR"], "durable")
-    while True:
-        header = read_exact(4)
-        if header is None:
-            break
-        frame = read_exact(struct.unpack(">I", header)[0])
-        if frame is None:
-            break
-        command = parse(frame)
-        if 2 in command:  # PluginCommand.durable
-            through = parse(command[2][0]).get(1, [0])[0]
-            with open(durable + ".partial", "w") as f:
-                f.write(str(through))
-            os.replace(durable + ".partial", durable)
+    for through in durables():
+        write_count(durable, through)

@@ -16,7 +16,7 @@ const LINES_PER_TURN: usize = 1024;
 /// Lines sent but not yet confirmed durable by the agent; at this many the
 /// tailer stops reading until confirmations come (bounded memory, and no
 /// runaway ahead of an agent that cannot keep up).
-const MAX_UNCOMMITTED: usize = 64 * 1024;
+const MAX_UNCOMMITTED: u64 = 64 * 1024;
 
 /// Tuning of the tailer, from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -113,9 +113,10 @@ impl Tailer {
     /// waiting (it had used up its turn), so the caller polls again at once.
     pub fn poll(&mut self, emitter: &Emitter, durable: u64) -> Result<bool, PluginError> {
         self.commit(durable);
-        if self.uncommitted.len() >= MAX_UNCOMMITTED {
-            return Ok(false);
-        }
+        // Records are numbered in send order, so this many lines wait for
+        // their confirmation (a checkpoint never runs ahead of what was sent).
+        let waiting = self.last_sent.saturating_sub(durable);
+        let mut budget = MAX_UNCOMMITTED.saturating_sub(waiting);
         let Self {
             followers,
             options,
@@ -125,18 +126,28 @@ impl Tailer {
         } = self;
         let mut more = false;
         for (path, follower) in followers.iter_mut() {
-            let sent = follower.poll(LINES_PER_TURN, options.max_line_bytes, &mut |line| {
+            if budget == 0 {
+                break;
+            }
+            let turn = usize::try_from(budget).map_or(LINES_PER_TURN, |b| b.min(LINES_PER_TURN));
+            let mut queued = follower.position();
+            let sent = follower.poll(turn, options.max_line_bytes, &mut |line| {
                 *last_sent = send_line(emitter, path, &line)?;
                 uncommitted.push_back((*last_sent, path.clone(), line.next));
+                queued = Some(line.next);
                 Ok(())
             });
             // Also covers a position that moved without a line (a file opened
             // at its end, a truncation, a rotation): saved once what was sent
-            // before it is durable.
-            if let Some(position) = follower.position() {
+            // before it is durable. A poll that found nothing queues nothing.
+            if let Some(position) = follower.position()
+                && queued != Some(position)
+            {
                 uncommitted.push_back((*last_sent, path.clone(), position));
             }
-            more |= sent? == LINES_PER_TURN;
+            let sent = sent? as u64;
+            budget -= sent;
+            more |= sent == turn as u64;
         }
         self.commit(durable);
         Ok(more)

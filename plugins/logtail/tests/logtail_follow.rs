@@ -287,3 +287,159 @@ fn lines_never_confirmed_durable_are_sent_again() -> TestResult {
     expect_lines(&mut plugin, &["one", "two", "three"])?;
     stop(plugin)
 }
+
+/// logtail on raw pipes, for what [`PluginProcess`] does not offer: a test
+/// that decides when (and up to where) records are confirmed durable.
+struct RawPlugin {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    frames: std::sync::mpsc::Receiver<herd_codec::proto::PluginMessage>,
+}
+
+impl RawPlugin {
+    fn spawn(command: &mut Command) -> Result<Self, Box<dyn std::error::Error>> {
+        use std::process::Stdio;
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().ok_or("stdout not piped")?;
+        let (sender, frames) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            while let Ok(Some(message)) =
+                herd_codec::blocking::read_frame(&mut stdout, herd_codec::DEFAULT_MAX_FRAME_LENGTH)
+            {
+                if sender.send(message).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            stdin,
+            frames,
+        })
+    }
+
+    fn send(
+        &mut self,
+        command: impl Into<herd_codec::proto::PluginCommand>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
+        herd_codec::blocking::write_frame(stdin, &command.into())?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Confirms the first `through` records durable, as the agent does.
+    fn confirm(&mut self, through: u64) -> Result<(), Box<dyn std::error::Error>> {
+        self.send(herd_codec::proto::Durable { through })
+    }
+
+    /// The next frame, if one comes within `timeout`.
+    fn next(&mut self, timeout: Duration) -> Option<herd_codec::proto::PluginMessage> {
+        self.frames.recv_timeout(timeout).ok()
+    }
+
+    /// The next line record (nothing else may come), within [`WAIT`].
+    fn line(&mut self) -> Result<Record, Box<dyn std::error::Error>> {
+        use herd_codec::proto::plugin_message::Kind;
+        match self.next(WAIT).and_then(|m| m.kind) {
+            Some(Kind::Record(record)) if record.data_type == LINE => Ok(record),
+            other => Err(format!("expected a line record, got {other:?}").into()),
+        }
+    }
+
+    /// Sends task 2112 and returns the listed files; fails if a record
+    /// comes first.
+    fn list(&mut self) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
+        use herd_codec::proto::plugin_message::Kind;
+        self.send(task("list", TASK_LIST_FILES, None))?;
+        match self.next(WAIT).and_then(|m| m.kind) {
+            Some(Kind::TaskResult(result)) => Ok(serde_json::from_slice(&result.output)?),
+            other => Err(format!("expected the list, got {other:?}").into()),
+        }
+    }
+
+    /// Closes stdin and waits (bounded) for a clean exit.
+    fn finish(mut self) -> TestResult {
+        self.stdin = None;
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                assert!(status.success(), "exit status {status}");
+                return Ok(());
+            }
+            assert!(std::time::Instant::now() < deadline, "logtail did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RawPlugin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The documented bound on lines sent but not yet confirmed durable.
+const UNCONFIRMED_CAP: u64 = 65_536;
+
+#[test]
+fn at_most_65536_lines_wait_for_confirmation_and_the_rest_follow_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (state, log) = (dir.path().join("state"), dir.path().join("app.log"));
+    // Fixed-width lines: line n (from 1) starts at byte (n - 1) * 12.
+    let text =
+        |from: u64, to: u64| -> String { (from..=to).map(|n| format!("line {n:06}\n")).collect() };
+    let total = UNCONFIRMED_CAP + 4_464;
+    append(&log, text(1, 1).as_bytes())?;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herd-logtail"));
+    command
+        .env_remove(herd_plugin::ENV_STATE_DIR)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--poll-ms", "20", "--file"])
+        .arg(&log);
+    let mut plugin = RawPlugin::spawn(&mut command)?;
+    let mut lines = vec![plugin.line()?];
+    // Polls that find nothing new must not use up the budget: idle for
+    // about 25 polls with one line unconfirmed, then the flood.
+    std::thread::sleep(Duration::from_millis(500));
+    append(&log, text(2, total).as_bytes())?;
+    while (lines.len() as u64) < UNCONFIRMED_CAP {
+        lines.push(plugin.line()?);
+    }
+    // Held at the cap: nothing more within 15 polls, and the next line to
+    // send is the one after the cap; nothing is committed.
+    assert!(
+        plugin.next(Duration::from_millis(300)).is_none(),
+        "more than {UNCONFIRMED_CAP} lines sent without a confirmation"
+    );
+    let files = plugin.list()?;
+    assert_eq!(files[0]["offset"], UNCONFIRMED_CAP * 12, "{files:?}");
+    assert_eq!(files[0]["committed"], serde_json::Value::Null, "{files:?}");
+
+    // The confirmation lets the rest through, in order, none skipped.
+    plugin.confirm(UNCONFIRMED_CAP)?;
+    while (lines.len() as u64) < total {
+        lines.push(plugin.line()?);
+    }
+    for (record, n) in lines.iter().zip(1u64..) {
+        assert_eq!(record.fields["line"], format!("line {n:06}"), "{record:?}");
+        assert_eq!(record.fields["offset"], ((n - 1) * 12).to_string());
+    }
+    plugin.confirm(total)?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while plugin.list()?[0]["committed"] != total * 12 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offsets never committed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    plugin.finish()
+}
