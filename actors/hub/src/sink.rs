@@ -31,6 +31,11 @@ use herd_supervision::{Backoff, BackoffPolicy, Retry};
 /// consumer needs (agent id, seq, index) is in the [`Envelope`].
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 
+/// Unacked JetStream publishes async-nats may have at once: in effect no
+/// bound (see [`NatsLink::connect`]); at most `u32::MAX`, which async-nats
+/// counts in.
+const UNBOUNDED_ACKS: usize = 1 << 31;
+
 /// Whether the hub currently has a NATS connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatsState {
@@ -104,7 +109,15 @@ impl NatsLink {
                 url: url.to_owned(),
                 source,
             })?;
-        let jetstream = async_nats::jetstream::new(client.clone());
+        // async-nats bounds unacked publishes (5,000 by default) with
+        // permits that only come back when their ack future is polled; the
+        // hub awaits the acks of several batches in order, so a shared
+        // bound could be held whole by futures waiting their turn, with no
+        // one left to publish. The hub bounds what is in flight itself
+        // (batches per connection, frame size, connections).
+        let jetstream = async_nats::jetstream::context::ContextBuilder::new()
+            .max_ack_inflight(UNBOUNDED_ACKS)
+            .build(client.clone());
         Ok(Self {
             client,
             jetstream,

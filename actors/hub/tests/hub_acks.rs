@@ -148,3 +148,32 @@ async fn a_batch_with_seq_zero_is_a_protocol_error() {
     assert!(!seen.iter().any(|kind| matches!(kind, Kind::Ack(_))));
     hub.shutdown().await;
 }
+
+#[actix::test]
+async fn many_pipelined_batches_in_jetstream_mode_are_all_acked() {
+    // 8 agents x 16 batches x 500 records in flight at once: more unacked
+    // publishes than async-nats allows by default (5,000), whose permits come
+    // back only when the hub awaits each ack in turn.
+    let (_nats, hub) = hub_with(|config| config.max_in_flight_batches = 16).await;
+    let addr = hub.listen_addr();
+    let bursts = (0..8).map(|n| async move {
+        let mut agent = ScriptedAgent::online(addr, &format!("burst-{n}")).await;
+        for seq in 1..=16 {
+            let batch = Batch {
+                seq,
+                records: vec![Record::default(); 500],
+            };
+            within("feed", agent.try_feed(batch)).await.expect("feed");
+        }
+        within("flush", agent.try_flush()).await.expect("flush");
+        let mut last = 0;
+        while last < 16 {
+            match agent.expect().await {
+                Kind::Ack(ack) => last = ack.seq,
+                other => panic!("expected acks, got {other:?}"),
+            }
+        }
+    });
+    futures::future::join_all(bursts).await;
+    hub.shutdown().await;
+}
