@@ -343,3 +343,44 @@ async fn hubs_are_tried_in_order_and_redirects_and_goodbyes_are_honoured() {
     assert_eq!(again.agent_id, "assigned-agent");
     assert!(agent.stop().await.success());
 }
+
+#[tokio::test]
+async fn during_a_hub_outage_attempts_come_at_most_the_backoff_cap_apart() {
+    let hub = ScriptedHub::start().await;
+    let addr = hub.addr;
+    let dir = tempfile::tempdir().unwrap();
+    // A 1 s cap, so the bound is well above scheduling noise.
+    let config = one_plugin_config(addr, dir.path(), "counter", "stream")
+        .replace("max_backoff_ms = 400", "max_backoff_ms = 1000");
+    let _agent = AgentProcess::start(dir.path(), &config);
+    let mut hub = hub;
+    hub.hello().await;
+    hub.stop().await;
+    // Each attempt is accepted and dropped before any Welcome: a hub that
+    // is down for as long as the test looks.
+    let refuser = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let mut attempts = Vec::new();
+    for attempt in 1..=9 {
+        let (socket, _) = tokio::time::timeout(WAIT, refuser.accept())
+            .await
+            .unwrap_or_else(|_| panic!("reconnect attempt {attempt} within {WAIT:?}"))
+            .unwrap();
+        attempts.push(std::time::Instant::now());
+        drop(socket);
+    }
+    let gaps: Vec<u128> = attempts
+        .windows(2)
+        .map(|pair| (pair[1] - pair[0]).as_millis())
+        .collect();
+    // Jitter only shortens a delay: once at the cap, attempts are at most
+    // the cap apart (plus the time to fail one), never 1.5 times it.
+    assert!(
+        gaps.iter().all(|gap| *gap <= 1_300),
+        "gaps between attempts (ms): {gaps:?}"
+    );
+    // And the backoff is real: the later gaps are at the cap's scale.
+    assert!(
+        gaps[4..].iter().all(|gap| *gap >= 400),
+        "gaps between attempts (ms): {gaps:?}"
+    );
+}

@@ -1,9 +1,10 @@
 //! `herd-bench`: herd's performance figures, each next to a baseline measured
 //! in the same run, printed as one table (see `docs/benchmarks.md`).
 //!
-//! - ingest: simulated agents -> hub -> NATS subscriber, against one client
-//!   publishing the same records to NATS, and against a plain tokio
-//!   forwarder (no actors) run by this binary as a child process;
+//! - ingest: simulated agents -> hub -> NATS subscriber, against a plain
+//!   tokio forwarder (no actors) and a publisher of pre-encoded envelopes,
+//!   with core NATS and with JetStream; wall rates and CPU seconds per
+//!   million records of every process, each run repeated (min/median/max);
 //! - connections: accept + handshake of K idle agents, hub RSS per idle
 //!   connection, and time until all are back after `kill -9` and restart;
 //! - tasks: NATS request -> hub -> real `herd-agent` -> logtail plugin ->
@@ -17,6 +18,7 @@ mod agent;
 mod connections;
 mod error;
 mod ingest;
+mod ingest_roles;
 mod procs;
 mod wire;
 
@@ -42,6 +44,19 @@ struct Cli {
     /// Idle agents of the connections run (default 10000, quick 500).
     #[arg(long)]
     connections: Option<u64>,
+    /// Runs of every ingest case; the table shows min / median / max
+    /// (default 3, quick 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    repeat: Option<u64>,
+    /// PubAcks the direct JetStream publisher awaits at most at once.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub_acks: u64,
+    /// Only the ingest section.
+    #[arg(long)]
+    ingest_only: bool,
+    /// Keep the work directory (every process's log) and print its path.
+    #[arg(long)]
+    keep: bool,
     /// Rebuild the hub, agent and plugin binaries even when present.
     #[arg(long)]
     rebuild: bool,
@@ -62,6 +77,12 @@ enum Role {
         #[arg(long)]
         nats_url: String,
     },
+    /// Count an ingest run's records on `herd.data.>` (used by the bench itself).
+    #[command(hide = true)]
+    IngestSubscriber(ingest_roles::SubscriberArgs),
+    /// Send an ingest run's records (used by the bench itself).
+    #[command(hide = true)]
+    IngestLoad(ingest_roles::LoadArgs),
 }
 
 /// Every size of one run.
@@ -78,10 +99,12 @@ impl Sizes {
             (
                 ingest::IngestSize {
                     agents: 10,
-                    batches: 20,
-                    per_batch: 50,
+                    batches: 50,
+                    per_batch: 100,
                     window: 8,
-                    timeout: Duration::from_secs(20),
+                    pub_acks: 1000,
+                    repeat: 1,
+                    timeout: Duration::from_secs(30),
                 },
                 500,
                 agent::AgentSize {
@@ -98,7 +121,9 @@ impl Sizes {
                     batches: 100,
                     per_batch: 100,
                     window: 8,
-                    timeout: Duration::from_secs(120),
+                    pub_acks: 1000,
+                    repeat: 3,
+                    timeout: Duration::from_secs(300),
                 },
                 10_000,
                 agent::AgentSize {
@@ -112,6 +137,10 @@ impl Sizes {
         Self {
             ingest: ingest::IngestSize {
                 agents: cli.agents.unwrap_or(ingest.agents),
+                repeat: cli
+                    .repeat
+                    .map_or(ingest.repeat, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+                pub_acks: usize::try_from(cli.pub_acks).unwrap_or(usize::MAX),
                 ..ingest
             },
             connections: cli.connections.unwrap_or(connections),
@@ -140,11 +169,15 @@ impl Row {
     }
 
     fn failed(what: &str, error: &BenchError) -> Self {
+        Self::failed_with(what, error.to_string())
+    }
+
+    fn failed_with(what: &str, error: String) -> Self {
         Self {
             what: what.to_owned(),
             herd: "FAILED".into(),
             baseline: "-".into(),
-            ratio: Err(error.to_string()),
+            ratio: Err(error),
         }
     }
 }
@@ -171,25 +204,34 @@ fn ratio(herd: Duration, baseline: Duration) -> f64 {
     herd.as_secs_f64() / baseline.as_secs_f64().max(f64::MIN_POSITIVE)
 }
 
-/// A core `nats-server` (no JetStream: the hub acks after a flush) on a free
-/// loopback port.
-fn start_nats(dir: &tempfile::TempDir) -> Result<Server, BenchError> {
+/// A `nats-server` on a free loopback port, logging to `<name>.log`: core
+/// NATS (the hub acks after a flush), or with JetStream storing under
+/// `jetstream` (as the hub's embedded server runs).
+fn start_nats(
+    dir: &tempfile::TempDir,
+    name: &str,
+    jetstream: Option<&std::path::Path>,
+) -> Result<Server, BenchError> {
     let binary = herd_hub::find_nats_server().ok_or_else(|| {
         BenchError::Process("nats-server not found; run scripts/ensure-deps".into())
     })?;
     let port = procs::free_port()?;
-    let args = vec![
+    let mut args = vec![
         "-a".into(),
         "127.0.0.1".into(),
         "-p".into(),
         port.to_string(),
     ];
+    if let Some(store) = jetstream {
+        args.extend(["--jetstream".into(), "--store_dir".into()]);
+        args.push(store.display().to_string());
+    }
     Server::start(
-        "nats-server",
+        name,
         &binary,
         args,
         port,
-        dir.path().join("nats.log"),
+        dir.path().join(format!("{name}.log")),
     )
 }
 
@@ -205,18 +247,31 @@ struct Setup {
 }
 
 impl Setup {
+    /// A hub on the core nats-server, acking after a flush.
     fn hub(&self, name: &str) -> Result<Server, BenchError> {
+        self.hub_with(name, &nats_url(&self.nats), "flush", "record")
+    }
+
+    /// A hub on the nats-server at `nats_url` with `ack_mode` (`flush`, or
+    /// `jetstream` on a server with JetStream).
+    fn hub_with(
+        &self,
+        name: &str,
+        nats_url: &str,
+        ack_mode: &str,
+        data_form: &str,
+    ) -> Result<Server, BenchError> {
         let port = procs::free_port()?;
         let state = self.dir.path().join(format!("{name}-state"));
         let args = vec![
             format!("--listen=127.0.0.1:{port}"),
             "--admin=off".into(),
-            format!("--nats-url={}", nats_url(&self.nats)),
+            format!("--nats-url={nats_url}"),
             format!("--state-dir={}", state.display()),
             format!("--token={}", wire::TOKEN),
             format!("--hub-id=bench-{name}"),
-            // The bench's nats-server has no JetStream.
-            "--ack-mode=flush".into(),
+            format!("--ack-mode={ack_mode}"),
+            format!("--data-form={data_form}"),
         ];
         Server::start(
             "hub",
@@ -249,53 +304,53 @@ impl Setup {
     }
 }
 
-const INGEST: [&str; 2] = [
-    "ingest records/s: hub vs direct NATS publish",
-    "ingest records/s: hub vs tokio forwarder",
-];
-
+/// The ingest section: every case `size.repeat` times, round-robin so that a
+/// change of load on the machine hits every case alike.
 async fn ingest_rows(
     setup: &Setup,
     size: ingest::IngestSize,
+    table: &mut Vec<String>,
     notes: &mut Vec<String>,
-) -> Result<Vec<Row>, BenchError> {
-    let url = nats_url(&setup.nats);
-    let direct = ingest::direct(&url, size).await?;
-    let forwarder = {
-        let server = setup.baseline("ingest-baseline")?;
-        ingest::through_server(&url, server.addr(), "fwd", size).await?
+) -> Vec<Row> {
+    use ingest::{Case, Targets};
+    let targets = Targets {
+        core: &setup.nats,
+        jetstream: ingest::jetstream_target(setup)
+            .await
+            .map_err(|error| error.to_string()),
     };
-    let hub = {
-        let server = setup.hub("ingest-hub")?;
-        ingest::through_server(&url, server.addr(), "hub", size).await?
-    };
+    let mut results = ingest::Results(
+        Case::ALL
+            .iter()
+            .map(|case| (*case, Ok(Vec::new())))
+            .collect(),
+    );
+    for repeat in 1..=size.repeat {
+        for (case, result) in &mut results.0 {
+            let Ok(samples) = result else {
+                continue;
+            };
+            match ingest::run(setup, &targets, *case, repeat, size).await {
+                Ok(sample) => samples.push(sample),
+                // A failed case is not run again; the others go on.
+                Err(error) => *result = Err(error),
+            }
+        }
+    }
+    *table = results.table(size);
     notes.push(format!(
-        "ingest: {} agents x {} batches x {} records ({} records), window {} unacked batches per agent; \
-         subscriber slow-consumer events: hub {}, forwarder {}, direct {}",
+        "ingest: {} agents x {} batches x {} records ({} records) per run, window {} unacked batches per agent, \
+         JetStream publisher at most {} PubAcks outstanding; ratios divide medians; \
+         subscriber duplicates/slow-consumer events over all runs: {}",
         size.agents,
         size.batches,
         size.per_batch,
         size.agents * size.batches * size.per_batch,
         size.window,
-        hub.slow_consumer,
-        forwarder.slow_consumer,
-        direct.slow_consumer
+        size.pub_acks,
+        results.counts()
     ));
-    let rate = |value: f64| format!("{value:.0}");
-    Ok(vec![
-        Row::new(
-            INGEST[0],
-            rate(hub.per_second),
-            rate(direct.per_second),
-            hub.per_second / direct.per_second,
-        ),
-        Row::new(
-            INGEST[1],
-            rate(hub.per_second),
-            rate(forwarder.per_second),
-            hub.per_second / forwarder.per_second,
-        ),
-    ])
+    results.rows()
 }
 
 fn connection_labels(agents: u64) -> [String; 3] {
@@ -437,7 +492,13 @@ async fn agent_rows(
     Ok(rows)
 }
 
-fn print_table(rows: &[Row], notes: &[String], elapsed: Duration) {
+fn print_table(preface: &[String], rows: &[Row], notes: &[String], elapsed: Duration) {
+    for line in preface {
+        println!("{line}");
+    }
+    if !preface.is_empty() {
+        println!();
+    }
     let width = rows.iter().map(|row| row.what.len()).max().unwrap_or(0);
     let herd_width = rows
         .iter()
@@ -493,16 +554,25 @@ async fn bench(cli: &Cli) -> Result<bool, BenchError> {
         ));
         sizes.connections = room;
     }
-    let dir = tempfile::Builder::new()
+    let mut dir = tempfile::Builder::new()
         .prefix("herd-bench-")
         .tempdir()
         .map_err(BenchError::io("creating the work directory"))?;
+    if cli.keep {
+        dir.disable_cleanup(true);
+        notes.push(format!("logs kept in {}", dir.path().display()));
+    }
     let setup = Setup {
         binaries: Binaries::locate(cli.rebuild)?,
-        nats: start_nats(&dir)?,
+        nats: start_nats(&dir, "nats", None)?,
         dir,
     };
-    let mut rows = rows_or_failed(&INGEST, ingest_rows(&setup, sizes.ingest, &mut notes).await);
+    let mut table = Vec::new();
+    let mut rows = ingest_rows(&setup, sizes.ingest, &mut table, &mut notes).await;
+    if cli.ingest_only {
+        print_table(&table, &rows, &notes, started.elapsed());
+        return Ok(rows.iter().all(|row| row.ratio.is_ok()));
+    }
     let labels = connection_labels(sizes.connections);
     let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
     rows.extend(rows_or_failed(
@@ -516,7 +586,7 @@ async fn bench(cli: &Cli) -> Result<bool, BenchError> {
         &labels,
         agent_rows(&setup, sizes.agent, &mut notes).await,
     ));
-    print_table(&rows, &notes, started.elapsed());
+    print_table(&table, &rows, &notes, started.elapsed());
     Ok(rows.iter().all(|row| row.ratio.is_ok()))
 }
 
@@ -527,6 +597,10 @@ async fn main() -> ExitCode {
         Some(Role::ServeBaseline { listen, nats_url }) => {
             wire::serve_baseline(*listen, nats_url).await.map(|()| true)
         }
+        Some(Role::IngestSubscriber(args)) => {
+            ingest_roles::subscriber(args.clone()).await.map(|()| true)
+        }
+        Some(Role::IngestLoad(args)) => ingest_roles::load(args.clone()).await.map(|()| true),
         None if cli.prepare => Binaries::locate(cli.rebuild).map(|_| true),
         None => bench(&cli).await,
     };

@@ -1,4 +1,5 @@
-//! Both ends of the agent protocol as the bench needs them: simulated agents,
+//! Both ends of the agent protocol as the bench needs them: idle simulated
+//! agents (the ingest load lives in `ingest_roles`), records and envelopes,
 //! and the baseline server (a plain tokio accept loop that forwards batches
 //! to NATS, no actors).
 
@@ -11,8 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{SinkExt, StreamExt};
 use herd_codec::HubCodec;
 use herd_codec::proto::{
-    Ack, AgentMessage, Batch, Envelope, Hello, HubMessage, Record, Welcome, agent_message,
-    hub_message,
+    Ack, AgentMessage, Envelope, Hello, HubMessage, Record, Welcome, agent_message, hub_message,
 };
 use herd_tests::script::{self, ScriptedAgent};
 use prost::Message as _;
@@ -102,42 +102,6 @@ async fn next(socket: &mut AgentSocket) -> Result<hub_message::Kind, BenchError>
     }
 }
 
-/// Sends `batches` batches of `per_batch` records, keeping at most `window`
-/// unacked like the real agent's spool; returns when the last one is acked.
-pub(crate) async fn send_batches(
-    mut socket: AgentSocket,
-    batches: u64,
-    per_batch: u64,
-    window: u64,
-) -> Result<(), BenchError> {
-    let (mut sent, mut acked) = (0_u64, 0_u64);
-    while acked < batches {
-        if sent < batches && sent - acked < window {
-            sent += 1;
-            let records = (0..per_batch)
-                .map(|n| record(sent * per_batch + n))
-                .collect();
-            socket
-                .try_feed(Batch { seq: sent, records })
-                .await
-                .map_err(|error| BenchError::Protocol(format!("sending a batch: {error}")))?;
-            if sent - acked == window || sent == batches {
-                socket
-                    .try_flush()
-                    .await
-                    .map_err(|error| BenchError::Protocol(format!("flushing: {error}")))?;
-            }
-            continue;
-        }
-        // Acks are per batch and in order; taking the highest also copes with
-        // a cumulative one.
-        if let hub_message::Kind::Ack(ack) = next(&mut socket).await? {
-            acked = acked.max(ack.seq);
-        }
-    }
-    Ok(())
-}
-
 /// Counts agents welcomed (again) and wakes whoever waits for a total.
 #[derive(Debug, Default)]
 pub(crate) struct Welcomes {
@@ -193,9 +157,10 @@ pub(crate) async fn idle_agent(
     }
 }
 
-/// The baseline server: accepts agents, welcomes them, publishes each record
-/// of a batch as an `Envelope`, flushes, acks. No actors, no supervision,
-/// no presence, no pings.
+/// The baseline server: accepts agents, welcomes them, decodes each `Batch`
+/// and publishes each of its records as an `Envelope` (no NATS headers, as
+/// the hub publishes with `ack_mode = "flush"`), flushes, acks. No actors,
+/// no supervision, no presence, no pings.
 pub(crate) async fn serve_baseline(listen: SocketAddr, nats_url: &str) -> Result<(), BenchError> {
     let client = async_nats::connect(nats_url)
         .await
