@@ -10,33 +10,7 @@ use herd_codec::proto::Batch;
 use herd_codec::proto::hub_message::Kind;
 use herd_hub::{AckMode, AgentInfo, Hub, HubConfig, NatsState};
 use herd_supervision::ChildSpec;
-use hub_support::{ScriptedAgent, hub_with, within};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A plain HTTP/1.0 GET; returns the status code and the body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: hub\r\n\r\n").as_bytes())
-            .await
-            .expect("request");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .await
-            .expect("response");
-        response
-    };
-    let response = within("an HTTP response", exchange).await;
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status");
-    (status, body.to_owned())
-}
+use hub_support::{ScriptedAgent, get, hub_with, within};
 
 #[actix::test]
 async fn metrics_pass_promtool_and_agents_and_health_are_served() {
@@ -52,7 +26,7 @@ async fn metrics_pass_promtool_and_agents_and_health_are_served() {
         .await;
     assert!(matches!(agent.expect().await, Kind::Ack(_)));
 
-    let (status, metrics) = get(admin, "/metrics").await;
+    let (status, _, metrics) = get(admin, "/metrics").await;
     assert_eq!(status, 200);
     for line in [
         "herd_hub_connections 1",
@@ -79,7 +53,7 @@ async fn metrics_pass_promtool_and_agents_and_health_are_served() {
         String::from_utf8_lossy(&check.stderr)
     );
 
-    let (status, agents) = get(admin, "/agents").await;
+    let (status, _, agents) = get(admin, "/agents").await;
     assert_eq!(status, 200);
     let agents: Vec<AgentInfo> = serde_json::from_str(&agents).expect("agents JSON");
     assert_eq!(agents.len(), 1);
@@ -94,7 +68,7 @@ async fn metrics_pass_promtool_and_agents_and_health_are_served() {
             .await,
         "NATS loss noticed"
     );
-    let (status, body) = get(admin, "/healthz").await;
+    let (status, _, body) = get(admin, "/healthz").await;
     assert_eq!(status, 503);
     assert!(
         body.starts_with(&format!("NATS at {} is not reachable", nats.url())),
@@ -141,20 +115,15 @@ async fn healthz_is_unhealthy_while_the_data_stream_is_missing() {
     })
     .await;
     let admin = hub.admin_addr().expect("admin");
-    let (status, body) = get(admin, "/healthz").await;
+    let (status, _, body) = get(admin, "/healthz").await;
     assert_eq!(status, 503);
     assert!(
         body.starts_with("JetStream data stream is not in place"),
         "{body}"
     );
     // Created by the operator: the hub finds it on its next check.
-    let jetstream = async_nats::jetstream::new(nats.client().await.expect("client"));
-    jetstream
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "HERD_DATA".into(),
-            subjects: vec!["herd.data.>".into()],
-            ..Default::default()
-        })
+    let client = nats.client().await.expect("client");
+    herd_tests::collector::create_data_stream(&client)
         .await
         .expect("stream");
     within("healthz turning ok", async {
@@ -341,13 +310,8 @@ async fn a_batch_form_hub_adds_its_subject_to_a_stream_made_without_it() {
         .await
         .expect("nats-server starts");
     // A stream made by an older hub (or by hand) for per-record data only.
-    let jetstream = async_nats::jetstream::new(nats.client().await.expect("client"));
-    jetstream
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "HERD_DATA".into(),
-            subjects: vec!["herd.data.>".into()],
-            ..Default::default()
-        })
+    let client = nats.client().await.expect("client");
+    herd_tests::collector::create_data_stream(&client)
         .await
         .expect("stream");
     let mut config = HubConfig::for_tests(nats.url());
@@ -361,7 +325,7 @@ async fn a_batch_form_hub_adds_its_subject_to_a_stream_made_without_it() {
             records: vec![Default::default()],
         })
         .await;
-    let info = jetstream
+    let info = async_nats::jetstream::new(client)
         .get_stream("HERD_DATA")
         .await
         .expect("stream")

@@ -16,10 +16,9 @@ use herd_codec::data_type;
 use herd_codec::proto::hub_message::Kind;
 use herd_codec::proto::{Batch, Hello, PluginStatus, Record, Task, TaskResult, TaskStatus};
 use herd_hub::TASK_RESULTS_SUBJECT;
-use hub_support::{ScriptedAgent, hub_with, within};
+use hub_support::{ScriptedAgent, get, hub_with, within};
 use prost::Message as _;
 use serde_json::{Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PROTOCOL_MD: &str = include_str!("../../../docs/protocol.md");
 
@@ -335,39 +334,6 @@ fn the_docs_give_each_payload_a_table_and_an_example_that_agree() {
             .expect("base64"),
         b"hello from exec\n"
     );
-}
-
-/// A plain HTTP/1.0 GET; returns the status code, the content type and the body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: hub\r\n\r\n").as_bytes())
-            .await
-            .expect("request");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .await
-            .expect("response");
-        response
-    };
-    let response = within("an HTTP response", exchange).await;
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status");
-    let content_type = head
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-type")
-                .then(|| value.trim().to_owned())
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_owned())
 }
 
 /// `GET /agents`, checked against its documentation.

@@ -2,9 +2,12 @@
 //! side is the scripted agent from `herd-tests`.
 #![allow(dead_code, unreachable_pub, unused_imports)] // each suite uses a different part
 
+use std::net::SocketAddr;
+
 use futures::StreamExt;
 use herd_hub::{Hub, HubConfig};
 use herd_tests::nats::NatsServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use herd_tests::script::{WAIT, within};
 
@@ -51,3 +54,36 @@ pub async fn subscribe(nats: &NatsServer, subject: &str) -> async_nats::Subscrib
 }
 
 pub use herd_tests::script::{ScriptedAgent, hello};
+
+/// A plain HTTP/1.0 GET; returns the status code, the content type and the body.
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: hub\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("response");
+        response
+    };
+    let response = within("an HTTP response", exchange).await;
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status");
+    let content_type = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
