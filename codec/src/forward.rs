@@ -331,6 +331,25 @@ impl EnvelopeIdentity {
             + record_len
     }
 
+    /// The most an envelope adds around a record of any size: the identity
+    /// and the widest time, seq, index and record length.
+    pub fn max_envelope_overhead(&self) -> usize {
+        let largest = u32::MAX as usize;
+        self.encoded_len(-1, u64::MAX, u32::MAX, largest) - largest
+    }
+
+    /// The most an `EnvelopeBatch` adds besides its records: the identity,
+    /// the widest time and seq, and the index list's key and length.
+    pub fn max_group_overhead(&self) -> usize {
+        self.prefix.len() + 2 * (1 + MAX_VARINT_LEN) + 1 + MAX_LENGTH_VARINT_LEN
+    }
+
+    /// The most one record of `len` bytes at `index` adds to an
+    /// `EnvelopeBatch`: its field key and length, its bytes, its index.
+    pub fn max_group_record_cost(index: u32, len: usize) -> usize {
+        1 + MAX_LENGTH_VARINT_LEN + len + encoded_len_varint(u64::from(index))
+    }
+
     /// Appends the envelope of one record (`record` is an encoded `Record`)
     /// to `dst`. Zero numbers are left out, as prost leaves them out.
     pub fn encode(
@@ -431,6 +450,11 @@ fn packed_len(records: &[(u32, &[u8])]) -> usize {
         .map(|(index, _)| encoded_len_varint(u64::from(*index)))
         .sum()
 }
+
+/// The longest varint (a 64-bit value).
+const MAX_VARINT_LEN: usize = 10;
+/// The longest length prefix of a field in a frame (frames are under 4 GiB).
+const MAX_LENGTH_VARINT_LEN: usize = 5;
 
 fn varint_field_len(value: u64) -> usize {
     if value == 0 {

@@ -310,7 +310,14 @@ impl Connection {
             hub_id: services.hub_id.to_string(),
             redirect: Vec::new(),
             message: String::new(),
-            max_record_bytes: services.link.max_record_bytes(&identity).map_or(0, clamp),
+            max_record_bytes: services
+                .link
+                .max_record_bytes(
+                    &identity,
+                    services.config.data_form,
+                    services.config.ack_mode,
+                )
+                .map_or(0, clamp),
             max_frame_bytes: clamp(services.config.max_frame_length),
             ping_interval_ms: u32::try_from(services.config.ping_interval_ms).unwrap_or(u32::MAX),
             ping_misses: services.config.ping_misses,

@@ -31,6 +31,15 @@ use herd_supervision::{Backoff, BackoffPolicy, Retry};
 /// consumer needs (agent id, seq, index) is in the [`Envelope`].
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 
+/// What a header block with `Nats-Msg-Id` takes on the wire besides the
+/// id: `NATS/1.0\r\n`, `Nats-Msg-Id: `, the line end and the blank line.
+/// NATS counts headers against `max_payload`.
+const MSG_ID_BLOCK: usize = 10 + HEADER_MSG_ID.len() + 2 + 2 + 2;
+
+/// The longest `Nats-Msg-Id` after the agent's prefix:
+/// `<seq>.<index>.g` with the widest numbers.
+const MAX_MSG_ID_SUFFIX: usize = 20 + 1 + 10 + 2;
+
 /// Unacked JetStream publishes async-nats may have at once: in effect no
 /// bound (see [`NatsLink::connect`]); at most `u32::MAX`, which async-nats
 /// counts in.
@@ -168,18 +177,27 @@ impl NatsLink {
     }
 
     /// The largest record NATS takes from the agent `identity`: the
-    /// server's `max_payload` minus the envelope around the record; `None`
-    /// while the server's limit is not known.
-    pub(crate) fn max_record_bytes(&self, identity: &AgentIdentity) -> Option<usize> {
+    /// server's `max_payload` minus the most the data form's message adds
+    /// around one record; `None` while the server's limit is not known.
+    pub(crate) fn max_record_bytes(
+        &self,
+        identity: &AgentIdentity,
+        form: DataForm,
+        mode: AckMode,
+    ) -> Option<usize> {
         let max_payload = self.client.server_info().max_payload;
-        // The widest numbers: a negative time and the largest seq, index and
-        // record length each take their longest varint.
-        let largest = u32::MAX as usize;
-        let overhead = identity
-            .envelope_identity()
-            .encoded_len(-1, u64::MAX, u32::MAX, largest)
-            - largest;
-        (max_payload > 0).then(|| max_payload.saturating_sub(overhead))
+        let prefix = identity.envelope_identity();
+        let envelope = match form {
+            DataForm::Record => prefix.max_envelope_overhead(),
+            DataForm::Batch => {
+                prefix.max_group_overhead() + EnvelopeIdentity::max_group_record_cost(u32::MAX, 0)
+            }
+        };
+        let header = match mode {
+            AckMode::Jetstream => MSG_ID_BLOCK + identity.agent_id.len() + 1 + MAX_MSG_ID_SUFFIX,
+            AckMode::Flush => 0,
+        };
+        (max_payload > 0).then(|| max_payload.saturating_sub(envelope + header))
     }
 
     /// The publisher of one agent connection's batches: its identity,
@@ -316,13 +334,15 @@ impl BatchPublisher {
             self.prefix
                 .encode(received_at_ms, seq, index, &record.bytes, &mut buffer);
             let payload = buffer.split().freeze();
-            if payload.len() > max_payload {
-                out.refused.push((index, payload.len()));
+            let message_id = self.message_id(format_args!("{seq}.{index}"));
+            let size = payload.len() + header_wire_len(message_id.as_ref());
+            if size > max_payload {
+                out.refused.push((index, size));
                 continue;
             }
             out.messages.push(OutMessage {
                 subject: self.subjects.subject(record.data_type),
-                message_id: self.message_id(format_args!("{seq}.{index}")),
+                message_id,
                 payload,
             });
         }
@@ -348,10 +368,13 @@ impl BatchPublisher {
                 None => groups.push((record.data_type, vec![index])),
             }
         }
-        // An upper bound of a group's size: the identity, the widest numbers
-        // and index list header, and per record its field and its index.
-        let fixed = self.prefix.prefix().len() + 11 + 11 + 1 + 5;
-        let cost = |index: u32, len: usize| 1 + 5 + len + varint_len(u64::from(index));
+        // Upper bounds, so a chunk never exceeds max_payload.
+        let header = match self.delivery.mode {
+            AckMode::Jetstream => MSG_ID_BLOCK + self.subjects.msg_id.len() + MAX_MSG_ID_SUFFIX,
+            AckMode::Flush => 0,
+        };
+        let fixed = self.prefix.max_group_overhead() + header;
+        let cost = EnvelopeIdentity::max_group_record_cost;
         let mut buffer = BytesMut::with_capacity(batch.frame_bytes + groups.len() * fixed);
         for (data_type, indexes) in groups {
             let mut chunk: Vec<(u32, &[u8])> = Vec::new();
@@ -490,14 +513,17 @@ struct Built {
     refused: Vec<(u32, usize)>,
 }
 
+/// What `headers` (at most a `Nats-Msg-Id`) take on the wire.
+fn header_wire_len(headers: Option<&HeaderMap>) -> usize {
+    headers
+        .and_then(|headers| headers.get(HEADER_MSG_ID))
+        .map_or(0, |id| MSG_ID_BLOCK + id.as_str().len())
+}
+
 /// A record's index in its batch; a batch has far fewer than 2^32 records
 /// (the frame cap bounds it).
 fn index_of(index: usize) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
-}
-
-fn varint_len(value: u64) -> usize {
-    prost::encoding::encoded_len_varint(value)
 }
 
 /// One record, encoded and addressed.

@@ -177,3 +177,32 @@ async fn many_pipelined_batches_in_jetstream_mode_are_all_acked() {
     futures::future::join_all(bursts).await;
     hub.shutdown().await;
 }
+
+#[actix::test]
+async fn a_record_of_exactly_the_announced_limit_is_published_in_both_data_forms() {
+    for form in [herd_hub::DataForm::Record, herd_hub::DataForm::Batch] {
+        let (_nats, hub) = hub_with(|config| config.data_form = form).await;
+        let (mut agent, welcome) =
+            ScriptedAgent::handshake(hub.listen_addr(), hub_support::hello("edge", "secret")).await;
+        let limit = welcome.max_record_bytes as usize;
+        // The body that makes the encoded record exactly `limit` bytes.
+        let body = (limit - 16..limit)
+            .rev()
+            .find(|body| batch(1, *body).records[0].encoded_len() == limit)
+            .expect("a body size for the limit");
+        agent.send(batch(1, body)).await;
+        expect_ack(&mut agent, 1).await;
+        let metrics = hub.metrics().render();
+        assert_eq!(
+            metric(&metrics, "herd_hub_oversize_records_total"),
+            0,
+            "{form:?}"
+        );
+        assert_eq!(
+            metric(&metrics, "herd_hub_records_published_total"),
+            1,
+            "{form:?}"
+        );
+        hub.shutdown().await;
+    }
+}
