@@ -711,6 +711,12 @@ impl PluginCgroup {
     /// (Linux 5.14+), else each pid of `cgroup.procs`. Nothing can fork
     /// its way out of `cgroup.kill`.
     pub(crate) fn kill(&self) -> Result<(), CgroupError> {
+        self.kill_once().map(drop)
+    }
+
+    /// [`kill`](Self::kill); says whether it fell back to signalling each pid (which
+    /// misses what forks meanwhile, so it must be repeated).
+    fn kill_once(&self) -> Result<bool, CgroupError> {
         match write_file(&self.path.join("cgroup.kill"), "1") {
             Err(e) if e.source.kind() == io::ErrorKind::NotFound && self.path.is_dir() => {
                 for pid in self.all_pids() {
@@ -721,10 +727,10 @@ impl PluginCgroup {
                         );
                     }
                 }
-                Ok(())
+                Ok(true)
             }
-            Err(e) if e.source.kind() == io::ErrorKind::NotFound => Ok(()), // gone
-            other => other,
+            Err(e) if e.source.kind() == io::ErrorKind::NotFound => Ok(false), // gone
+            other => other.map(|()| false),
         }
     }
 
@@ -756,7 +762,7 @@ impl PluginCgroup {
             return Ok(());
         }
         let deadline = tokio::time::Instant::now() + bound;
-        self.kill()?;
+        let per_pid = self.kill_once()?;
         while self.populated()? {
             if tokio::time::Instant::now() >= deadline {
                 return Err(CgroupError::unusable(
@@ -768,7 +774,9 @@ impl PluginCgroup {
                 ));
             }
             tokio::time::sleep(EMPTY_POLL).await;
-            self.kill()?; // only the per-pid fallback needs it again
+            if per_pid {
+                self.kill_once()?;
+            }
         }
         remove_tree(&self.path)
     }
@@ -828,6 +836,17 @@ pub(crate) struct LimitStatus {
     pub(crate) memory: LimitState,
     /// `cpu_max`.
     pub(crate) cpu: LimitState,
+}
+
+impl LimitStatus {
+    /// Nothing of `limits` in force, for reason `why`.
+    pub(crate) fn none_in_force(limits: &PluginLimits, why: String) -> Self {
+        let missing = Controller::Missing(why);
+        Self {
+            memory: missing.limit(limits.memory_max.is_some()),
+            cpu: missing.limit(limits.cpu_max.is_some()),
+        }
+    }
 }
 
 /// How plugins are isolated on this agent; see the module docs.
@@ -925,21 +944,16 @@ impl Isolation {
 
     /// What would be in force of `limits` (before anything is written).
     pub(crate) fn expected(&self, limits: &PluginLimits) -> LimitStatus {
-        let (memory, cpu) = (limits.memory_max.is_some(), limits.cpu_max.is_some());
         match self {
             Self::Cgroup(tree) => LimitStatus {
-                memory: tree.memory.limit(memory),
-                cpu: tree.cpu.limit(cpu),
+                memory: tree.memory.limit(limits.memory_max.is_some()),
+                cpu: tree.cpu.limit(limits.cpu_max.is_some()),
             },
             Self::ProcessGroup { reason } | Self::Unavailable { reason } => {
-                let missing = Controller::Missing(format!(
-                    "plugins do not run in cgroups ({}): {reason}",
-                    self.name()
-                ));
-                LimitStatus {
-                    memory: missing.limit(memory),
-                    cpu: missing.limit(cpu),
-                }
+                LimitStatus::none_in_force(
+                    limits,
+                    format!("plugins do not run in cgroups ({}): {reason}", self.name()),
+                )
             }
         }
     }

@@ -172,11 +172,10 @@ pub(crate) struct Plugin {
     kill_reason: Option<String>,
     /// Whether the process has been reaped.
     reaped: bool,
-    /// Whether the actor was asked to stop (so the exit is expected).
-    stopping: bool,
-    /// Once stopping: the records read before the stop, which the final
-    /// `Durable` covers. Records read after it are discarded unconfirmed
-    /// (the plugin sends them again after its restart).
+    /// Set once the actor is asked to stop (so the exit is expected): the
+    /// records read before the stop, which the final `Durable` covers.
+    /// Records read after it are discarded unconfirmed (the plugin sends
+    /// them again after its restart).
     final_count: Option<u64>,
     /// The process's cgroup, in cgroup mode.
     cgroup: Option<PluginCgroup>,
@@ -197,7 +196,6 @@ impl Plugin {
             pending: HashMap::new(),
             kill_reason: None,
             reaped: true,
-            stopping: false,
             final_count: None,
             cgroup: None,
         }
@@ -243,6 +241,19 @@ impl Plugin {
         Ok(status)
     }
 
+    /// Removes the cgroup made for a process that did not start (empty: the
+    /// process never joined it).
+    fn remove_unused_cgroup(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            let path = cgroup.path().to_owned();
+            actix::spawn(async move {
+                if let Err(error) = cgroup.kill_and_remove(CGROUP_EMPTY_WAIT).await {
+                    tracing::warn!(%error, cgroup = %path.display(), "cannot remove a plugin cgroup");
+                }
+            });
+        }
+    }
+
     /// Checks the executable's hash (when configured) and spawns it (in its
     /// cgroup, in cgroup mode).
     fn spawn_process(&self) -> Result<Child, PluginError> {
@@ -263,14 +274,12 @@ impl Plugin {
         let mut command = Command::new(&spec.path);
         let agent = nix::unistd::getpid();
         // Opened here, close-on-exec: the child only writes to it.
-        let procs: Option<OwnedFd> = match &self.cgroup {
-            Some(cgroup) => Some(
-                cgroup
-                    .open_procs()
-                    .map_err(|e| spawn_error(std::io::Error::other(e)))?,
-            ),
-            None => None,
-        };
+        let procs: Option<OwnedFd> = self
+            .cgroup
+            .as_ref()
+            .map(PluginCgroup::open_procs)
+            .transpose()
+            .map_err(|e| spawn_error(std::io::Error::other(e)))?;
         // SAFETY: the closure runs in the forked child before `exec`; it only
         // makes the async-signal-safe `prctl`, `getppid` and `write` (of "0"
         // to the already open `cgroup.procs`) system calls and allocates
@@ -455,8 +464,7 @@ impl Actor for Plugin {
             return Running::Stop;
         }
         // Asked to stop: the process goes first; `Reaped` stops the actor.
-        if !self.stopping {
-            self.stopping = true;
+        if self.final_count.is_none() {
             self.final_count = Some(self.records_sent);
             if self.records_sent > self.durable_told && self.stdin.is_some() {
                 // Its last records get their confirmation before stdin closes,
@@ -511,11 +519,9 @@ impl Handler<Reaped> for Plugin {
         self.reaped = true;
         self.stdin = None;
         self.pending.clear(); // their futures answer FAILED
-        if self.stopping {
+        if let Some(count) = self.final_count {
             tracing::info!(plugin = %self.spec.name, pid = self.pid, %status, "plugin stopped");
-            let not_taken = self
-                .final_count
-                .map_or(0, |count| self.records_sent.saturating_sub(count));
+            let not_taken = self.records_sent.saturating_sub(count);
             if not_taken > 0 {
                 // Like records still in the pipe: never confirmed, so a
                 // plugin that checkpoints sends them again after its restart.
@@ -708,21 +714,6 @@ fn leader_is_running(pid: i32) -> bool {
         .rfind(')')
         .and_then(|end| stat[end + 1..].split_whitespace().next());
     state != Some("Z")
-}
-
-impl Plugin {
-    /// Removes the cgroup made for a process that did not start (empty: the
-    /// process never joined it).
-    fn remove_unused_cgroup(&mut self) {
-        if let Some(cgroup) = self.cgroup.take() {
-            let path = cgroup.path().to_owned();
-            actix::spawn(async move {
-                if let Err(error) = cgroup.kill_and_remove(CGROUP_EMPTY_WAIT).await {
-                    tracing::warn!(%error, cgroup = %path.display(), "cannot remove a plugin cgroup");
-                }
-            });
-        }
-    }
 }
 
 /// Sends `signal` to the plugin's whole process group (it is the group's

@@ -228,7 +228,10 @@ impl PluginManager {
                 let limits = self.limits_of(name);
                 let (cgroup, status) = match (&entry.process, &entry.confinement) {
                     (Some(_), Some((cgroup, status))) => (cgroup.clone(), status.clone()),
-                    _ => (None, not_running(&limits)),
+                    _ => (
+                        None,
+                        LimitStatus::none_in_force(&limits, "the plugin is not running".to_owned()),
+                    ),
                 };
                 let confinement = PluginConfinement {
                     cgroup,
@@ -666,21 +669,6 @@ impl Handler<GetIsolation> for PluginManager {
 
     fn handle(&mut self, _: GetIsolation, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.isolation_report())
-    }
-}
-
-/// The limits of a plugin with no process: none is in force.
-fn not_running(limits: &PluginLimits) -> LimitStatus {
-    let state = |configured: bool| {
-        if configured {
-            LimitState::NotInForce("the plugin is not running".to_owned())
-        } else {
-            LimitState::Unset
-        }
-    };
-    LimitStatus {
-        memory: state(limits.memory_max.is_some()),
-        cpu: state(limits.cpu_max.is_some()),
     }
 }
 

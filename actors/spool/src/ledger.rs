@@ -194,7 +194,7 @@ fn overwrite(dir: &Path, ledger: &Ledger) -> io::Result<()> {
 }
 
 /// Whether `error` says the file system has no room (`ENOSPC`, or a quota: `EDQUOT`).
-pub(crate) fn is_disk_full(error: &io::Error) -> bool {
+fn is_disk_full(error: &io::Error) -> bool {
     matches!(
         error.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded

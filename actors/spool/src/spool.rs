@@ -138,8 +138,6 @@ pub struct Spool {
     ledger: Ledger,
     next_seq: u64,
     durable_seq: u64,
-    /// The last seq handed to the active segment's file (not necessarily synced).
-    written_seq: u64,
     disk_bytes: u64,
     total_records: u64,
     head: Head,
@@ -386,7 +384,6 @@ impl Spool {
             ledger,
             next_seq,
             durable_seq: next_seq - 1,
-            written_seq: next_seq - 1,
             head: Head::default(),
             unsynced_since: None,
             poisoned: false,
@@ -735,9 +732,16 @@ impl Spool {
         }
         self.active.written += self.active.pending.len() as u64;
         self.active.pending.clear();
-        // Buffered frames are always the newest ones.
-        self.written_seq = self.next_seq - 1;
         Ok(())
+    }
+
+    /// The last seq handed to the active segment's file (not necessarily synced): buffered
+    /// frames are always the newest ones.
+    fn written_seq(&self) -> u64 {
+        buffered_headers(&self.active.pending)
+            .next()
+            .map_or(self.next_seq, |(_, first)| first.seq)
+            - 1
     }
 
     /// On a disk with less room than a segment: when every frame of the active segment that
@@ -760,19 +764,14 @@ impl Spool {
             return Ok(true);
         }
         let pending = &self.active.pending;
-        let first = Header::decode(pending[..HEADER_LEN].try_into().expect("a header"));
+        let (_, first) = buffered_headers(pending).next().expect("a buffered frame");
         // Seqs in a segment are consecutive: all on file are below the first buffered one.
         if first.seq > self.ledger.acked_seq + 1 {
             return Ok(false);
         }
         let mut index = Vec::new();
-        let (mut offset, mut records) = (0usize, 0u64);
-        while offset + HEADER_LEN <= pending.len() {
-            let header = Header::decode(
-                pending[offset..offset + HEADER_LEN]
-                    .try_into()
-                    .expect("a header"),
-            );
+        let mut records = 0u64;
+        for (offset, header) in buffered_headers(pending) {
             frame::maybe_index(
                 &mut index,
                 IndexEntry {
@@ -781,7 +780,6 @@ impl Spool {
                     ordinal: records,
                 },
             );
-            offset += usize::try_from(header.frame_len()).expect("a buffered frame");
             records += 1;
         }
         let (mut segment, mut active) = create_segment(&self.dir, first.seq)?;
@@ -821,7 +819,7 @@ impl Spool {
             self.poisoned = true;
             return Err(SpoolError::io("fsync segment", &self.active_segment().path)(e));
         }
-        self.durable_seq = self.durable_seq.max(self.written_seq);
+        self.durable_seq = self.durable_seq.max(self.written_seq());
         flushed?;
         self.unsynced_since = None;
         Ok(())
@@ -936,19 +934,16 @@ impl Spool {
                         ordinal += 1;
                     }
                 }
-                let pending = &self.active.pending;
-                loop {
-                    let at = usize::try_from(offset - on_file).map_err(io::Error::other)?;
-                    let bytes = pending
-                        .get(at..at + HEADER_LEN)
-                        .ok_or_else(|| io::Error::other("unacked record not found"))?;
-                    let header = Header::decode(bytes.try_into().expect("a header"));
+                let at = usize::try_from(offset - on_file).map_err(io::Error::other)?;
+                let pending = self.active.pending.get(at..).unwrap_or_default();
+                for (_, header) in buffered_headers(pending) {
                     if header.seq > acked {
                         return Ok(header);
                     }
                     offset += header.frame_len();
                     ordinal += 1;
                 }
+                Err(io::Error::other("unacked record not found"))
             })()
             .map_err(read)?;
             head = Head {
@@ -986,6 +981,19 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<(Segment, Active), Spool
         pending: Vec::new(),
     };
     Ok((segment, active))
+}
+
+/// The frames of a write buffer (whole frames, as [`frame::encode`] put them): the offset
+/// in `pending` and the header of each.
+fn buffered_headers(pending: &[u8]) -> impl Iterator<Item = (usize, Header)> + '_ {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        let bytes = pending.get(offset..offset + HEADER_LEN)?;
+        let header = Header::decode(bytes.try_into().expect("a header"));
+        let at = offset;
+        offset += usize::try_from(header.frame_len()).expect("a buffered frame");
+        Some((at, header))
+    })
 }
 
 fn read_header(reader: &mut impl Read) -> io::Result<Header> {
