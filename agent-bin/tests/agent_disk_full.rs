@@ -14,13 +14,12 @@ mod support;
 use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use herd_codec::proto::{Batch, CloseReason, Goodbye, Record};
+use herd_tests::mount::Mount;
 use herd_tests::script::{HubEvent, poll_until, within};
 use support::{AgentProcess, ScriptedHub, agent_toml, alive, plugin_toml, write_plugin};
 
@@ -28,51 +27,6 @@ use support::{AgentProcess, ScriptedHub, agent_toml, alive, plugin_toml, write_p
 const DISK: &str = "512k";
 /// What the agent logs when the disk refuses its spool.
 const NO_SPACE: &str = "No space left on device";
-
-/// A tmpfs mounted for the test, unmounted when dropped (lazily if something
-/// still holds it).
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` on `path`; `None` (after saying so) when the
-    /// test does not run as root. Any other failure fails the test.
-    fn mount(path: &Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(path).unwrap();
-        // /proc/self belongs to the effective user.
-        if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
-            eprintln!("skipped: needs root to mount tmpfs");
-            return None;
-        }
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .output()
-            .unwrap_or_else(|error| panic!("running mount: {error}"));
-        assert!(
-            output.status.success(),
-            "mount -t tmpfs on {} as root failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Some(Self {
-            path: path.to_owned(),
-        })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.path)
-            .status()
-            .is_ok_and(|status| status.success());
-        if !unmounted {
-            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-        }
-    }
-}
 
 /// Prints the agent logs when the test fails.
 struct PrintLogsOnFailure(Vec<PathBuf>);
@@ -251,7 +205,7 @@ fn assert_contiguous(seen: &Seen, pid: &str) -> u64 {
 async fn a_full_disk_blocks_the_plugin_reports_why_and_never_reuses_a_seq() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let Some(_disk) = Tmpfs::mount(&state, DISK) else {
+    let Some(_disk) = Mount::new("tmpfs", &format!("size={DISK}"), &state) else {
         return;
     };
     let mut hub = ScriptedHub::start().await;

@@ -8,6 +8,7 @@
 
 mod support;
 
+use herd_tests::mount::Mount;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -109,28 +110,21 @@ async fn after_a_kill_9_the_plugin_dies_and_the_next_agent_clears_its_group() {
 /// whatever the host offers. Dropping it kills whatever is left in
 /// `herd-test-…`, removes every cgroup below the mount and unmounts it.
 struct Cgroup2 {
-    mount: Option<tempfile::TempDir>,
     base: PathBuf,
+    // Dropped in this order after `drop`: unmount, then the mount point.
+    _mount: Mount,
+    _mount_point: tempfile::TempDir,
 }
 
 impl Cgroup2 {
     /// `None` (and "skipped: needs root" on stderr) when not root; a
     /// failing mount as root fails the test.
     fn mount(test: &str) -> Option<Self> {
-        if !effective_uid_is_root() {
-            eprintln!("{test}: skipped: needs root");
+        let mount_point = tempfile::tempdir().unwrap();
+        let Some(mount) = Mount::new("cgroup2", "", mount_point.path()) else {
+            eprintln!("{test}: skipped");
             return None;
-        }
-        let mount = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "cgroup2", "none"])
-            .arg(mount.path())
-            .status()
-            .expect("run mount");
-        assert!(
-            status.success(),
-            "mount -t cgroup2 failed as root: {status}"
-        );
+        };
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -139,8 +133,9 @@ impl Cgroup2 {
             .path()
             .join(format!("herd-test-{}-{nanos}", std::process::id()));
         let cgroups = Self {
-            mount: Some(mount),
             base,
+            _mount: mount,
+            _mount_point: mount_point,
         };
         std::fs::create_dir(&cgroups.base).unwrap();
         std::fs::create_dir(cgroups.delegated()).unwrap();
@@ -171,31 +166,7 @@ impl Drop for Cgroup2 {
             }
             remove_cgroups(&self.base);
         }
-        let Some(mount) = self.mount.take() else {
-            return;
-        };
-        let unmounted = std::process::Command::new("umount")
-            .arg(mount.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(mount.path())
-                .status();
-        }
-        drop(mount); // removes the (now empty) mount point
     }
-}
-
-fn effective_uid_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("Uid:"))?.to_owned();
-            line.split_whitespace().nth(2).map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
 }
 
 fn populated(cgroup: &Path) -> bool {

@@ -3,7 +3,8 @@
 //! The library part starts what tests need for real: a [`nats::NatsServer`]
 //! on a free loopback port, `herd-hub` and `herd-agent` processes with
 //! generated configurations ([`hub`], [`agent`], [`process`]), a TCP proxy
-//! that can cut connections ([`proxy`]), a reader of everything published to
+//! that can cut connections ([`proxy`]), a filesystem mounted for one test
+//! ([`mount`]), a reader of everything published to
 //! `herd.data.>` ([`collector`]), the deterministic `herd-test-counter`
 //! plugin ([`counter`]), and all of it wired together ([`deploy`]). The integration tests in `tests/` (named
 //! `area_topic.rs`) drive whole herd deployments through faults.
@@ -21,6 +22,7 @@ pub mod collector;
 pub mod counter;
 pub mod deploy;
 pub mod hub;
+pub mod mount;
 pub mod nats;
 pub mod process;
 pub mod proxy;
