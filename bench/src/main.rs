@@ -51,9 +51,9 @@ struct Cli {
     /// PubAcks the direct JetStream publisher awaits at most at once.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub_acks: u64,
-    /// Only the ingest section.
-    #[arg(long)]
-    ingest_only: bool,
+    /// Only these sections (repeatable; default all).
+    #[arg(long, value_enum, value_name = "SECTION")]
+    only: Vec<Section>,
     /// Keep the work directory (every process's log) and print its path.
     #[arg(long)]
     keep: bool,
@@ -65,6 +65,23 @@ struct Cli {
     prepare: bool,
     #[command(subcommand)]
     role: Option<Role>,
+}
+
+/// A part of the bench that runs on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    /// The ingest cases (wall rate and CPU per record).
+    Ingest,
+    /// Accept + handshake, RSS per idle connection, back after restart.
+    Connections,
+    /// Task latency and rate, and the idle agent's footprint.
+    Agent,
+}
+
+impl Cli {
+    fn runs(&self, section: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&section)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -568,24 +585,27 @@ async fn bench(cli: &Cli) -> Result<bool, BenchError> {
         dir,
     };
     let mut table = Vec::new();
-    let mut rows = ingest_rows(&setup, sizes.ingest, &mut table, &mut notes).await;
-    if cli.ingest_only {
-        print_table(&table, &rows, &notes, started.elapsed());
-        return Ok(rows.iter().all(|row| row.ratio.is_ok()));
+    let mut rows = Vec::new();
+    if cli.runs(Section::Ingest) {
+        rows.extend(ingest_rows(&setup, sizes.ingest, &mut table, &mut notes).await);
     }
-    let labels = connection_labels(sizes.connections);
-    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-    rows.extend(rows_or_failed(
-        &labels,
-        connection_rows(&setup, sizes.connections, &mut notes).await,
-    ));
-    let mut labels: Vec<String> = TASKS.iter().map(|label| (*label).to_owned()).collect();
-    labels.extend(footprint_labels());
-    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-    rows.extend(rows_or_failed(
-        &labels,
-        agent_rows(&setup, sizes.agent, &mut notes).await,
-    ));
+    if cli.runs(Section::Connections) {
+        let labels = connection_labels(sizes.connections);
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        rows.extend(rows_or_failed(
+            &labels,
+            connection_rows(&setup, sizes.connections, &mut notes).await,
+        ));
+    }
+    if cli.runs(Section::Agent) {
+        let mut labels: Vec<String> = TASKS.iter().map(|label| (*label).to_owned()).collect();
+        labels.extend(footprint_labels());
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        rows.extend(rows_or_failed(
+            &labels,
+            agent_rows(&setup, sizes.agent, &mut notes).await,
+        ));
+    }
     print_table(&table, &rows, &notes, started.elapsed());
     Ok(rows.iter().all(|row| row.ratio.is_ok()))
 }
