@@ -26,6 +26,8 @@ pub(crate) struct ConnectionFigures {
     pub(crate) rss_per_connection: f64,
     /// Time from the kill to the K-th welcome of the restarted server.
     pub(crate) back: Duration,
+    /// SYNs dropped by a full listen queue over both (machine wide).
+    pub(crate) listen_overflows: u64,
 }
 
 /// Runs the three measurements against `server` with `agents` idle agents.
@@ -39,6 +41,7 @@ pub(crate) async fn measure(
         .pid()
         .ok_or_else(|| BenchError::Process("server not running".into()))?;
     let before = procs::rss_kib(pid)?;
+    let overflows_before = procs::listen_overflows()?;
     let welcomes = Arc::new(Welcomes::default());
     let gate = Arc::new(Semaphore::new(GATE));
     let addr = server.addr();
@@ -61,10 +64,12 @@ pub(crate) async fn measure(
     server.restart()?;
     welcomes.reach(2 * agents, timeout).await?;
     let back = killed.elapsed();
+    let listen_overflows = procs::listen_overflows()?.saturating_sub(overflows_before);
     tasks.shutdown().await;
     Ok(ConnectionFigures {
         accept,
         rss_per_connection: after.saturating_sub(before) as f64 * 1024.0 / agents as f64,
         back,
+        listen_overflows,
     })
 }

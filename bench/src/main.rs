@@ -393,8 +393,11 @@ async fn connection_rows(
         connections::measure(&mut server, "idle-hub", agents, timeout).await?
     };
     notes.push(format!(
-        "connections: at most 256 handshakes in flight; agents retry every {} ms after losing the server",
-        connections::RETRY.as_millis()
+        "connections: at most 256 handshakes in flight; agents retry every {} ms after losing the server; \
+         SYNs dropped by a full listen queue (each costs a 1 s retransmit): hub {}, tokio loop {}",
+        connections::RETRY.as_millis(),
+        hub.listen_overflows,
+        baseline.listen_overflows
     ));
     let [accept, rss, back] = connection_labels(agents);
     let kib = |bytes: f64| format!("{:.1} KiB", bytes / 1024.0);

@@ -202,6 +202,24 @@ pub(crate) fn rss_kib(pid: u32) -> Result<u64, BenchError> {
         .ok_or_else(|| BenchError::Process(format!("no VmRSS in /proc/{pid}/status")))
 }
 
+/// Connections the kernel dropped because a listen queue was full, machine
+/// wide (`ListenOverflows` of `TcpExt` in `/proc/net/netstat`).
+pub(crate) fn listen_overflows() -> Result<u64, BenchError> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat")
+        .map_err(BenchError::io("reading /proc/net/netstat"))?;
+    // Each group is two lines: "TcpExt: Name1 Name2 ..." then "TcpExt: 1 2 ...".
+    let mut tcp_ext = netstat.lines().filter(|line| line.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (tcp_ext.next(), tcp_ext.next()) else {
+        return Err(BenchError::Process("no TcpExt in /proc/net/netstat".into()));
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenOverflows")
+        .and_then(|(_, value)| value.parse().ok())
+        .ok_or_else(|| BenchError::Process("no ListenOverflows in /proc/net/netstat".into()))
+}
+
 /// The fields of `/proc/<pid>/stat` after the command name, starting with state.
 fn stat_fields(pid: u32) -> Result<Vec<String>, BenchError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -157,6 +157,18 @@ pub(crate) async fn idle_agent(
     }
 }
 
+/// A listener with the hub's default backlog: `TcpListener::bind` asks for
+/// 128, and a shorter queue would measure dropped SYNs rather than servers.
+fn listen_like_the_hub(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(herd_hub::HubConfig::default().listen_backlog)
+}
+
 /// The baseline server: accepts agents, welcomes them, decodes each `Batch`
 /// and publishes each of its records as an `Envelope` (no NATS headers, as
 /// the hub publishes with `ack_mode = "flush"`), flushes, acks. No actors,
@@ -165,9 +177,8 @@ pub(crate) async fn serve_baseline(listen: SocketAddr, nats_url: &str) -> Result
     let client = async_nats::connect(nats_url)
         .await
         .map_err(BenchError::nats("connect"))?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(BenchError::io(format!("binding {listen}")))?;
+    let listener =
+        listen_like_the_hub(listen).map_err(BenchError::io(format!("binding {listen}")))?;
     loop {
         let (stream, _) = listener
             .accept()

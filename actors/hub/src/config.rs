@@ -52,6 +52,10 @@ pub struct HubConfig {
     pub hub_id: String,
     /// Where agents connect.
     pub listen: SocketAddr,
+    /// Connections the kernel queues for the hub to accept (capped by
+    /// `net.core.somaxconn`). A reconnect storm beyond it drops SYNs, and
+    /// each costs its agent a retransmit (1 s on Linux).
+    pub listen_backlog: u32,
     /// Where the admin HTTP server (`/metrics`, `/healthz`, `/agents`)
     /// listens; `None` disables it.
     pub admin: Option<SocketAddr>,
@@ -105,6 +109,7 @@ impl Default for HubConfig {
         Self {
             hub_id: String::new(),
             listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
+            listen_backlog: 1024,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 7401))),
             nats_url: None,
             state_dir: PathBuf::from("/var/lib/herd-hub"),
@@ -156,6 +161,7 @@ impl HubConfig {
         let positive = [
             ("handshake_timeout_ms", self.handshake_timeout_ms),
             ("ping_interval_ms", self.ping_interval_ms),
+            ("listen_backlog", u64::from(self.listen_backlog)),
             ("ping_misses", u64::from(self.ping_misses)),
             ("max_frame_length", self.max_frame_length as u64),
             ("max_connections", self.max_connections as u64),

@@ -207,6 +207,19 @@ fn tree(
     }
 }
 
+/// Binds the agent socket with `backlog` pending connections (std's `bind`
+/// always asks for 128), reusing the address so a restarted hub gets its port
+/// back while old connections sit in TIME_WAIT.
+fn bind_agent_socket(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)?.into_std()
+}
+
 /// Waits until the hub's client reached the embedded server, or fails with
 /// the reason the server's first start did not work.
 async fn embedded_ready(
@@ -281,7 +294,7 @@ impl Hub {
             .unwrap_or_default();
         let link = NatsLink::connect(&url, &config.hub_id).await?;
         let bind_error = |what, addr| move |source| HubError::Bind { what, addr, source };
-        let socket = std::net::TcpListener::bind(config.listen)
+        let socket = bind_agent_socket(config.listen, config.listen_backlog)
             .map_err(bind_error("agents", config.listen))?;
         let listen_addr = socket
             .local_addr()

@@ -222,3 +222,34 @@ async fn a_batch_with_a_malformed_record_is_a_clear_protocol_error_and_nothing_o
     assert_eq!(first.subject.as_str(), "herd.data.witness.0");
     hub.shutdown().await;
 }
+
+/// The listen backlog of the socket listening on `port`, as the kernel reports
+/// it (`ss` prints a listening socket's backlog in its Send-Q column).
+fn listen_backlog(port: u16) -> u32 {
+    let output = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let table = String::from_utf8_lossy(&output.stdout);
+    let line = table
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("ss lists no listener on port {port}: {table:?}"));
+    // State Recv-Q Send-Q Local Peer
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|column| column.parse().ok())
+        .unwrap_or_else(|| panic!("no backlog in {line:?}"))
+}
+
+#[actix::test]
+async fn the_agent_socket_listens_with_the_configured_backlog() {
+    // A reconnect storm (every agent of a restarted hub at once) overflows a
+    // short backlog, and each dropped SYN costs its agent a 1 s retransmit.
+    let (_nats, hub) = hub_with(|_| {}).await;
+    assert_eq!(listen_backlog(hub.listen_addr().port()), 1024);
+    hub.shutdown().await;
+    let (_nats, hub) = hub_with(|config| config.listen_backlog = 300).await;
+    assert_eq!(listen_backlog(hub.listen_addr().port()), 300);
+    hub.shutdown().await;
+}
