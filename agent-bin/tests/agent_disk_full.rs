@@ -160,6 +160,25 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// Waits until the plugin's count of written records stays the same for
+/// 200 ms: what it wrote before the agent stopped taking records has landed.
+async fn writes_settle(path: &Path) {
+    const QUIET: Duration = Duration::from_millis(200);
+    within("the plugin's writes settling", async {
+        let (mut last, mut since) = (written(path), std::time::Instant::now());
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = written(path);
+            if now != last {
+                (last, since) = (now, std::time::Instant::now());
+            } else if since.elapsed() >= QUIET {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
 /// Waits until the agent logs its `count`th ERROR, which must be about the
 /// full disk.
 async fn refusal_logged(log: &Path, count: usize) {
@@ -243,11 +262,12 @@ async fn a_full_disk_blocks_the_plugin_reports_why_and_never_reuses_a_seq() {
     })
     .await;
     refusal_logged(&log1, 1).await;
-    // Measurement windows, not synchronisation: a plugin that is not held
-    // back writes thousands of records a second.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    writes_settle(&written_file).await;
     let held_at = written(&written_file);
     let cpu_before = cpu_ticks(agent.pid);
+    // A measurement window, not synchronisation: a plugin that is not held
+    // back writes thousands of records a second, a spinning agent burns
+    // ticks.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let later = written(&written_file);
     let busy = cpu_ticks(agent.pid) - cpu_before;
