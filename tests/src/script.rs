@@ -18,6 +18,8 @@ use herd_codec::proto::{
     Task, TaskResult, TaskStatus, Welcome, agent_message,
 };
 use herd_codec::{AgentCodec, CodecError, HubCodec, PROTOCOL_VERSION};
+use herd_tls::HubTrust;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -86,10 +88,14 @@ pub fn hello(agent_id: &str, token: &str) -> Hello {
 /// The token [`ScriptedAgent::online`] presents.
 pub const TOKEN: &str = "secret";
 
+/// The bytes of a scripted connection: a plain socket or a TLS session.
+pub trait AgentIo: AsyncRead + AsyncWrite + Send + Unpin + std::fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + std::fmt::Debug> AgentIo for T {}
+
 /// An agent over a real socket, driven step by step.
 #[derive(Debug)]
 pub struct ScriptedAgent {
-    framed: Framed<TcpStream, AgentCodec>,
+    framed: Framed<Box<dyn AgentIo>, AgentCodec>,
     /// Answer pings automatically while reading.
     pub answer_pings: bool,
 }
@@ -99,10 +105,27 @@ impl ScriptedAgent {
     pub async fn try_connect(addr: SocketAddr) -> Result<Self, ScriptError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Self {
-            framed: Framed::new(stream, AgentCodec::new()),
+        Ok(Self::over(Box::new(stream)))
+    }
+
+    /// Connects to the hub at `addr` over TLS, trusting it by `trust` and
+    /// checking its certificate against the address's IP.
+    pub async fn try_connect_tls(addr: SocketAddr, trust: &HubTrust) -> Result<Self, ScriptError> {
+        let config = herd_tls::client_config(trust).map_err(std::io::Error::other)?;
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let name = herd_tls::server_name(&addr.to_string()).map_err(std::io::Error::other)?;
+        let session = tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await?;
+        Ok(Self::over(Box::new(session)))
+    }
+
+    fn over(io: Box<dyn AgentIo>) -> Self {
+        Self {
+            framed: Framed::new(io, AgentCodec::new()),
             answer_pings: true,
-        })
+        }
     }
 
     /// Connects, sends `hello` and returns the hub's `Welcome`, whatever it says.
@@ -110,7 +133,13 @@ impl ScriptedAgent {
         addr: SocketAddr,
         hello: Hello,
     ) -> Result<(Self, Welcome), ScriptError> {
-        let mut agent = Self::try_connect(addr).await?;
+        Self::try_connect(addr).await?.try_hello(hello).await
+    }
+
+    /// Sends `hello` on this connection and returns the hub's `Welcome`,
+    /// whatever it says.
+    pub async fn try_hello(self, hello: Hello) -> Result<(Self, Welcome), ScriptError> {
+        let mut agent = self;
         agent.try_send(hello).await?;
         match agent.read().await {
             Some(Ok(Kind::Welcome(welcome))) => Ok((agent, welcome)),

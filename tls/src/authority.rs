@@ -157,10 +157,11 @@ impl CertificateAuthority {
                 reason: error.to_string(),
             });
         }
-        let mut params = CertificateParams::new(names.to_vec()).map_err(|error| TlsError::Name {
-            name: names.join(", "),
-            reason: error.to_string(),
-        })?;
+        let mut params =
+            CertificateParams::new(names.to_vec()).map_err(|error| TlsError::Name {
+                name: names.join(", "),
+                reason: error.to_string(),
+            })?;
         params
             .distinguished_name
             .push(DnType::CommonName, names[0].as_str());
@@ -192,7 +193,11 @@ impl ServerIdentity {
         let certificates =
             certificates(&chain_pem).map_err(|reason| bad("server certificate", chain, reason))?;
         if certificates.is_empty() {
-            return Err(bad("server certificate", chain, "no CERTIFICATE in it".into()));
+            return Err(bad(
+                "server certificate",
+                chain,
+                "no CERTIFICATE in it".into(),
+            ));
         }
         let key_pem = read(key, "server key")?;
         let private_key = {

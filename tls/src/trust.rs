@@ -9,8 +9,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
-    ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
+    SignatureScheme,
 };
 
 use crate::{Fingerprint, ServerIdentity, TlsError, provider};
@@ -70,9 +70,7 @@ pub fn client_config(trust: &HubTrust) -> Result<Arc<ClientConfig>, TlsError> {
             if roots.is_empty() {
                 return Err(bad("no CERTIFICATE in it".to_owned()));
             }
-            builder
-                .with_root_certificates(roots)
-                .with_no_client_auth()
+            builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
     Ok(Arc::new(config))

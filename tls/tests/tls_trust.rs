@@ -142,9 +142,13 @@ async fn an_operators_server_certificate_files_are_served() {
     std::fs::write(&key_path, key).unwrap();
     let loaded = ServerIdentity::from_pem_files(&chain_path, &key_path).unwrap();
     assert_eq!(loaded.chain, issued.chain);
-    connect(loaded, &HubTrust::Fingerprint(ca.fingerprint()), "127.0.0.1")
-        .await
-        .expect("the operator's files work");
+    connect(
+        loaded,
+        &HubTrust::Fingerprint(ca.fingerprint()),
+        "127.0.0.1",
+    )
+    .await
+    .expect("the operator's files work");
 }
 
 /// Standard base64 in 64-character lines, as PEM wants it.
@@ -201,7 +205,10 @@ fn the_fingerprint_matches_openssls() {
     let printed = String::from_utf8(output.stdout).unwrap();
     let parsed: Fingerprint = printed.parse().unwrap();
     assert_eq!(parsed, ca.fingerprint());
-    assert_eq!(printed.trim().split_once('=').unwrap().1, ca.fingerprint().to_string());
+    assert_eq!(
+        printed.trim().split_once('=').unwrap().1,
+        ca.fingerprint().to_string()
+    );
 }
 
 #[test]

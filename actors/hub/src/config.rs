@@ -66,6 +66,8 @@ pub struct HubConfig {
     pub state_dir: PathBuf,
     /// Enrollment tokens an agent may present; empty: no token is needed.
     pub tokens: Vec<String>,
+    /// TLS of the agent link (`[tls]`): on by default.
+    pub tls: HubTlsConfig,
     /// How long a new connection has to send `Hello`.
     pub handshake_timeout_ms: u64,
     /// Largest frame accepted from an agent, in bytes (4-byte header excluded).
@@ -114,6 +116,7 @@ impl Default for HubConfig {
             nats_url: None,
             state_dir: PathBuf::from("/var/lib/herd-hub"),
             tokens: Vec::new(),
+            tls: HubTlsConfig::default(),
             handshake_timeout_ms: 10_000,
             max_frame_length: herd_codec::DEFAULT_MAX_FRAME_LENGTH,
             heartbeat_interval_secs: 30,
@@ -137,12 +140,17 @@ impl Default for HubConfig {
 
 impl HubConfig {
     /// A configuration for tests: loopback on port 0, no admin server,
-    /// short intervals.
+    /// short intervals, and a plaintext agent link (the suites about the
+    /// protocol speak it; the TLS suites turn TLS on).
     pub fn for_tests(nats_url: impl Into<String>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: None,
             nats_url: Some(nats_url.into()),
+            tls: HubTlsConfig {
+                insecure: true,
+                ..HubTlsConfig::default()
+            },
             handshake_timeout_ms: 1_000,
             heartbeat_interval_secs: 1,
             ping_interval_ms: 200,
@@ -178,7 +186,7 @@ impl HubConfig {
         if let Some(position) = self.tokens.iter().position(String::is_empty) {
             return Err(HubConfigError::EmptyToken { position });
         }
-        Ok(())
+        self.tls.validate()
     }
 
     /// [`Self::handshake_timeout_ms`] as a duration.
@@ -226,6 +234,72 @@ impl HubConfig {
     }
 }
 
+/// TLS of the agent link.
+///
+/// By default the hub keeps its own CA in `<state_dir>/tls` (created on
+/// first start, key 0600) and issues itself a server certificate at every
+/// start; agents trust it by the CA's fingerprint, which the hub logs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubTlsConfig {
+    /// Plaintext agent link: anyone on the network can read the records and
+    /// speak for any agent. The hub WARNs at start.
+    pub insecure: bool,
+    /// An operator's CA certificate (PEM), with `ca_key`, instead of the
+    /// hub's own.
+    pub ca_cert: Option<PathBuf>,
+    /// The key of `ca_cert` (PEM, PKCS#8).
+    pub ca_key: Option<PathBuf>,
+    /// An operator's server certificate chain (PEM, end entity first), with
+    /// `key`, instead of one the hub issues itself.
+    pub cert: Option<PathBuf>,
+    /// The key of `cert` (PEM).
+    pub key: Option<PathBuf>,
+    /// DNS names and IP addresses agents dial this hub by, for the
+    /// certificate the hub issues itself. Empty: `localhost`, `127.0.0.1`,
+    /// `::1`, the host name, and the listen address when it is not a
+    /// wildcard.
+    pub names: Vec<String>,
+}
+
+impl HubTlsConfig {
+    fn validate(&self) -> Result<(), HubConfigError> {
+        let pairs = [
+            ("tls.ca_cert", &self.ca_cert, "tls.ca_key", &self.ca_key),
+            ("tls.cert", &self.cert, "tls.key", &self.key),
+        ];
+        for (first, first_value, second, second_value) in pairs {
+            match (first_value.is_some(), second_value.is_some()) {
+                (true, false) => {
+                    return Err(HubConfigError::Incomplete {
+                        set: first,
+                        missing: second,
+                    });
+                }
+                (false, true) => {
+                    return Err(HubConfigError::Incomplete {
+                        set: second,
+                        missing: first,
+                    });
+                }
+                _ => {}
+            }
+        }
+        if self.insecure
+            && let Some(field) = [
+                ("tls.ca_cert", self.ca_cert.is_some()),
+                ("tls.cert", self.cert.is_some()),
+                ("tls.names", !self.names.is_empty()),
+            ]
+            .into_iter()
+            .find_map(|(field, set)| set.then_some(field))
+        {
+            return Err(HubConfigError::InsecureWith { field });
+        }
+        Ok(())
+    }
+}
+
 /// A configuration value the hub cannot run with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -241,6 +315,20 @@ pub enum HubConfigError {
     EmptyToken {
         /// Its position in `tokens`.
         position: usize,
+    },
+    /// One of two settings that only work together is set.
+    #[error("`{set}` is set but `{missing}` is not; set both or neither")]
+    Incomplete {
+        /// The one that is set.
+        set: &'static str,
+        /// The one that is missing.
+        missing: &'static str,
+    },
+    /// A TLS setting next to `tls.insecure = true`, which turns TLS off.
+    #[error("`tls.insecure = true` turns TLS off, yet `{field}` is set; remove one")]
+    InsecureWith {
+        /// The TLS setting.
+        field: &'static str,
     },
 }
 

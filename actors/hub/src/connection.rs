@@ -2,9 +2,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use bytes::BytesMut;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use herd_codec::proto::agent_message::Kind;
@@ -15,8 +16,11 @@ use herd_codec::{
 };
 use prost::Message as _;
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::Encoder as _;
 use tokio_util::codec::FramedRead;
 
 use crate::Services;
@@ -27,6 +31,7 @@ use crate::messages::{
 };
 use crate::metrics::HubMetrics;
 use crate::sink::{AgentIdentity, BatchPublisher, LossKind};
+use crate::tls::TLS_HANDSHAKE_RECORD;
 use herd_supervision::io::{FrameSender, FrameWriter, TrySendError};
 
 /// One frame read from the socket with the in-flight permit taken before it
@@ -331,6 +336,34 @@ impl Connection {
         ctx.run_interval(services.config.ping_interval(), Self::check_liveness);
     }
 
+    /// Reads frames from `read_half` and writes through a writer task on
+    /// `write_half`: the socket itself or its TLS session.
+    fn serve<R, W>(&mut self, ctx: &mut Context<Self>, read_half: R, write_half: W)
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let config = &self.services.config;
+        let codec = HubForwardCodec::with_max_frame_length(config.max_frame_length);
+        // Small buffers that grow when a frame needs it: most of a hub's
+        // connections are idle most of the time.
+        self.writer = Some(FrameWriter::with_buffer(
+            write_half,
+            codec.clone(),
+            config.write_queue,
+            INITIAL_WRITE_BUFFER,
+        ));
+        let frames = FramedRead::with_capacity(read_half, codec, INITIAL_READ_BUFFER);
+        let permits = self.permits.clone();
+        let gated =
+            futures::stream::unfold((frames, permits), |(mut frames, permits)| async move {
+                let permit = permits.clone().acquire_owned().await.ok()?;
+                let frame = frames.next().await?;
+                Some(((frame, permit), (frames, permits)))
+            });
+        ctx.add_stream(gated);
+    }
+
     fn check_liveness(&mut self, ctx: &mut Context<Self>) {
         if self.closing {
             return;
@@ -545,32 +578,47 @@ impl Actor for Connection {
             }
         };
         let _ = socket.set_nodelay(true);
-        let (read_half, write_half) = socket.into_split();
-        let config = &self.services.config;
-        let codec = HubForwardCodec::with_max_frame_length(config.max_frame_length);
-        // Small buffers that grow when a frame needs it: most of a hub's
-        // connections are idle most of the time.
-        self.writer = Some(FrameWriter::with_buffer(
-            write_half,
-            codec.clone(),
-            config.write_queue,
-            INITIAL_WRITE_BUFFER,
-        ));
-        let frames = FramedRead::with_capacity(read_half, codec, INITIAL_READ_BUFFER);
-        let permits = self.permits.clone();
-        let gated =
-            futures::stream::unfold((frames, permits), |(mut frames, permits)| async move {
-                let permit = permits.clone().acquire_owned().await.ok()?;
-                let frame = frames.next().await?;
-                Some(((frame, permit), (frames, permits)))
-            });
-        ctx.add_stream(gated);
-        ctx.run_later(config.handshake_timeout(), |act, ctx| {
+        // From the first byte on: a TLS handshake that never ends is as
+        // silent as a Hello that never comes.
+        ctx.run_later(self.services.config.handshake_timeout(), |act, ctx| {
             if matches!(act.phase, Phase::Handshake) {
                 let timeout = act.services.config.handshake_timeout_ms;
                 act.refuse(ctx, "timeout", format!("no Hello within {timeout} ms"));
             }
         });
+        // A plaintext hub reads frames at once; a TLS client is recognised
+        // by what its first record looks like as a frame length.
+        let Some(acceptor) = self.services.tls.as_ref().map(|tls| tls.acceptor.clone()) else {
+            let (read, write) = socket.into_split();
+            return self.serve(ctx, read, write);
+        };
+        let (hub_id, max_frame_length) = (
+            self.services.hub_id.clone(),
+            self.services.config.max_frame_length,
+        );
+        let refusal = move || plaintext_refusal(&hub_id, max_frame_length);
+        ctx.spawn(
+            open(socket, acceptor, refusal)
+                .into_actor(self)
+                .map(|opened, act, ctx| match opened {
+                    Opened::Tls(stream) => {
+                        let (read, write) = tokio::io::split(*stream);
+                        act.serve(ctx, read, write);
+                    }
+                    Opened::Closed => {
+                        act.services.metrics.handshake("closed");
+                        act.closing = true;
+                        ctx.stop();
+                    }
+                    Opened::Refused { outcome, message } => {
+                        tracing::info!(peer = %act.peer, outcome, %message, "handshake refused");
+                        act.services.metrics.handshake(outcome);
+                        act.closing = true;
+                        act.close_reason = message;
+                        ctx.stop();
+                    }
+                }),
+        );
     }
 
     fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
@@ -627,6 +675,19 @@ impl StreamHandler<Gated> for Connection {
         self.last_heard = Instant::now();
         let frame = match frame {
             Ok(frame) => frame,
+            Err(CodecError::FrameTooLarge { length, .. })
+                if matches!(self.phase, Phase::Handshake)
+                    && length >> 24 == u64::from(TLS_HANDSHAKE_RECORD) =>
+            {
+                // A TLS record header read as a frame length: it cannot read a Welcome.
+                let message = "the agent speaks TLS; this hub's agent link is plaintext \
+                               (tls.insecure = true)";
+                tracing::info!(peer = %self.peer, outcome = "tls_on_plaintext", message, "handshake refused");
+                self.services.metrics.handshake("tls_on_plaintext");
+                self.closing = true;
+                self.close_reason = message.to_owned();
+                return ctx.stop();
+            }
             Err(error) => {
                 let message = format!("bad frame: {error}");
                 return match self.phase {
@@ -687,6 +748,82 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::TaskResult(_) => "TaskResult",
         Kind::Pong(_) => "Pong",
     }
+}
+
+/// What a plaintext agent is told on the TLS port.
+const PLAINTEXT_ON_TLS: &str = "this hub's agent link is TLS; give the agent tls.ca_fingerprint \
+     (logged by the hub at start) or tls.ca_file, or set tls.insecure = true on both sides";
+/// How long a refused plaintext client's bytes are read after the refusal,
+/// so closing with unread data does not reset the connection before the
+/// client read it.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// The frame a plaintext client on the TLS port gets: a refusing `Welcome`
+/// it can read and show.
+fn plaintext_refusal(hub_id: &str, max_frame_length: usize) -> BytesMut {
+    let welcome = Welcome {
+        ok: false,
+        message: PLAINTEXT_ON_TLS.to_owned(),
+        hub_id: hub_id.to_owned(),
+        ..Welcome::default()
+    };
+    let mut frame = BytesMut::new();
+    let mut codec = HubForwardCodec::with_max_frame_length(max_frame_length);
+    // Encoding into memory cannot fail; a Welcome is far below any frame limit.
+    let _ = codec.encode(Encoded::new(&HubMessage::from(welcome)), &mut frame);
+    frame
+}
+
+/// A socket of the TLS port after its first byte told which protocol the
+/// peer speaks.
+enum Opened {
+    /// The peer closed before sending anything (a port check, say).
+    Closed,
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Refused {
+        outcome: &'static str,
+        message: String,
+    },
+}
+
+/// Looks at the first byte (a TLS record starts with 0x16, a frame's length
+/// with 0x00) and runs the TLS handshake, or refuses a plaintext peer with a
+/// `Welcome` it can read.
+async fn open(
+    socket: TcpStream,
+    acceptor: TlsAcceptor,
+    refusal: impl FnOnce() -> BytesMut,
+) -> Opened {
+    let mut first = [0u8; 1];
+    if !matches!(socket.peek(&mut first).await, Ok(1)) {
+        return Opened::Closed;
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        refuse_plaintext(socket, &refusal()).await;
+        return Opened::Refused {
+            outcome: "plaintext",
+            message: "a plaintext agent on the TLS port".to_owned(),
+        };
+    }
+    match acceptor.accept(socket).await {
+        Ok(stream) => Opened::Tls(Box::new(stream)),
+        Err(error) => Opened::Refused {
+            outcome: "tls_failed",
+            message: format!("TLS handshake failed: {error}"),
+        },
+    }
+}
+
+async fn refuse_plaintext(mut socket: TcpStream, refusal: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if socket.write_all(refusal).await.is_err() || socket.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 impl Handler<Close> for Connection {

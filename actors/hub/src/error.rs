@@ -53,6 +53,9 @@ pub enum HubError {
         /// What went wrong, with its log when there is one.
         reason: String,
     },
+    /// The agent link's TLS could not be set up.
+    #[error("agent link TLS: {0}")]
+    Tls(#[from] herd_tls::TlsError),
     /// The supervision tree could not start.
     #[error("cannot start the hub's supervision tree")]
     Supervision(#[from] herd_supervision::ConfigError),

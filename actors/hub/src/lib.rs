@@ -72,6 +72,7 @@ mod registry;
 mod router;
 mod sink;
 mod stream;
+mod tls;
 mod tracker;
 
 use std::net::SocketAddr;
@@ -83,7 +84,7 @@ use actix::prelude::*;
 
 pub use agent_info::AgentInfo;
 pub use batcher::{TASK_RESULTS_SUBJECT, TaskResultRecord};
-pub use config::{AckMode, DataForm, DataStreamConfig, HubConfig, HubConfigError};
+pub use config::{AckMode, DataForm, DataStreamConfig, HubConfig, HubConfigError, HubTlsConfig};
 pub use config_watcher::{AGENT_KEY_PREFIX, CONFIG_BUCKET, FLEET_KEY, config_bucket, parse_config};
 pub use embedded::{NATS_URL_FILE, find_nats_server};
 pub use error::HubError;
@@ -91,6 +92,7 @@ pub use messages::PresenceEvent;
 pub use metrics::HubMetrics;
 pub use sink::{HEADER_MSG_ID, LossEvent, LossKind, NatsLink, NatsState};
 pub use stream::DATA_STREAM_SUBJECTS;
+pub use tls::TLS_DIR;
 pub use tracker::Presence;
 
 use batcher::TaskBatcher;
@@ -113,6 +115,8 @@ pub(crate) struct Services {
     pub(crate) directory: HubDirectory,
     /// Whether the data stream is in place (always `Ok` in flush mode).
     pub(crate) stream: stream::StreamStatus,
+    /// `None`: the agent link is plaintext (`tls.insecure`).
+    pub(crate) tls: Option<tls::AgentTls>,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -278,6 +282,7 @@ impl Hub {
     /// starts anyway and acks nothing until it is back.
     pub async fn start(config: HubConfig) -> Result<Self, HubError> {
         config.validate()?;
+        let tls = tls::prepare(&config)?;
         let mut config = config;
         if config.hub_id.is_empty() {
             config.hub_id = format!("hub-{:08x}", rand::random::<u32>());
@@ -324,6 +329,7 @@ impl Hub {
             metrics: HubMetrics::new(),
             link,
             directory: HubDirectory::default(),
+            tls,
             conn_ids: Arc::default(),
         };
         let workers: Vec<Arbiter> = (0..services.config.worker_count())
@@ -389,6 +395,16 @@ impl Hub {
     /// Where agents connect (the bound address, with the real port).
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen_addr
+    }
+
+    /// The fingerprint of the CA agents trust this hub by (`tls.ca_fingerprint`
+    /// of the agent); `None` with a plaintext link or an operator's chain
+    /// without its CA.
+    pub fn ca_fingerprint(&self) -> Option<herd_tls::Fingerprint> {
+        self.services
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.ca_fingerprint)
     }
 
     /// Where the admin HTTP server listens, if enabled.
