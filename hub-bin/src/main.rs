@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use herd_cli::{ConfigFileError, LogFormat, ShutdownSignals};
 use herd_hub::{AckMode, DataForm, Hub, HubConfig, HubError};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Accepts herd agents over TCP and publishes their records to NATS.
 ///
@@ -141,7 +142,25 @@ impl Cli {
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit: every agent
+/// holds one, and the usual soft default (1024) would cap the hub far below
+/// what it is sized for. Returns the soft limits before and after.
+fn raise_descriptor_limit() -> nix::Result<(u64, u64)> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, hard))
+}
+
 async fn run(config: HubConfig) -> Result<(), CliError> {
+    match raise_descriptor_limit() {
+        Ok((was, limit)) => tracing::info!(limit, was, "open file descriptor limit"),
+        // Not fatal: the hub serves fewer agents, and says so here.
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open file descriptor limit; keeping it")
+        }
+    }
     let mut signals = ShutdownSignals::install().map_err(CliError::Signals)?;
     let hub = Hub::start(config).await?;
     let failed = tokio::select! {
