@@ -41,6 +41,20 @@ struct Cli {
     #[arg(long, env = "HERD_AGENT_TOKEN", hide_env_values = true)]
     token: Option<String>,
 
+    /// SHA-256 fingerprint of the hub's CA (the hub logs it at start).
+    /// Replaces the file's tls.ca_fingerprint.
+    #[arg(long, env = "HERD_AGENT_CA_FINGERPRINT", value_name = "SHA256")]
+    ca_fingerprint: Option<String>,
+
+    /// PEM file with the hub's CA certificate. Replaces the file's tls.ca_file.
+    #[arg(long, env = "HERD_AGENT_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+
+    /// Plaintext link to a hub that runs with tls.insecure = true (a WARN
+    /// at start: anyone on the path can read the records).
+    #[arg(long, env = "HERD_AGENT_INSECURE")]
+    insecure: bool,
+
     /// Directory for the agent id, sequence numbers and plugin state.
     #[arg(long, env = "HERD_AGENT_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -105,6 +119,15 @@ impl Cli {
         }
         if let Some(token) = &self.token {
             config.token.clone_from(token);
+        }
+        if let Some(fingerprint) = &self.ca_fingerprint {
+            config.tls.ca_fingerprint = Some(fingerprint.clone());
+        }
+        if let Some(file) = &self.ca_file {
+            config.tls.ca_file = Some(file.clone());
+        }
+        if self.insecure {
+            config.tls.insecure = true;
         }
         if let Some(dir) = &self.state_dir {
             config.state_dir.clone_from(dir);
@@ -185,7 +208,8 @@ mod tests {
         let path = dir.path().join("agent.toml");
         std::fs::write(
             &path,
-            "hubs = [\"file:1\"]\ntoken = \"from-file\"\nheartbeat_interval_secs = 30\n",
+            "hubs = [\"file:1\"]\ntoken = \"from-file\"\nheartbeat_interval_secs = 30\n\
+             [tls]\ninsecure = true\n",
         )
         .unwrap();
         let cli = Cli::try_parse_from([
@@ -211,7 +235,11 @@ mod tests {
     fn errors_name_the_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
-        std::fs::write(&path, "hubs = [\"a:1\"]\nbogus = 1\n").unwrap();
+        std::fs::write(
+            &path,
+            "hubs = [\"a:1\"]\nbogus = 1\n[tls]\ninsecure = true\n",
+        )
+        .unwrap();
         let cli = Cli::try_parse_from(["herd-agent", "-c", path.to_str().unwrap()]).unwrap();
         let err = cli.effective_config().unwrap_err().to_string();
         assert!(err.contains("agent.toml") && err.contains("bogus"), "{err}");
@@ -226,6 +254,7 @@ mod tests {
             let mut defaults = AgentConfig::default();
             defaults.hubs.clone_from(&config.hubs);
             defaults.token.clone_from(&config.token);
+            defaults.tls.clone_from(&config.tls);
             defaults.plugins.clone_from(&config.plugins);
             defaults
         });

@@ -95,7 +95,7 @@ impl Agent {
             )
         };
         let config = format!(
-            "hubs = [\"{hub}\"]\ntoken = \"{}\"\nstate_dir = {state:?}\n{}{}{}",
+            "hubs = [\"{hub}\"]\ntoken = \"{}\"\nstate_dir = {state:?}\n[tls]\ninsecure = true\n{}{}{}",
             crate::wire::TOKEN,
             plugin("sysmetrics", "herd-sysmetrics", &[]),
             plugin(

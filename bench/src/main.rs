@@ -289,6 +289,8 @@ impl Setup {
             format!("--hub-id=bench-{name}"),
             format!("--ack-mode={ack_mode}"),
             format!("--data-form={data_form}"),
+            // The baselines speak plaintext; so does the hub they are compared with.
+            "--insecure".into(),
         ];
         Server::start(
             "hub",

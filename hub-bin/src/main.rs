@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use herd_cli::{ConfigFileError, LogFormat, ShutdownSignals};
 use herd_hub::{AckMode, DataForm, Hub, HubConfig, HubError};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Accepts herd agents over TCP and publishes their records to NATS.
 ///
@@ -61,6 +62,10 @@ struct Cli {
     /// data type on herd.batch.*; file key `data_form`).
     #[arg(long, env = "HERD_HUB_DATA_FORM", value_name = "record|batch", value_parser = parse_data_form)]
     data_form: Option<DataForm>,
+    /// Plaintext agent link instead of TLS (file key `tls.insecure`; a WARN
+    /// at start: anyone on the network can read records and pose as agents).
+    #[arg(long, env = "HERD_HUB_INSECURE")]
+    insecure: bool,
     /// Log line format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "HERD_HUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -136,12 +141,33 @@ impl Cli {
         if let Some(form) = self.data_form {
             config.data_form = form;
         }
+        if self.insecure {
+            config.tls.insecure = true;
+        }
         config.validate().map_err(HubError::from)?;
         Ok(config)
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit: every agent
+/// holds one, and the usual soft default (1024) would cap the hub far below
+/// what it is sized for. Returns the soft limits before and after.
+fn raise_descriptor_limit() -> nix::Result<(u64, u64)> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, hard))
+}
+
 async fn run(config: HubConfig) -> Result<(), CliError> {
+    match raise_descriptor_limit() {
+        Ok((was, limit)) => tracing::info!(limit, was, "open file descriptor limit"),
+        // Not fatal: the hub serves fewer agents, and says so here.
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open file descriptor limit; keeping it")
+        }
+    }
     let mut signals = ShutdownSignals::install().map_err(CliError::Signals)?;
     let hub = Hub::start(config).await?;
     let failed = tokio::select! {

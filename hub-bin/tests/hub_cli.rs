@@ -2,8 +2,14 @@
 //! and an orderly exit on SIGTERM.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use herd_tests::script::{ScriptedAgent, hello, within};
+use nix::sys::resource::{Resource, setrlimit};
+use tokio::sync::mpsc;
 
 const HUB: &str = env!("CARGO_BIN_EXE_herd-hub");
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/herd-hub.example.toml");
@@ -169,4 +175,179 @@ fn the_data_form_flag_sets_it_and_a_wrong_value_is_named() {
         stderr.contains("expected `record` or `batch`, not \"grouped\""),
         "{stderr}"
     );
+}
+
+/// The hub's log lines as they come, and all of them so far.
+struct Log {
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl Log {
+    /// Reads `stderr` (JSON lines) on a thread, which also keeps the hub
+    /// from writing into a full pipe.
+    fn follow(stderr: std::process::ChildStderr) -> Self {
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line whose message is `message`, within [`herd_tests::script::WAIT`].
+    async fn until(&mut self, message: &str) -> serde_json::Value {
+        let wait = async {
+            while let Some(line) = self.lines.recv().await {
+                let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+                self.seen.push(json.clone());
+                if json["fields"]["message"] == message {
+                    return Some(json);
+                }
+            }
+            None
+        };
+        match within(message, wait).await {
+            Some(json) => json,
+            None => panic!(
+                "the hub exited before logging {message:?}; log: {:#?}",
+                self.seen
+            ),
+        }
+    }
+
+    /// Every line to the end of the log.
+    async fn read_to_end(&mut self) {
+        while let Some(line) = within("the end of the log", self.lines.recv()).await {
+            self.seen
+                .push(serde_json::from_str(&line).expect("a JSON line"));
+        }
+    }
+}
+
+/// CPU time the process `pid` used so far (user + system).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("a command name")
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 1-based; 3 is the first after the name.
+    let ticks: u64 = fields[11..=12]
+        .iter()
+        .map(|field| field.parse::<u64>().expect("clock ticks"))
+        .sum();
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .expect("sysconf")
+        .expect("a clock tick rate");
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+}
+
+#[tokio::test]
+async fn out_of_descriptors_the_hub_pauses_accepting_instead_of_spinning_and_recovers() {
+    // The hub at rest holds about 25 descriptors; the soft limit is raised
+    // to the hard one at start.
+    const SOFT: u64 = 32;
+    const HARD: u64 = 48;
+    // More than the hub has descriptors for, fewer than its descriptors
+    // and the listen backlog (128) hold together.
+    const CLIENTS: usize = 80;
+    let nats = herd_tests::nats::NatsServer::start()
+        .await
+        .expect("nats-server");
+    let mut command = hub();
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--log-format",
+            "json",
+        ])
+        .args(["--nats-url", &nats.url()])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs in the forked child before `exec`; it makes
+    // one async-signal-safe `setrlimit` system call and allocates nothing.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| Ok(setrlimit(Resource::RLIMIT_NOFILE, SOFT, HARD)?));
+    }
+    let mut child = command.spawn().expect("herd-hub starts");
+    let pid = child.id();
+    let mut log = Log::follow(child.stderr.take().expect("stderr"));
+    let limit = log.until("open file descriptor limit").await;
+    assert_eq!(limit["fields"]["limit"], HARD, "{limit}");
+    assert_eq!(limit["fields"]["was"], SOFT, "{limit}");
+    let started = log.until("hub started").await;
+    let addr: SocketAddr = started["fields"]["listen_addr"]
+        .as_str()
+        .and_then(|addr| addr.parse().ok())
+        .expect("the listen address");
+
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let client = within("connect", tokio::net::TcpStream::connect(addr)).await;
+        clients.push(client.expect("the kernel completes the connect"));
+    }
+    log.until(
+        "accept failed for lack of descriptors or memory; pausing accepts until it works again",
+    )
+    .await;
+    // A bound over a window, not a benchmark: a spinning accept loop burns
+    // a whole core in it.
+    let before = cpu_time(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_time(pid) - before;
+    assert!(
+        used < Duration::from_millis(500),
+        "{used:?} of CPU in 2 s while out of descriptors"
+    );
+
+    drop(clients);
+    let (_agent, welcome) = within(
+        "an agent handshake after the descriptors came back",
+        ScriptedAgent::try_handshake(addr, hello("after", "")),
+    )
+    .await
+    .expect("handshake");
+    assert!(welcome.ok, "{}", welcome.message);
+    let recovered = log.until("accepting agent sockets again").await;
+    let failures = recovered["fields"]["failures"].as_u64().expect("failures");
+    // 10 ms doubling to 1 s: at most 7 pauses to reach the cap, then one a second.
+    assert!((1..=20).contains(&failures), "{recovered}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal");
+    log.read_to_end().await;
+    let status = within(
+        "the hub's exit",
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("joined")
+    .expect("wait");
+    assert!(status.success(), "{status:?}");
+    let accept_warnings = log
+        .seen
+        .iter()
+        .filter(|line| {
+            line["level"] == "WARN"
+                && line["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|message| message.contains("accept"))
+        })
+        .count();
+    assert_eq!(accept_warnings, 1, "{:#?}", log.seen);
 }

@@ -16,8 +16,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use herd_agent::{AgentConfig, BatchConfig, PluginRestart, PluginSpec, ReconnectConfig};
-use herd_hub::{AckMode, HubConfig};
+use herd_agent::{
+    AgentConfig, AgentTlsConfig, BatchConfig, PluginRestart, PluginSpec, ReconnectConfig,
+};
+use herd_hub::{AckMode, HubConfig, HubTlsConfig};
 
 use crate::agent::AgentProcess;
 use crate::collector::{Collector, Tally, create_data_stream};
@@ -75,7 +77,7 @@ impl Deployment {
         let mut agents = Vec::with_capacity(agent_count);
         for index in 1..=agent_count {
             let id = format!("agent-{index}");
-            let config = agent_config(&proxy, &dir.path().join(&id))?;
+            let config = agent_config(&proxy, hub.agent_tls()?, &dir.path().join(&id))?;
             agents.push(AgentProcess::start(&id, config, dir.path())?);
         }
         let mut deployment = Self {
@@ -247,18 +249,25 @@ fn describe(tally: &Tally, ids: &[String], targets: &[u64]) -> String {
     out
 }
 
-/// The hub: JetStream acks (nothing acked is lost when NATS restarts),
-/// pings every 200 ms, heartbeats every second.
+/// The hub: TLS with its own CA (as it runs by default), JetStream acks
+/// (nothing acked is lost when NATS restarts), pings every 200 ms,
+/// heartbeats every second.
 fn hub_config(nats: &NatsServer) -> HubConfig {
     HubConfig {
         ack_mode: AckMode::Jetstream,
+        tls: HubTlsConfig::default(),
         ..HubConfig::for_tests(nats.url())
     }
 }
 
 /// An agent connecting through `proxy`, with the counter and the three real
-/// plugins, quick reconnects and quick plugin restarts.
-fn agent_config(proxy: &TcpProxy, home: &Path) -> Result<AgentConfig, E2eError> {
+/// plugins, quick reconnects and quick plugin restarts, trusting the hub by
+/// `tls`.
+fn agent_config(
+    proxy: &TcpProxy,
+    tls: AgentTlsConfig,
+    home: &Path,
+) -> Result<AgentConfig, E2eError> {
     std::fs::create_dir_all(home).map_err(io_error(format!("creating {}", home.display())))?;
     let log = home.join("followed.log");
     let lines: String = (1..=LOG_LINES).map(|n| format!("line {n}\n")).collect();
@@ -286,6 +295,7 @@ fn agent_config(proxy: &TcpProxy, home: &Path) -> Result<AgentConfig, E2eError> 
     };
     Ok(AgentConfig {
         hubs: vec![proxy.addr().to_string()],
+        tls,
         heartbeat_interval_secs: 1,
         connect_timeout_ms: 1_000,
         handshake_timeout_ms: 2_000,

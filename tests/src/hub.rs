@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use herd_agent::AgentTlsConfig;
 use herd_hub::{AgentInfo, HubConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -54,6 +55,25 @@ impl HubProcess {
             dir.join("herd-hub.log"),
         )?;
         Ok(Self { process, config })
+    }
+
+    /// How an agent trusts this hub: by the fingerprint of the CA the hub
+    /// created in its state directory, or plaintext for an insecure hub.
+    /// Call it once the hub is ready (the CA exists from then on).
+    pub fn agent_tls(&self) -> Result<AgentTlsConfig, E2eError> {
+        if self.config.tls.insecure {
+            return Ok(AgentTlsConfig::insecure());
+        }
+        let ca = self
+            .config
+            .state_dir
+            .join(herd_hub::TLS_DIR)
+            .join(herd_tls::CA_CERT_FILE);
+        let fingerprint = herd_tls::Fingerprint::of_pem_file(&ca)?;
+        Ok(AgentTlsConfig {
+            ca_fingerprint: Some(fingerprint.to_string()),
+            ..AgentTlsConfig::default()
+        })
     }
 
     /// [`HubProcess::start`], then [`HubProcess::wait_ready`]. A hub that

@@ -47,6 +47,9 @@ pub enum E2eError {
     /// A configuration could not be written.
     #[error("encoding a configuration: {0}")]
     Config(#[from] toml::ser::Error),
+    /// The hub's TLS material could not be read.
+    #[error("the hub's TLS: {0}")]
+    Tls(#[from] herd_tls::TlsError),
     /// A NATS operation failed.
     #[error("{what}: {reason}")]
     Nats {

@@ -59,6 +59,7 @@ fn soak() -> Duration {
 fn agent_config(hub: &HubProcess) -> AgentConfig {
     AgentConfig {
         hubs: vec![hub.listen_addr().to_string()],
+        tls: hub.agent_tls().expect("the hub's TLS"),
         heartbeat_interval_secs: 1,
         connect_timeout_ms: 1_000,
         handshake_timeout_ms: 2_000,

@@ -33,6 +33,24 @@ impl Fingerprint {
     pub fn of(der: &[u8]) -> Self {
         Self(Sha256::digest(der).into())
     }
+
+    /// The fingerprint of the first certificate in a PEM file (a hub's
+    /// `tls/ca.pem`, say).
+    pub fn of_pem_file(path: &std::path::Path) -> Result<Self, TlsError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let bad = |reason: String| TlsError::BadFile {
+            what: "certificate",
+            path: path.to_owned(),
+            reason,
+        };
+        let first = CertificateDer::pem_file_iter(path)
+            .map_err(|error| bad(error.to_string()))?
+            .next()
+            .ok_or_else(|| bad("no CERTIFICATE in it".to_owned()))?
+            .map_err(|error| bad(error.to_string()))?;
+        Ok(Self::of(&first))
+    }
 }
 
 impl fmt::Display for Fingerprint {

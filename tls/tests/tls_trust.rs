@@ -206,6 +206,10 @@ fn the_fingerprint_matches_openssls() {
     let parsed: Fingerprint = printed.parse().unwrap();
     assert_eq!(parsed, ca.fingerprint());
     assert_eq!(
+        Fingerprint::of_pem_file(&dir.path().join(CA_CERT_FILE)).unwrap(),
+        ca.fingerprint()
+    );
+    assert_eq!(
         printed.trim().split_once('=').unwrap().1,
         ca.fingerprint().to_string()
     );

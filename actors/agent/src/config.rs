@@ -29,6 +29,7 @@ use crate::error::AgentConfigError;
 ///
 /// let config = AgentConfig::from_toml_str(r#"
 ///     hubs = ["hub-a:7400", "hub-b:7400"]
+///     tls.ca_file = "/etc/herd/hub-ca.pem"
 ///     token = "secret"
 ///     state_dir = "/var/lib/herd-agent"
 ///
@@ -49,6 +50,8 @@ pub struct AgentConfig {
     pub hubs: Vec<String>,
     /// Enrollment token sent in `Hello`.
     pub token: String,
+    /// How the agent trusts its hubs (`[tls]`).
+    pub tls: AgentTlsConfig,
     /// Directory for the agent id, the sequence number and plugin state.
     pub state_dir: PathBuf,
     /// Heartbeat interval in seconds until the hub's `Welcome` says otherwise.
@@ -86,6 +89,75 @@ pub struct AgentConfig {
     pub plugins: Vec<PluginSpec>,
 }
 
+/// TLS of the link to the hubs: on unless `insecure`, trusting the hub by
+/// its CA's fingerprint or by a CA file.
+///
+/// ```
+/// use herd_agent::AgentConfig;
+///
+/// let config = AgentConfig::from_toml_str(r#"
+///     hubs = ["hub.example:7400"]
+///     [tls]
+///     ca_fingerprint = "sha256:4f0a7b2c9d1e3f5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c"
+/// "#)?;
+/// assert!(config.tls.trust()?.is_some());
+///
+/// let error = AgentConfig::from_toml_str(r#"hubs = ["hub.example:7400"]"#).unwrap_err();
+/// assert!(error.to_string().contains("tls.ca_fingerprint"));
+/// # Ok::<(), herd_agent::AgentConfigError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentTlsConfig {
+    /// Plaintext: only for a hub with `tls.insecure = true` too. Anyone on
+    /// the path can read the records and pose as the hub.
+    pub insecure: bool,
+    /// The SHA-256 fingerprint of the hub's CA certificate (the hub logs it
+    /// at start; `openssl x509 -noout -fingerprint -sha256` prints it too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
+    /// A PEM file with the hub's CA certificate(s), instead of a fingerprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The name the hub's certificate is checked against; default: the
+    /// host part of the hub address dialled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+impl AgentTlsConfig {
+    /// A plaintext link (`insecure = true`), for a hub that speaks plaintext.
+    pub fn insecure() -> Self {
+        Self {
+            insecure: true,
+            ..Self::default()
+        }
+    }
+
+    /// What the agent trusts its hubs by; `None` for a plaintext link.
+    pub fn trust(&self) -> Result<Option<herd_tls::HubTrust>, AgentConfigError> {
+        match (self.insecure, &self.ca_fingerprint, &self.ca_file) {
+            (true, None, None) => Ok(None),
+            (true, _, _) => Err(AgentConfigError::Tls(
+                "tls.insecure = true turns TLS off, yet tls.ca_fingerprint or tls.ca_file is set; remove one".into(),
+            )),
+            (false, Some(_), Some(_)) => Err(AgentConfigError::Tls(
+                "set tls.ca_fingerprint or tls.ca_file, not both".into(),
+            )),
+            (false, Some(fingerprint), None) => fingerprint
+                .parse()
+                .map(|fingerprint| Some(herd_tls::HubTrust::Fingerprint(fingerprint)))
+                .map_err(|error| AgentConfigError::Tls(format!("tls.ca_fingerprint: {error}"))),
+            (false, None, Some(file)) => Ok(Some(herd_tls::HubTrust::CaFile(file.clone()))),
+            (false, None, None) => Err(AgentConfigError::Tls(
+                "the hub link is TLS: set tls.ca_fingerprint (the hub logs it at start) or \
+                 tls.ca_file, or tls.insecure = true for a plaintext hub"
+                    .into(),
+            )),
+        }
+    }
+}
+
 /// How plugin processes are isolated from each other and from the host.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -110,6 +182,7 @@ pub enum PluginIsolation {
 ///
 /// let config = AgentConfig::from_toml_str(r#"
 ///     hubs = ["hub:7400"]
+///     tls.ca_file = "/etc/herd/hub-ca.pem"
 ///     [plugin_limits.sysmetrics]
 ///     memory_max = "250M"
 ///     cpu_max = "10%"
@@ -136,6 +209,7 @@ impl Default for AgentConfig {
         Self {
             hubs: Vec::new(),
             token: String::new(),
+            tls: AgentTlsConfig::default(),
             state_dir: PathBuf::from("/var/lib/herd-agent"),
             heartbeat_interval_secs: 60,
             max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
@@ -384,6 +458,7 @@ impl AgentConfig {
         if let Some(hub) = self.hubs.iter().find(|h| !is_host_port(h)) {
             return Err(AgentConfigError::HubAddress { value: hub.clone() });
         }
+        self.tls.trust()?;
         check_positive("heartbeat_interval_secs", self.heartbeat_interval_secs)?;
         check_positive("connect_timeout_ms", self.connect_timeout_ms)?;
         check_positive("handshake_timeout_ms", self.handshake_timeout_ms)?;
@@ -452,13 +527,14 @@ mod tests {
     fn minimal() -> AgentConfig {
         AgentConfig {
             hubs: vec!["127.0.0.1:7400".into()],
+            tls: AgentTlsConfig::insecure(),
             ..AgentConfig::default()
         }
     }
 
     #[test]
     fn defaults_follow_the_design() {
-        let config = AgentConfig::from_toml_str("hubs = [\"h:1\"]").unwrap();
+        let config = AgentConfig::from_toml_str("hubs = [\"h:1\"]\ntls.insecure = true").unwrap();
         assert_eq!(config.heartbeat_interval(), Duration::from_secs(60));
         assert_eq!(config.batch.flush_interval_ms, 100);
         assert_eq!(config.reconnect.min_backoff_ms, 1_000);
@@ -468,7 +544,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
-        let err = AgentConfig::from_toml_str("hubs = [\"h:1\"]\nhaertbeat = 3").unwrap_err();
+        let err =
+            AgentConfig::from_toml_str("hubs = [\"h:1\"]\ntls.insecure = true\nhaertbeat = 3")
+                .unwrap_err();
         assert!(err.to_string().contains("haertbeat"), "{err}");
     }
 
@@ -529,7 +607,7 @@ mod tests {
     #[test]
     fn isolation_and_limits_parse_and_are_checked() {
         let config = AgentConfig::from_toml_str(
-            "hubs = [\"h:1\"]\nplugin_isolation = \"cgroup\"\n\
+            "hubs = [\"h:1\"]\ntls.insecure = true\nplugin_isolation = \"cgroup\"\n\
              cgroup_dir = \"/sys/fs/cgroup/herd\"\n\
              [plugin_limits.p]\nmemory_max = 262144000\ncpu_max = \"12.5%\"\n",
         )
@@ -551,7 +629,7 @@ mod tests {
         assert!(!printed.contains("cgroup_dir") && !printed.contains("plugin_limits"));
 
         let error = |toml: &str| {
-            AgentConfig::from_toml_str(&format!("hubs = [\"h:1\"]\n{toml}"))
+            AgentConfig::from_toml_str(&format!("hubs = [\"h:1\"]\ntls.insecure = true\n{toml}"))
                 .unwrap_err()
                 .to_string()
         };

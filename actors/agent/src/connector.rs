@@ -32,13 +32,17 @@ use herd_codec::proto::{
     AgentMessage, CloseReason, Hello, HubMessage, Pong, Task, TaskResult, TaskStatus, hub_message,
 };
 use herd_codec::{AgentCodec, Encoded, PROTOCOL_VERSION, data_type};
+use herd_tls::rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::Batcher;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, AgentTlsConfig};
+use crate::error::AgentError;
 use crate::heartbeat::HeartbeatReporter;
 use crate::hostinfo;
 use crate::messages::{
@@ -90,6 +94,7 @@ impl Connector {
     /// hub assigns, persists it, and every reader sees it.
     pub(crate) fn new(
         config: Arc<AgentConfig>,
+        tls: Option<HubTls>,
         state: StateDir,
         agent_id: Arc<watch::Sender<String>>,
         peers: Peers,
@@ -99,6 +104,7 @@ impl Connector {
         Self {
             dialer: Some(Dialer {
                 config,
+                tls,
                 state,
                 agent_id,
                 peers,
@@ -154,9 +160,74 @@ enum SessionEnd {
 }
 
 /// The connection loop, owned by the Connector actor.
+/// The read side of a hub connection: the socket's or its TLS session's.
+type HubReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write side of a hub connection.
+type HubWriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The TLS client side of the hub link.
+#[derive(Clone)]
+pub(crate) struct HubTls {
+    connector: TlsConnector,
+    /// `tls.server_name`, else the host of the hub address dialled.
+    server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for HubTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubTls {
+    /// TLS as `config` says; `None` (with a WARN) for a plaintext link.
+    pub(crate) fn from_config(config: &AgentTlsConfig) -> Result<Option<Self>, AgentError> {
+        let Some(trust) = config.trust()? else {
+            tracing::warn!(
+                "hub link is PLAINTEXT (tls.insecure = true): anyone on the path can read \
+                 the records and pose as the hub"
+            );
+            return Ok(None);
+        };
+        let server_name = config
+            .server_name
+            .as_deref()
+            .map(herd_tls::server_name)
+            .transpose()?;
+        Ok(Some(Self {
+            connector: TlsConnector::from(herd_tls::client_config(&trust)?),
+            server_name,
+        }))
+    }
+
+    async fn connect(
+        &self,
+        hub: &str,
+        stream: TcpStream,
+        within: Duration,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => herd_tls::server_name(hub).map_err(|error| error.to_string())?,
+        };
+        match tokio::time::timeout(within, self.connector.connect(name, stream)).await {
+            Ok(Ok(session)) => Ok(session),
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => Err(format!(
+                "TLS handshake with {hub}: the hub closed the connection (is it set to \
+                 tls.insecure = true?)"
+            )),
+            Ok(Err(error)) => Err(format!("TLS handshake with {hub}: {error}")),
+            Err(_) => Err(format!("no TLS handshake with {hub} within {within:?}")),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Dialer {
     config: Arc<AgentConfig>,
+    tls: Option<HubTls>,
     state: StateDir,
     agent_id: Arc<watch::Sender<String>>,
     peers: Peers,
@@ -165,6 +236,10 @@ struct Dialer {
 }
 
 impl Dialer {
+    fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.handshake_timeout_ms)
+    }
+
     async fn run(self) {
         let reconnect = &self.config.reconnect;
         let reset_after = Duration::from_millis(reconnect.reset_after_ms);
@@ -249,7 +324,30 @@ impl Dialer {
             },
         };
         let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+        let (read, write): (HubReadHalf, HubWriteHalf) = match &self.tls {
+            None => {
+                let (read, write) = stream.into_split();
+                (Box::new(read), Box::new(write))
+            }
+            Some(tls) => {
+                let session = tokio::select! {
+                    () = self.cancel.cancelled() => return SessionEnd::Cancelled,
+                    session = tls.connect(hub, stream, self.handshake_timeout()) => session,
+                };
+                match session {
+                    Ok(session) => {
+                        let (read, write) = tokio::io::split(session);
+                        (Box::new(read), Box::new(write))
+                    }
+                    Err(reason) => {
+                        return SessionEnd::Lost {
+                            established: false,
+                            reason,
+                        };
+                    }
+                }
+            }
+        };
         let mut frames = FramedRead::new(
             read,
             AgentCodec::with_max_frame_length(self.config.max_frame_length),
@@ -271,7 +369,7 @@ impl Dialer {
     async fn handshake_and_serve(
         &self,
         hub: &str,
-        frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, AgentCodec>,
+        frames: &mut FramedRead<HubReadHalf, AgentCodec>,
         out: FrameSender<Encoded<AgentMessage>>,
     ) -> SessionEnd {
         let lost = |established, reason: String| SessionEnd::Lost {
@@ -285,7 +383,7 @@ impl Dialer {
         if out.send(encode(hello)).await.is_err() {
             return lost(false, "connection closed while sending Hello".into());
         }
-        let handshake_timeout = Duration::from_millis(self.config.handshake_timeout_ms);
+        let handshake_timeout = self.handshake_timeout();
         let welcome = match tokio::time::timeout(handshake_timeout, frames.next()).await {
             Err(_) => return lost(false, format!("no Welcome within {handshake_timeout:?}")),
             Ok(None) => return lost(false, "hub closed the connection before Welcome".into()),
@@ -333,7 +431,7 @@ impl Dialer {
     /// becomes durable. Both run at once, so acks are read while sending.
     async fn serve(
         &self,
-        frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, AgentCodec>,
+        frames: &mut FramedRead<HubReadHalf, AgentCodec>,
         out: FrameSender<Encoded<AgentMessage>>,
         durable: watch::Receiver<u64>,
     ) -> SessionEnd {

@@ -10,6 +10,10 @@ pub enum AgentConfigError {
     /// The TOML document did not parse (the message names the key and line).
     #[error("invalid agent configuration: {0}")]
     Toml(#[source] Box<toml::de::Error>),
+    /// The TLS settings do not say how to trust the hub, or contradict
+    /// each other.
+    #[error("{0}")]
+    Tls(String),
     /// No hub address was given.
     #[error("no hub address configured (hubs = [\"host:port\", ...] or --hub)")]
     NoHub,
@@ -155,6 +159,9 @@ pub enum AgentError {
     /// The state directory is unusable.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The hub link's TLS could not be set up (an unreadable CA file, say).
+    #[error("hub link TLS: {0}")]
+    Tls(#[from] herd_tls::TlsError),
     /// The supervision tree could not be started.
     #[error("cannot start the agent's supervision tree: {0}")]
     Supervisor(#[from] herd_supervision::ConfigError),

@@ -72,8 +72,8 @@ mod tree_tests;
 
 pub use cgroup::{CPU_PERIOD_US, CpuMax, LimitError, MemoryMax};
 pub use config::{
-    AgentConfig, BatchConfig, PluginIsolation, PluginLimits, PluginRestart, PluginSpec,
-    ReconnectConfig, SpoolConfig,
+    AgentConfig, AgentTlsConfig, BatchConfig, PluginIsolation, PluginLimits, PluginRestart,
+    PluginSpec, ReconnectConfig, SpoolConfig,
 };
 pub use error::{AgentConfigError, AgentError, PluginError, StateError};
 pub use herd_spool::{SpoolError, VerifyReport};
@@ -167,6 +167,7 @@ fn tree(
     registry: &Registry,
     stats: &Arc<ConnectorStats>,
     shutdown_requested: &CancellationToken,
+    tls: Option<&connector::HubTls>,
 ) -> SupervisorSpec {
     let batcher = {
         let (config, state) = (config.clone(), state.clone());
@@ -205,9 +206,11 @@ fn tree(
             stats.clone(),
         );
         let (agent_id, shutdown_requested) = (agent_id.clone(), shutdown_requested.clone());
+        let tls = tls.cloned();
         ChildSpec::new(ids::CONNECTOR, move || {
             Connector::new(
                 config.clone(),
+                tls.clone(),
                 state.clone(),
                 agent_id.clone(),
                 Peers {
@@ -256,6 +259,7 @@ fn plugin_stop_bound(config: &AgentConfig) -> Duration {
 /// supervision tree on the current actix system.
 pub fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     config.validate()?;
+    let tls = connector::HubTls::from_config(&config.tls)?;
     let config = Arc::new(config);
     let state = StateDir::open(&config.state_dir)?;
     let initial_id = state.load_agent_id()?.unwrap_or_default();
@@ -272,6 +276,7 @@ pub fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         &Registry::new(),
         &connector_stats,
         &shutdown_requested,
+        tls.as_ref(),
     )
     .start()?;
 

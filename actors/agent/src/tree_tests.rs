@@ -42,6 +42,7 @@ async fn an_exited_child_restarts_with_the_ones_after_it_and_delivery_goes_on() 
     let dir = tempfile::tempdir().unwrap();
     let mut config = AgentConfig {
         hubs: vec![hub.addr.to_string()],
+        tls: crate::AgentTlsConfig::insecure(),
         state_dir: dir.path().to_owned(),
         heartbeat_interval_secs: 1,
         ..AgentConfig::default()

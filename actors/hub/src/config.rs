@@ -70,6 +70,12 @@ pub struct HubConfig {
     pub tls: HubTlsConfig,
     /// How long a new connection has to send `Hello`.
     pub handshake_timeout_ms: u64,
+    /// Sockets accepted whose `Hello` is not handled yet, at most; a socket
+    /// beyond it is closed at once, before anything is spent on it.
+    pub max_pending_handshakes: usize,
+    /// Pending handshakes from one source (an IPv4 address, or an IPv6 /64),
+    /// at most; so one peer cannot take all of `max_pending_handshakes`.
+    pub max_pending_handshakes_per_source: usize,
     /// Largest frame accepted from an agent, in bytes (4-byte header excluded).
     pub max_frame_length: usize,
     /// Heartbeat interval told to agents in `Welcome`, in seconds.
@@ -118,6 +124,8 @@ impl Default for HubConfig {
             tokens: Vec::new(),
             tls: HubTlsConfig::default(),
             handshake_timeout_ms: 10_000,
+            max_pending_handshakes: 1024,
+            max_pending_handshakes_per_source: 64,
             max_frame_length: herd_codec::DEFAULT_MAX_FRAME_LENGTH,
             heartbeat_interval_secs: 30,
             ping_interval_ms: 15_000,
@@ -168,6 +176,11 @@ impl HubConfig {
     pub fn validate(&self) -> Result<(), HubConfigError> {
         let positive = [
             ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("max_pending_handshakes", self.max_pending_handshakes as u64),
+            (
+                "max_pending_handshakes_per_source",
+                self.max_pending_handshakes_per_source as u64,
+            ),
             ("ping_interval_ms", self.ping_interval_ms),
             ("listen_backlog", u64::from(self.listen_backlog)),
             ("ping_misses", u64::from(self.ping_misses)),
@@ -342,6 +355,8 @@ mod tests {
         assert_eq!(config.handshake_timeout(), Duration::from_secs(10));
         assert_eq!(config.max_frame_length, 4 * 1024 * 1024);
         assert_eq!(config.dead_after(), Duration::from_secs(45));
+        assert_eq!(config.max_pending_handshakes, 1024);
+        assert_eq!(config.max_pending_handshakes_per_source, 64);
         assert_eq!(config.validate(), Ok(()));
     }
 
@@ -354,6 +369,16 @@ mod tests {
         assert_eq!(
             config.validate().unwrap_err().to_string(),
             "`ping_misses` is 0; it must be at least 1"
+        );
+        let config = HubConfig {
+            max_pending_handshakes_per_source: 0,
+            ..HubConfig::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(HubConfigError::Zero {
+                field: "max_pending_handshakes_per_source"
+            })
         );
         let config = HubConfig {
             tokens: vec!["a".into(), String::new()],

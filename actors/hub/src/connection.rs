@@ -30,6 +30,7 @@ use crate::messages::{
     Unregister,
 };
 use crate::metrics::HubMetrics;
+use crate::pending::HandshakePermit;
 use crate::sink::{AgentIdentity, BatchPublisher, LossKind};
 use crate::tls::TLS_HANDSHAKE_RECORD;
 use herd_supervision::io::{FrameSender, FrameWriter, TrySendError};
@@ -102,6 +103,8 @@ pub(crate) struct Connection {
     writer: Option<FrameWriter<Encoded<HubMessage>>>,
     permits: Arc<Semaphore>,
     phase: Phase,
+    /// Held from the accept until the `Hello` is handled (or the actor goes).
+    pending: Option<HandshakePermit>,
     last_heard: Instant,
     nonce: u64,
     closing: bool,
@@ -109,13 +112,15 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// A connection actor for an accepted socket. The socket is converted to
-    /// tokio's type in `started`, on the arbiter the actor runs on.
+    /// A connection actor for an accepted socket, holding its pending
+    /// handshake's place. The socket is converted to tokio's type in
+    /// `started`, on the arbiter the actor runs on.
     pub(crate) fn new(
         services: Services,
         conn_id: u64,
         peer: SocketAddr,
         socket: std::net::TcpStream,
+        pending: HandshakePermit,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(services.config.max_in_flight_batches));
         Self {
@@ -126,6 +131,7 @@ impl Connection {
             writer: None,
             permits,
             phase: Phase::Handshake,
+            pending: Some(pending),
             last_heard: Instant::now(),
             nonce: 0,
             closing: false,
@@ -192,6 +198,8 @@ impl Connection {
             return;
         }
         self.closing = true;
+        // A refused handshake is over, even while its last frame is flushed.
+        self.pending = None;
         self.close_reason = reason;
         if let Some(frame) = last {
             self.send_frame(ctx, frame);
@@ -328,6 +336,7 @@ impl Connection {
             ping_misses: services.config.ping_misses,
         };
         self.send_frame(ctx, welcome.into());
+        self.pending = None;
         self.phase = Phase::Ready {
             identity,
             publishing: Publishing::NotStarted { resume_after },

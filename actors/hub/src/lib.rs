@@ -68,6 +68,7 @@ mod error;
 mod listener;
 mod messages;
 mod metrics;
+mod pending;
 mod registry;
 mod router;
 mod sink;
@@ -117,6 +118,8 @@ pub(crate) struct Services {
     pub(crate) stream: stream::StreamStatus,
     /// `None`: the agent link is plaintext (`tls.insecure`).
     pub(crate) tls: Option<tls::AgentTls>,
+    /// Places for sockets whose `Hello` is not handled yet.
+    pub(crate) pending: pending::PendingHandshakes,
     conn_ids: Arc<AtomicU64>,
 }
 
@@ -322,11 +325,18 @@ impl Hub {
             }
             AckMode::Flush => (None, tokio::sync::watch::channel(Ok(())).1),
         };
+        let metrics = HubMetrics::new();
+        let pending = pending::PendingHandshakes::new(
+            config.max_pending_handshakes,
+            config.max_pending_handshakes_per_source,
+            metrics.pending_handshakes.clone(),
+        );
         let services = Services {
             stream,
+            pending,
             hub_id: config.hub_id.clone().into(),
             config: Arc::new(config),
-            metrics: HubMetrics::new(),
+            metrics,
             link,
             directory: HubDirectory::default(),
             tls,

@@ -19,6 +19,13 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// A label set with one `reason` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// e.g. `per_source`, `out_of_resources`.
+    pub reason: &'static str,
+}
+
 /// A label set with one `actor` label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActorLabel {
@@ -32,8 +39,16 @@ pub struct HubMetrics {
     registry: Arc<Registry>,
     /// Agents with a finished handshake, connected now.
     pub connections: Gauge,
-    /// Sockets accepted.
+    /// Sockets accepted (those refused at once included).
     pub sockets_accepted: Counter,
+    /// Accepted sockets closed at once, by the bound they were over
+    /// (`pending_handshakes`, `per_source`).
+    pub sockets_refused: Family<ReasonLabel, Counter>,
+    /// Sockets accepted whose `Hello` is not handled yet.
+    pub pending_handshakes: Gauge,
+    /// Failed `accept` calls, by kind (`out_of_resources`: descriptors or
+    /// kernel memory ran out and accepting pauses; `other`).
+    pub accept_errors: Family<ReasonLabel, Counter>,
     /// Handshakes by outcome (`ok`, `bad_token`, `bad_id`, `not_hello`,
     /// `timeout`, `bad_frame`, `full`, `closed`).
     pub handshakes: Family<OutcomeLabel, Counter>,
@@ -81,6 +96,9 @@ impl HubMetrics {
         let mut registry = Registry::with_prefix("herd_hub");
         let connections = Gauge::default();
         let sockets_accepted = Counter::default();
+        let sockets_refused = Family::<ReasonLabel, Counter>::default();
+        let pending_handshakes = Gauge::default();
+        let accept_errors = Family::<ReasonLabel, Counter>::default();
         let handshakes = Family::<OutcomeLabel, Counter>::default();
         let closes = Family::<OutcomeLabel, Counter>::default();
         let records_in = Counter::default();
@@ -105,6 +123,21 @@ impl HubMetrics {
             "sockets_accepted",
             "TCP connections accepted",
             sockets_accepted.clone(),
+        );
+        registry.register(
+            "sockets_refused",
+            "Accepted sockets closed at once, by the pending-handshake bound they were over",
+            sockets_refused.clone(),
+        );
+        registry.register(
+            "pending_handshakes",
+            "Sockets accepted whose Hello is not handled yet",
+            pending_handshakes.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accept calls, by kind",
+            accept_errors.clone(),
         );
         registry.register("handshakes", "Handshakes by outcome", handshakes.clone());
         registry.register(
@@ -173,6 +206,9 @@ impl HubMetrics {
             registry: Arc::new(registry),
             connections,
             sockets_accepted,
+            sockets_refused,
+            pending_handshakes,
+            accept_errors,
             handshakes,
             closes,
             records_in,
@@ -196,6 +232,20 @@ impl HubMetrics {
     pub fn handshake(&self, outcome: &'static str) {
         self.handshakes
             .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts one socket closed at once for `reason`.
+    pub fn refused_socket(&self, reason: &'static str) {
+        self.sockets_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts one failed `accept` of kind `reason`.
+    pub fn accept_error(&self, reason: &'static str) {
+        self.accept_errors
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 

@@ -2,10 +2,15 @@
 
 mod hub_support;
 
+use std::net::SocketAddr;
+
 use futures::StreamExt;
 use herd_codec::proto::hub_message::Kind;
 use herd_codec::proto::{Batch, CloseReason, Record, Welcome};
+use herd_tests::script::poll_until;
 use hub_support::{ScriptedAgent, hello, hub_with, within};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpSocket, TcpStream};
 
 fn refusal(kinds: &[Kind]) -> &Welcome {
     match kinds {
@@ -251,5 +256,84 @@ async fn the_agent_socket_listens_with_the_configured_backlog() {
     hub.shutdown().await;
     let (_nats, hub) = hub_with(|config| config.listen_backlog = 300).await;
     assert_eq!(listen_backlog(hub.listen_addr().port()), 300);
+    hub.shutdown().await;
+}
+
+/// A connection from the loopback address `source` that never sends a byte.
+async fn silent(source: [u8; 4], hub: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .expect("bind a loopback source");
+    within("connect", socket.connect(hub))
+        .await
+        .expect("connects")
+}
+
+/// Whether the hub still holds `stream` open without having written to it.
+fn still_open(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut [0; 1]), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[actix::test]
+async fn sockets_over_the_pending_handshake_bounds_are_closed_at_once() {
+    // A handshake timeout beyond WAIT: an EOF within WAIT is the bound's doing.
+    let (_nats, hub) = hub_with(|config| {
+        config.handshake_timeout_ms = 60_000;
+        config.max_pending_handshakes = 16;
+        config.max_pending_handshakes_per_source = 8;
+    })
+    .await;
+    let addr = hub.listen_addr();
+    let (first, second, third) = ([127, 0, 0, 1], [127, 0, 0, 2], [127, 0, 0, 3]);
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..8 {
+        held.push(silent(first, addr).await);
+    }
+    for _ in 0..4 {
+        refused.push(silent(first, addr).await);
+    }
+    for _ in 0..8 {
+        held.push(silent(second, addr).await);
+    }
+    // The total bound: a third source has room of its own but the hub has none.
+    for _ in 0..4 {
+        refused.push(silent(third, addr).await);
+    }
+    for stream in &mut refused {
+        let read = within("the hub closing a refused socket", stream.read(&mut [0; 1])).await;
+        assert_eq!(read.expect("an orderly close"), 0);
+    }
+    // The listener takes sockets in order: every held one was taken before.
+    assert!(held.iter().all(still_open), "a held socket was closed");
+    let metrics = hub.metrics().render();
+    for line in [
+        r#"herd_hub_sockets_refused_total{reason="per_source"} 4"#,
+        r#"herd_hub_sockets_refused_total{reason="pending_handshakes"} 4"#,
+        "herd_hub_pending_handshakes 16\n",
+        "herd_hub_sockets_accepted_total 24\n",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+
+    // Closed before Hello, each held socket gives its place back.
+    drop(held);
+    poll_until("the pending handshakes to end", || {
+        hub.metrics().pending_handshakes.get() == 0
+    })
+    .await;
+    // A handled Hello ends the pending handshake: more agents than the
+    // per-source bound come online from one address.
+    let mut agents = Vec::new();
+    for n in 0..10 {
+        agents.push(ScriptedAgent::online(addr, &format!("after-{n}")).await);
+    }
+    assert_eq!(hub.metrics().pending_handshakes.get(), 0);
+    assert!(
+        hub.metrics()
+            .render()
+            .contains(r#"herd_hub_handshakes_total{outcome="closed"} 16"#)
+    );
     hub.shutdown().await;
 }

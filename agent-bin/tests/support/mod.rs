@@ -41,7 +41,8 @@ pub fn agent_toml(hub: SocketAddr, state_dir: &Path, plugins: &str) -> String {
     format!(
         "hubs = [\"{hub}\"]\nstate_dir = \"{}\"\nheartbeat_interval_secs = 1\n\
          shutdown_timeout_ms = 3000\n\
-         [reconnect]\nmin_backoff_ms = 100\nmax_backoff_ms = 400\n{plugins}",
+         [reconnect]\nmin_backoff_ms = 100\nmax_backoff_ms = 400\n\
+         [tls]\ninsecure = true\n{plugins}",
         state_dir.display()
     )
 }
