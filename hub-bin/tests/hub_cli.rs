@@ -107,6 +107,8 @@ async fn sigterm_shuts_the_hub_down_in_order() {
     let nats = herd_tests::nats::NatsServer::start()
         .await
         .expect("nats-server");
+    // The hub's CA goes to its state directory.
+    let state = tempfile::tempdir().expect("a state directory");
     let mut child = hub()
         .args([
             "--listen",
@@ -117,6 +119,8 @@ async fn sigterm_shuts_the_hub_down_in_order() {
             "json",
         ])
         .args(["--nats-url", &nats.url()])
+        .arg("--state-dir")
+        .arg(state.path())
         .stderr(Stdio::piped())
         .spawn()
         .expect("herd-hub starts");
@@ -271,6 +275,8 @@ async fn out_of_descriptors_the_hub_pauses_accepting_instead_of_spinning_and_rec
             "off",
             "--log-format",
             "json",
+            // The scripted agent speaks plaintext.
+            "--insecure",
         ])
         .args(["--nats-url", &nats.url()])
         .env("RUST_LOG", "info")

@@ -103,7 +103,10 @@ pub struct ScriptedAgent {
 impl ScriptedAgent {
     /// Connects to the hub at `addr` (no delay on the socket).
     pub async fn try_connect(addr: SocketAddr) -> Result<Self, ScriptError> {
-        let stream = TcpStream::connect(addr).await?;
+        Self::adopt(TcpStream::connect(addr).await?)
+    }
+
+    fn adopt(stream: TcpStream) -> Result<Self, ScriptError> {
         stream.set_nodelay(true)?;
         Ok(Self::over(Box::new(stream)))
     }
@@ -126,6 +129,25 @@ impl ScriptedAgent {
             framed: Framed::new(io, AgentCodec::new()),
             answer_pings: true,
         }
+    }
+
+    /// Like [`online`](Self::online), with the socket's receive buffer set to
+    /// `bytes` before connecting, so the window stays small: once the agent
+    /// stops reading, the hub's writes stall after a few KiB.
+    pub async fn online_with_receive_buffer(addr: SocketAddr, agent_id: &str, bytes: u32) -> Self {
+        let connect = async {
+            let socket = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.set_recv_buffer_size(bytes)?;
+            Self::adopt(socket.connect(addr).await?)
+        };
+        let mut agent: Self = within("connect", connect).await.expect("connects");
+        agent.send(hello(agent_id, TOKEN)).await;
+        let welcome = agent.welcome().await;
+        assert!(welcome.ok, "refused: {}", welcome.message);
+        agent
     }
 
     /// Connects, sends `hello` and returns the hub's `Welcome`, whatever it says.

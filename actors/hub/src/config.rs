@@ -91,6 +91,14 @@ pub struct HubConfig {
     pub max_in_flight_batches: usize,
     /// Frames queued for writing to one agent before senders wait.
     pub write_queue: usize,
+    /// Tasks of one agent accepted but not yet written to its socket; a task
+    /// beyond them is answered at once with `REJECTED` (the agent is not
+    /// reading). Bounds the hub memory a stalled agent holds to this many
+    /// task bodies.
+    pub max_queued_tasks: usize,
+    /// A connection whose socket takes no byte for this long while frames
+    /// wait is closed (the agent stopped reading); checked every quarter of it.
+    pub write_stall_timeout_ms: u64,
     /// When an ack is sent: after a flush (core NATS) or after JetStream
     /// `PubAck`s.
     pub ack_mode: AckMode,
@@ -133,6 +141,8 @@ impl Default for HubConfig {
             max_connections: 10_000,
             max_in_flight_batches: 16,
             write_queue: 64,
+            max_queued_tasks: 64,
+            write_stall_timeout_ms: 30_000,
             ack_mode: AckMode::Jetstream,
             stream: DataStreamConfig::default(),
             data_form: DataForm::Record,
@@ -188,6 +198,8 @@ impl HubConfig {
             ("max_connections", self.max_connections as u64),
             ("max_in_flight_batches", self.max_in_flight_batches as u64),
             ("write_queue", self.write_queue as u64),
+            ("max_queued_tasks", self.max_queued_tasks as u64),
+            ("write_stall_timeout_ms", self.write_stall_timeout_ms),
             ("publish_timeout_ms", self.publish_timeout_ms),
             ("task_timeout_ms", self.task_timeout_ms),
             ("task_batch_size", self.task_batch_size as u64),
@@ -220,6 +232,11 @@ impl HubConfig {
     /// [`Self::publish_timeout_ms`] as a duration.
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// [`Self::write_stall_timeout_ms`] as a duration.
+    pub fn write_stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_stall_timeout_ms)
     }
 
     /// [`Self::task_timeout_ms`] as a duration.
@@ -357,6 +374,8 @@ mod tests {
         assert_eq!(config.dead_after(), Duration::from_secs(45));
         assert_eq!(config.max_pending_handshakes, 1024);
         assert_eq!(config.max_pending_handshakes_per_source, 64);
+        assert_eq!(config.max_queued_tasks, 64);
+        assert_eq!(config.write_stall_timeout(), Duration::from_secs(30));
         assert_eq!(config.validate(), Ok(()));
     }
 

@@ -1,7 +1,12 @@
 //! One agent socket: handshake, records to NATS, acks, liveness, commands.
 
+use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -20,14 +25,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::codec::Encoder as _;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Encoder, FramedRead};
 
 use crate::Services;
 use crate::agent_info::AgentInfo;
 use crate::messages::{
-    AgentLink, Close, CloseKind, GetConfig, HeartbeatReceived, Register, SendCommand, TaskDone,
-    Unregister,
+    AgentGone, AgentLink, Close, CloseKind, CommandRefused, GetConfig, HeartbeatReceived, Register,
+    SendCommand, TaskDone, Unregister,
 };
 use crate::metrics::HubMetrics;
 use crate::pending::HandshakePermit;
@@ -44,6 +48,125 @@ type Gated = (Result<AgentFrame, CodecError>, OwnedSemaphorePermit);
 const INITIAL_READ_BUFFER: usize = 512;
 /// The first capacity of a connection's encode buffer.
 const INITIAL_WRITE_BUFFER: usize = 256;
+
+/// A frame for the writer. A task's frame carries its requester's deadline:
+/// past it the router has answered TIMEOUT, and the frame is dropped unwritten.
+#[derive(Debug)]
+struct Outgoing {
+    frame: Encoded<HubMessage>,
+    deadline: Option<Instant>,
+}
+
+impl From<HubMessage> for Outgoing {
+    fn from(message: HubMessage) -> Self {
+        Self {
+            // Encoded here, so the queues hold bytes rather than message trees.
+            frame: Encoded::new(&message),
+            deadline: None,
+        }
+    }
+}
+
+/// The tasks of one connection accepted but not yet written (in the
+/// connection's outbox or the writer's queue), shared with its encoder.
+#[derive(Debug)]
+struct TaskBacklog {
+    unwritten: AtomicUsize,
+    metrics: HubMetrics,
+}
+
+impl TaskBacklog {
+    fn unwritten(&self) -> usize {
+        self.unwritten.load(Ordering::Relaxed)
+    }
+
+    fn accepted(&self) {
+        self.unwritten.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn written(&self) {
+        self.unwritten.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether a task with `deadline` is past it; if so it leaves the backlog
+    /// as dropped.
+    fn drop_if_expired(&self, deadline: Instant) -> bool {
+        let expired = Instant::now() >= deadline;
+        if expired {
+            self.unwritten.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.expired_tasks.inc();
+        }
+        expired
+    }
+}
+
+/// The hub's frame encoder, dropping task frames whose requester gave up:
+/// the last check before a task is written, so one that waited behind a
+/// stalled socket is never delivered late.
+#[derive(Debug)]
+struct OutgoingCodec {
+    frames: HubForwardCodec,
+    tasks: Arc<TaskBacklog>,
+}
+
+impl Encoder<Outgoing> for OutgoingCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, item: Outgoing, dst: &mut bytes::BytesMut) -> Result<(), CodecError> {
+        if let Some(deadline) = item.deadline {
+            if self.tasks.drop_if_expired(deadline) {
+                return Ok(());
+            }
+            self.tasks.written();
+        }
+        self.frames.encode(item.frame, dst)
+    }
+}
+
+/// What the socket's write half has done, for telling a peer that stopped
+/// reading from one that is merely sent a lot.
+#[derive(Debug, Default)]
+struct WriteProgress {
+    /// Bytes the socket took.
+    written: AtomicU64,
+    /// The last write found the socket full (the peer's window is closed).
+    blocked: AtomicBool,
+}
+
+/// A write half recording its [`WriteProgress`].
+#[derive(Debug)]
+struct Watched<W> {
+    io: W,
+    progress: Arc<WriteProgress>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Watched<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        let progress = &self.progress;
+        if let Poll::Ready(Ok(written)) = polled {
+            progress
+                .written
+                .fetch_add(written as u64, Ordering::Relaxed);
+        }
+        progress
+            .blocked
+            .store(polled.is_pending(), Ordering::Relaxed);
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
 
 /// A batch on its way to NATS, holding one in-flight permit until acked.
 #[derive(Debug)]
@@ -91,16 +214,35 @@ impl Publishing {
 /// The read half is an actix stream gated by a semaphore of
 /// `max_in_flight_batches` permits: a permit is taken before each frame is
 /// read and a batch keeps it until its ack is queued, so a slow NATS stops the
-/// socket from being read instead of growing memory. The write half belongs to
-/// a bounded writer task. Batches are published in order by one task per
-/// connection, which acks each `seq` after the sink accepted it.
+/// socket from being read instead of growing memory. Batches are published in
+/// order by one task per connection, which acks each `seq` after the sink
+/// accepted it.
+///
+/// The write half belongs to a bounded writer task. Frames that do not fit
+/// its queue wait in the connection's outbox, fed to the writer in order by
+/// one future at a time. At most `max_queued_tasks` tasks wait unwritten
+/// (outbox and writer queue together); the router rejects more. A socket
+/// that takes no byte for `write_stall_timeout_ms` while frames wait closes
+/// the connection.
 #[derive(Debug)]
 pub(crate) struct Connection {
     services: Services,
     conn_id: u64,
     peer: SocketAddr,
     socket: Option<std::net::TcpStream>,
-    writer: Option<FrameWriter<Encoded<HubMessage>>>,
+    writer: Option<FrameWriter<Outgoing>>,
+    /// Frames waiting for room in the writer's queue, oldest first.
+    outbox: VecDeque<Outgoing>,
+    /// The future feeding the outbox's head to the writer, while one runs.
+    feeding: Option<SpawnHandle>,
+    /// The frame to write before the socket closes (a refusal or Goodbye).
+    last_frame: Option<Outgoing>,
+    tasks: Arc<TaskBacklog>,
+    progress: Arc<WriteProgress>,
+    /// Bytes written when the socket was first seen blocked, and when.
+    blocked_since: Option<(u64, Instant)>,
+    /// Closed for a write stall: nothing more can be written.
+    stalled: bool,
     permits: Arc<Semaphore>,
     phase: Phase,
     /// Held from the accept until the `Hello` is handled (or the actor goes).
@@ -123,12 +265,23 @@ impl Connection {
         pending: HandshakePermit,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(services.config.max_in_flight_batches));
+        let tasks = Arc::new(TaskBacklog {
+            unwritten: AtomicUsize::new(0),
+            metrics: services.metrics.clone(),
+        });
         Self {
             services,
             conn_id,
             peer,
             socket: Some(socket),
             writer: None,
+            outbox: VecDeque::new(),
+            feeding: None,
+            last_frame: None,
+            tasks,
+            progress: Arc::default(),
+            blocked_since: None,
+            stalled: false,
             permits,
             phase: Phase::Handshake,
             pending: Some(pending),
@@ -146,19 +299,100 @@ impl Connection {
         }
     }
 
-    /// Queues a frame; when the queue is full the frame waits in a future of
-    /// this actor rather than being dropped.
-    fn send_frame(&self, ctx: &mut Context<Self>, frame: HubMessage) {
+    /// Queues a frame behind those already waiting.
+    fn send_frame(&mut self, ctx: &mut Context<Self>, frame: impl Into<Outgoing>) {
+        self.outbox.push_back(frame.into());
+        if self.feeding.is_none() {
+            self.feed_writer(ctx);
+        }
+    }
+
+    /// Moves the outbox into the writer's queue while it has room, dropping
+    /// tasks whose requester gave up; at a full queue one future waits for
+    /// room with the head frame and carries on from there.
+    fn feed_writer(&mut self, ctx: &mut Context<Self>) {
         let Some(writer) = &self.writer else { return };
-        // Encoded here, so the queue holds bytes rather than message trees.
-        if let Err(TrySendError::Full(frame)) = writer.try_send(Encoded::new(&frame)) {
-            let sender = writer.sender();
-            ctx.spawn(
-                async move {
-                    let _ = sender.send(frame).await;
+        while let Some(frame) = self.outbox.pop_front() {
+            if frame
+                .deadline
+                .is_some_and(|deadline| self.tasks.drop_if_expired(deadline))
+            {
+                continue;
+            }
+            match writer.try_send(frame) {
+                Ok(()) => {}
+                Err(TrySendError::Full(frame)) => {
+                    let sender = writer.sender();
+                    let fed = async move { sender.send(frame).await.is_ok() }
+                        .into_actor(self)
+                        .map(|open, act, ctx| {
+                            act.feeding = None;
+                            if open {
+                                act.feed_writer(ctx);
+                            }
+                        });
+                    self.feeding = Some(ctx.spawn(fed));
+                    return;
                 }
-                .into_actor(self),
-            );
+                // The writer failed; the read side ends the connection.
+                Err(TrySendError::Closed(_)) => return self.outbox.clear(),
+            }
+        }
+    }
+
+    /// Takes a task for the agent unless `max_queued_tasks` already wait.
+    fn queue_task(
+        &mut self,
+        ctx: &mut Context<Self>,
+        frame: Outgoing,
+        deadline: Instant,
+    ) -> Result<(), CommandRefused> {
+        let tasks = &self.tasks;
+        // Tasks nobody waits for leave before they are counted against the bound.
+        self.outbox.retain(|queued| {
+            !queued
+                .deadline
+                .is_some_and(|deadline| tasks.drop_if_expired(deadline))
+        });
+        let queued = tasks.unwritten();
+        if queued >= self.services.config.max_queued_tasks {
+            return Err(CommandRefused::Backlog { queued });
+        }
+        tasks.accepted();
+        self.send_frame(
+            ctx,
+            Outgoing {
+                deadline: Some(deadline),
+                ..frame
+            },
+        );
+        Ok(())
+    }
+
+    /// Closes the connection when its socket has taken nothing for
+    /// `write_stall_timeout_ms` while frames wait: the agent stopped reading.
+    fn check_write_stall(&mut self, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        let written = self.progress.written.load(Ordering::Relaxed);
+        let blocked = self.progress.blocked.load(Ordering::Relaxed);
+        let limit = self.services.config.write_stall_timeout();
+        match self.blocked_since {
+            Some((at, since)) if blocked && at == written => {
+                if since.elapsed() >= limit {
+                    let message = format!(
+                        "the agent read nothing for {} ms with {} tasks queued",
+                        since.elapsed().as_millis(),
+                        self.tasks.unwritten()
+                    );
+                    tracing::warn!(peer = %self.peer, agent_id = ?self.agent_id(), %message, "closing agent connection: write stall");
+                    self.services.metrics.close("write_stall");
+                    self.stalled = true;
+                    self.close(ctx, None, message);
+                }
+            }
+            _ => self.blocked_since = blocked.then(|| (written, Instant::now())),
         }
     }
 
@@ -192,7 +426,9 @@ impl Connection {
         self.close(ctx, Some(goodbye.into()), message);
     }
 
-    /// Queues the last frame, lets the writer flush it, and stops.
+    /// Stops; `stopping` writes `last` after what the writer holds and closes
+    /// the socket. What waits in the outbox is dropped: the router answers
+    /// its tasks OFFLINE.
     fn close(&mut self, ctx: &mut Context<Self>, last: Option<HubMessage>, reason: String) {
         if self.closing {
             return;
@@ -201,9 +437,8 @@ impl Connection {
         // A refused handshake is over, even while its last frame is flushed.
         self.pending = None;
         self.close_reason = reason;
-        if let Some(frame) = last {
-            self.send_frame(ctx, frame);
-        }
+        self.outbox.clear();
+        self.last_frame = last.map(Outgoing::from);
         ctx.stop();
     }
 
@@ -250,8 +485,7 @@ impl Connection {
             .map(|configs| configs.send(GetConfig(agent_id)));
         self.phase = Phase::Registering;
         let register = registry.send(Register {
-            conn_id: self.conn_id,
-            link: AgentLink::new(ctx.address()),
+            link: AgentLink::new(self.conn_id, ctx.address()),
             info,
         });
         // `wait` holds every other message (commands, takeover) until the
@@ -335,14 +569,18 @@ impl Connection {
             ping_interval_ms: u32::try_from(services.config.ping_interval_ms).unwrap_or(u32::MAX),
             ping_misses: services.config.ping_misses,
         };
-        self.send_frame(ctx, welcome.into());
+        ctx.run_interval(services.config.ping_interval(), Self::check_liveness);
+        ctx.run_interval(
+            services.config.write_stall_timeout() / 4,
+            Self::check_write_stall,
+        );
+        self.send_frame(ctx, HubMessage::from(welcome));
         self.pending = None;
         self.phase = Phase::Ready {
             identity,
             publishing: Publishing::NotStarted { resume_after },
         };
         self.last_heard = Instant::now();
-        ctx.run_interval(services.config.ping_interval(), Self::check_liveness);
     }
 
     /// Reads frames from `read_half` and writes through a writer task on
@@ -354,11 +592,19 @@ impl Connection {
     {
         let config = &self.services.config;
         let codec = HubForwardCodec::with_max_frame_length(config.max_frame_length);
+        let write_half = Watched {
+            io: write_half,
+            progress: self.progress.clone(),
+        };
+        let encoder = OutgoingCodec {
+            frames: codec.clone(),
+            tasks: self.tasks.clone(),
+        };
         // Small buffers that grow when a frame needs it: most of a hub's
         // connections are idle most of the time.
         self.writer = Some(FrameWriter::with_buffer(
             write_half,
-            codec.clone(),
+            encoder,
             config.write_queue,
             INITIAL_WRITE_BUFFER,
         ));
@@ -397,7 +643,7 @@ impl Connection {
             );
         }
         self.nonce += 1;
-        self.send_frame(ctx, Ping { nonce: self.nonce }.into());
+        self.send_frame(ctx, HubMessage::from(Ping { nonce: self.nonce }));
     }
 
     fn on_batch(&mut self, ctx: &mut Context<Self>, batch: RawBatch, permit: OwnedSemaphorePermit) {
@@ -526,7 +772,7 @@ async fn publish_in_order(
     mut batches: mpsc::UnboundedReceiver<InFlight>,
     mut publisher: BatchPublisher,
     metrics: HubMetrics,
-    writer: Option<FrameSender<Encoded<HubMessage>>>,
+    writer: Option<FrameSender<Outgoing>>,
     resume_after: u64,
 ) {
     let Some(writer) = writer else { return };
@@ -540,7 +786,7 @@ async fn publish_in_order(
             Some((seq, permit)) = accepting.next(), if !accepting.is_empty() => {
                 last_acked = std::cmp::max(last_acked, seq);
                 let ack = HubMessage::from(Ack { seq: last_acked });
-                if writer.send(Encoded::new(&ack)).await.is_err() {
+                if writer.send(Outgoing::from(ack)).await.is_err() {
                     return;
                 }
                 drop::<OwnedSemaphorePermit>(permit);
@@ -636,16 +882,36 @@ impl Actor for Connection {
         if let Phase::Ready { publishing, .. } = &self.phase {
             publishing.abort();
         }
+        // The feeding future holds a sender too, and its frame is not wanted now.
+        if let Some(feeding) = self.feeding.take() {
+            ctx.cancel_future(feeding);
+        }
         let Some(writer) = self.writer.take() else {
             return Running::Stop;
         };
-        // Bounded: a peer that reads nothing must not keep the actor alive.
+        let abort = writer.abort_handle();
+        if self.stalled {
+            // Nothing queued will ever be written; dropping the write half
+            // lets the socket close.
+            abort.abort();
+            return Running::Stop;
+        }
+        let last = self.last_frame.take();
+        // Bounded: a peer that reads nothing must not keep the actor (or the
+        // writer task and its socket) alive.
         let timeout = self.services.config.shutdown_timeout();
+        let close = async move {
+            if let Some(last) = last {
+                writer.send(last).await?;
+            }
+            writer.close().await
+        };
         ctx.wait(
-            async move { tokio::time::timeout(timeout, writer.close()).await }
+            async move { tokio::time::timeout(timeout, close).await }
                 .into_actor(self)
-                .map(|closed, act, ctx| {
+                .map(move |closed, act, ctx| {
                     if !matches!(closed, Ok(Ok(()))) {
+                        abort.abort();
                         tracing::debug!(peer = %act.peer, ?closed, "last frames not written");
                     }
                     ctx.stop();
@@ -664,11 +930,19 @@ impl Actor for Connection {
             self.services.metrics.connections.dec();
             // A registry that is down lost its map anyway (rest-for-one
             // restarts the connections after it).
-            if let Some(registry) = self.services.directory.registry() {
+            let directory = &self.services.directory;
+            if let Some(registry) = directory.registry() {
                 registry.do_send(Unregister {
                     agent_id: identity.agent_id.clone(),
                     conn_id: self.conn_id,
                     reason: self.close_reason.clone(),
+                });
+            }
+            // A router that is down lost its pending tasks with it.
+            if let Some(router) = directory.router() {
+                router.do_send(AgentGone {
+                    agent_id: identity.agent_id.clone(),
+                    conn_id: self.conn_id,
                 });
             }
             tracing::info!(peer = %self.peer, agent_id = %identity.agent_id, reason = %self.close_reason, "agent disconnected");
@@ -869,11 +1143,63 @@ impl Handler<Close> for Connection {
 }
 
 impl Handler<SendCommand> for Connection {
-    type Result = ();
+    type Result = Result<(), CommandRefused>;
 
-    fn handle(&mut self, SendCommand(command): SendCommand, ctx: &mut Context<Self>) {
-        if !self.closing {
-            self.send_frame(ctx, command.into());
+    fn handle(&mut self, send: SendCommand, ctx: &mut Context<Self>) -> Self::Result {
+        if self.closing {
+            return Err(CommandRefused::Closing);
         }
+        let frame = Outgoing::from(HubMessage::from(send.command));
+        match send.deadline {
+            Some(deadline) => self.queue_task(ctx, frame, deadline),
+            None => {
+                self.send_frame(ctx, frame);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_encoder_drops_a_task_past_its_deadline_and_writes_the_rest() {
+        let metrics = HubMetrics::new();
+        let tasks = Arc::new(TaskBacklog {
+            unwritten: AtomicUsize::new(0),
+            metrics: metrics.clone(),
+        });
+        let mut codec = OutgoingCodec {
+            frames: HubForwardCodec::new(),
+            tasks: tasks.clone(),
+        };
+        let task = |deadline| Outgoing {
+            deadline: Some(deadline),
+            ..Outgoing::from(HubMessage::from(Ping { nonce: 1 }))
+        };
+        tasks.accepted();
+        tasks.accepted();
+        let mut written = bytes::BytesMut::new();
+        let gave_up = Instant::now();
+        codec.encode(task(gave_up), &mut written).expect("encodes");
+        assert!(written.is_empty());
+        codec
+            .encode(task(gave_up + Duration::from_secs(60)), &mut written)
+            .expect("encodes");
+        let one_frame = written.len();
+        assert!(one_frame > 0);
+        codec
+            .encode(
+                Outgoing::from(HubMessage::from(Ping { nonce: 2 })),
+                &mut written,
+            )
+            .expect("encodes");
+        assert_eq!(written.len(), 2 * one_frame);
+        assert_eq!(tasks.unwritten(), 0);
+        assert_eq!(metrics.expired_tasks.get(), 1);
     }
 }

@@ -1,6 +1,8 @@
 //! Messages between the hub's actors.
 
-use actix::dev::ToEnvelope;
+use std::time::Instant;
+
+use actix::dev::{RecipientRequest, ToEnvelope};
 use actix::{Actor, Addr, Handler, Message, Recipient};
 use herd_codec::proto::{Command, ConfigSet, Record, TaskResult};
 
@@ -27,28 +29,56 @@ pub(crate) struct Close {
 
 /// Send a command (task and/or configuration) to the agent of a Connection.
 #[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct SendCommand(pub Command);
+#[rtype(result = "Result<(), CommandRefused>")]
+pub(crate) struct SendCommand {
+    /// What to send.
+    pub command: Command,
+    /// For a task: when its requester stops waiting. A task still unwritten
+    /// then is dropped (the router has answered TIMEOUT), and only tasks
+    /// count against the connection's queue bound.
+    pub deadline: Option<Instant>,
+}
+
+/// Why a Connection did not queue a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CommandRefused {
+    /// `max_queued_tasks` tasks wait to be written: the agent is not reading.
+    #[error("{queued} tasks queued")]
+    Backlog {
+        /// Tasks not yet written to the socket.
+        queued: usize,
+    },
+    /// The connection is closing.
+    #[error("the connection is closing")]
+    Closing,
+}
 
 /// How the other actors reach one agent's Connection: they can close it or send it a
 /// command, nothing else.
 #[derive(Debug, Clone)]
 pub(crate) struct AgentLink {
+    conn_id: u64,
     close: Recipient<Close>,
     command: Recipient<SendCommand>,
 }
 
 impl AgentLink {
-    /// The link to the connection actor at `addr`.
-    pub(crate) fn new<A>(addr: Addr<A>) -> Self
+    /// The link to the connection actor at `addr`, connection `conn_id`.
+    pub(crate) fn new<A>(conn_id: u64, addr: Addr<A>) -> Self
     where
         A: Actor + Handler<Close> + Handler<SendCommand>,
         A::Context: ToEnvelope<A, Close> + ToEnvelope<A, SendCommand>,
     {
         Self {
+            conn_id,
             close: addr.clone().recipient(),
             command: addr.recipient(),
         }
+    }
+
+    /// The connection's id (unique per hub process).
+    pub(crate) fn conn_id(&self) -> u64 {
+        self.conn_id
     }
 
     /// Asks the connection to say goodbye and close.
@@ -56,9 +86,25 @@ impl AgentLink {
         self.close.do_send(Close { kind, message });
     }
 
-    /// Queues a command for the agent.
+    /// Queues a configuration push for the agent.
     pub(crate) fn command(&self, command: Command) {
-        self.command.do_send(SendCommand(command));
+        self.command.do_send(SendCommand {
+            command,
+            deadline: None,
+        });
+    }
+
+    /// Queues a task for the agent, unless its queue is full; `deadline` is
+    /// when the requester gives up.
+    pub(crate) fn task(
+        &self,
+        command: Command,
+        deadline: Instant,
+    ) -> RecipientRequest<SendCommand> {
+        self.command.send(SendCommand {
+            command,
+            deadline: Some(deadline),
+        })
     }
 }
 
@@ -66,9 +112,7 @@ impl AgentLink {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), RegisterError>")]
 pub(crate) struct Register {
-    /// Unique id of the connection (per hub process).
-    pub conn_id: u64,
-    /// The connection actor.
+    /// The connection actor (and its id).
     pub link: AgentLink,
     /// What the agent told about itself.
     pub info: AgentInfo,
@@ -173,6 +217,17 @@ pub(crate) struct TaskDone {
     pub agent_id: String,
     /// Its answer.
     pub result: TaskResult,
+}
+
+/// CommandRouter: a registered connection has ended; every task it was given
+/// and has not answered gets OFFLINE.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct AgentGone {
+    /// The agent it served.
+    pub agent_id: String,
+    /// The connection; tasks sent to a later connection of the agent stay.
+    pub conn_id: u64,
 }
 
 /// ConfigWatcher: the desired configuration of an agent, if any.

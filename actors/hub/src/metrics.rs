@@ -76,6 +76,8 @@ pub struct HubMetrics {
     pub publish_latency: Histogram,
     /// Tasks by outcome (`ok`, `failed`, `rejected`, `timeout`, `offline`, `bad_request`).
     pub tasks: Family<OutcomeLabel, Counter>,
+    /// Tasks dropped unwritten because their requester had given up (TIMEOUT).
+    pub expired_tasks: Counter,
     /// Restarts of supervised actors, by actor.
     pub actor_restarts: Family<ActorLabel, Counter>,
     /// 1 while the hub is connected to NATS.
@@ -112,6 +114,7 @@ impl HubMetrics {
         let oversize_records = Counter::default();
         let publish_latency = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
         let tasks = Family::<OutcomeLabel, Counter>::default();
+        let expired_tasks = Counter::default();
         let actor_restarts = Family::<ActorLabel, Counter>::default();
         let nats_connected = Gauge::default();
         registry.register(
@@ -193,6 +196,11 @@ impl HubMetrics {
         );
         registry.register("tasks", "Task requests by outcome", tasks.clone());
         registry.register(
+            "expired_tasks",
+            "Tasks not written to their agent because the requester had given up",
+            expired_tasks.clone(),
+        );
+        registry.register(
             "actor_restarts",
             "Restarts of supervised actors",
             actor_restarts.clone(),
@@ -222,6 +230,7 @@ impl HubMetrics {
             oversize_records,
             publish_latency,
             tasks,
+            expired_tasks,
             actor_restarts,
             nats_connected,
             supervision: Arc::default(),

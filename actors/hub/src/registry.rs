@@ -12,12 +12,6 @@ use crate::messages::{
 };
 use crate::tracker::HeartbeatTracker;
 
-#[derive(Debug)]
-struct Entry {
-    conn_id: u64,
-    link: AgentLink,
-}
-
 /// Agent id -> Connection. The only place that decides who serves an id.
 ///
 /// A second connection for a connected id (it passed the token check) takes
@@ -26,7 +20,7 @@ struct Entry {
 #[derive(Debug)]
 pub(crate) struct AgentRegistry {
     cap: usize,
-    agents: HashMap<String, Entry>,
+    agents: HashMap<String, AgentLink>,
     directory: HubDirectory,
     /// Waiting for the last agent to go.
     all_closed: Vec<oneshot::Sender<()>>,
@@ -65,18 +59,14 @@ impl Handler<Register> for AgentRegistry {
 
     fn handle(&mut self, register: Register, _ctx: &mut Context<Self>) -> Self::Result {
         let agent_id = register.info.agent_id.clone();
-        let entry = Entry {
-            conn_id: register.conn_id,
-            link: register.link,
-        };
         let connected = self.agents.len();
-        match self.agents.insert(agent_id.clone(), entry) {
+        match self.agents.insert(agent_id.clone(), register.link) {
             Some(old) => {
                 let reason = format!(
                     "agent {agent_id} connected again from {}",
                     register.info.address
                 );
-                old.link.close(CloseKind::Superseded, reason.clone());
+                old.close(CloseKind::Superseded, reason.clone());
                 self.tell_tracker(Offline {
                     agent_id,
                     event: PresenceEvent::Superseded,
@@ -105,7 +95,7 @@ impl Handler<Unregister> for AgentRegistry {
         if self
             .agents
             .get(&gone.agent_id)
-            .is_some_and(|entry| entry.conn_id == gone.conn_id)
+            .is_some_and(|link| link.conn_id() == gone.conn_id)
         {
             self.agents.remove(&gone.agent_id);
             self.tell_tracker(Offline {
@@ -127,7 +117,7 @@ impl Handler<Lookup> for AgentRegistry {
     type Result = Option<AgentLink>;
 
     fn handle(&mut self, Lookup(agent_id): Lookup, _ctx: &mut Context<Self>) -> Self::Result {
-        self.agents.get(&agent_id).map(|entry| entry.link.clone())
+        self.agents.get(&agent_id).cloned()
     }
 }
 
@@ -137,7 +127,7 @@ impl Handler<Connected> for AgentRegistry {
     fn handle(&mut self, _: Connected, _ctx: &mut Context<Self>) -> Self::Result {
         self.agents
             .iter()
-            .map(|(agent_id, entry)| (agent_id.clone(), entry.link.clone()))
+            .map(|(agent_id, link)| (agent_id.clone(), link.clone()))
             .collect()
     }
 }
@@ -146,10 +136,8 @@ impl Handler<CloseAll> for AgentRegistry {
     type Result = usize;
 
     fn handle(&mut self, _: CloseAll, _ctx: &mut Context<Self>) -> usize {
-        for entry in self.agents.values() {
-            entry
-                .link
-                .close(CloseKind::Shutdown, "hub shutting down".to_owned());
+        for link in self.agents.values() {
+            link.close(CloseKind::Shutdown, "hub shutting down".to_owned());
         }
         self.agents.len()
     }

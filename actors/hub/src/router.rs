@@ -1,7 +1,7 @@
 //! NATS request/reply on `herd.cmd.<agent_id>`: a `Task` in, a `TaskResult` out.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -9,7 +9,7 @@ use herd_codec::proto::{Command, Task, TaskResult, TaskStatus};
 use prost::Message as _;
 
 use crate::directory::HubDirectory;
-use crate::messages::{Lookup, TaskDone};
+use crate::messages::{AgentGone, CommandRefused, Lookup, TaskDone};
 use crate::metrics::HubMetrics;
 use crate::sink::NatsLink;
 
@@ -20,19 +20,29 @@ pub(crate) const COMMAND_SUBJECTS: &str = "herd.cmd.*";
 struct Pending {
     reply: async_nats::Subject,
     timer: SpawnHandle,
+    /// The connection the task went to.
+    conn_id: u64,
 }
 
+/// (agent id, task id).
+type TaskKey = (String, String);
+
 /// Serves task requests: routes each to the agent's Connection and replies
-/// with the agent's `TaskResult`, or at once with `OFFLINE` when the agent is
-/// not connected, or with `TIMEOUT` when no result came in time.
+/// with the agent's `TaskResult`; or at once with `OFFLINE` when the agent is
+/// not connected or its connection ends before it answers, or with
+/// `REJECTED` when the agent is not reading its tasks; or with `TIMEOUT` when
+/// no result came in time. Each request gets exactly one reply.
 #[derive(Debug)]
 pub(crate) struct CommandRouter {
     link: NatsLink,
     directory: HubDirectory,
     metrics: HubMetrics,
     default_timeout: Duration,
-    /// (agent id, task id) -> who is waiting.
-    pending: HashMap<(String, String), Pending>,
+    /// Who is waiting, by task.
+    pending: HashMap<TaskKey, Pending>,
+    /// conn id -> the tasks pending on it, so a connection's end finds its
+    /// tasks without a scan of every pending one.
+    by_connection: HashMap<u64, HashSet<TaskKey>>,
 }
 
 impl CommandRouter {
@@ -50,6 +60,41 @@ impl CommandRouter {
             metrics,
             default_timeout,
             pending: HashMap::new(),
+            by_connection: HashMap::new(),
+        }
+    }
+
+    fn insert(&mut self, key: TaskKey, pending: Pending) {
+        self.by_connection
+            .entry(pending.conn_id)
+            .or_default()
+            .insert(key.clone());
+        self.pending.insert(key, pending);
+    }
+
+    /// Takes the pending task `key`, if it is still waiting.
+    fn take(&mut self, key: &TaskKey) -> Option<Pending> {
+        let pending = self.pending.remove(key)?;
+        if let Some(keys) = self.by_connection.get_mut(&pending.conn_id) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_connection.remove(&pending.conn_id);
+            }
+        }
+        Some(pending)
+    }
+
+    /// Answers a pending task with a status of the hub's, ending its timer.
+    fn give_up(
+        &mut self,
+        ctx: &mut Context<Self>,
+        key: TaskKey,
+        status: TaskStatus,
+        error: String,
+    ) {
+        if let Some(pending) = self.take(&key) {
+            ctx.cancel_future(pending.timer);
+            self.answer(pending.reply, key.1, status, error);
         }
     }
 
@@ -140,7 +185,7 @@ impl CommandRouter {
             };
             let timer_key = key.clone();
             let timer = ctx.run_later(timeout, move |act, _ctx| {
-                if let Some(pending) = act.pending.remove(&timer_key) {
+                if let Some(pending) = act.take(&timer_key) {
                     act.answer(
                         pending.reply,
                         timer_key.1,
@@ -153,11 +198,46 @@ impl CommandRouter {
                     );
                 }
             });
-            act.pending.insert(key, Pending { reply, timer });
-            connection.command(Command {
-                task: Some(task),
-                config: None,
-            });
+            let conn_id = connection.conn_id();
+            act.insert(
+                key.clone(),
+                Pending {
+                    reply,
+                    timer,
+                    conn_id,
+                },
+            );
+            // The connection drops the task unwritten once the timer has
+            // answered TIMEOUT, so the agent never runs a task nobody awaits.
+            let queued = connection.task(
+                Command {
+                    task: Some(task),
+                    config: None,
+                },
+                Instant::now() + timeout,
+            );
+            ctx.spawn(queued.into_actor(act).map(move |queued, act, ctx| {
+                let (status, error) = match queued {
+                    Ok(Ok(())) => return,
+                    Ok(Err(refused @ CommandRefused::Backlog { .. })) => (
+                        TaskStatus::Rejected,
+                        format!("agent {} is not reading; {refused}", key.0),
+                    ),
+                    // The connection's end answers what it had accepted; this
+                    // one it never took.
+                    Ok(Err(CommandRefused::Closing)) | Err(_) => (
+                        TaskStatus::Offline,
+                        format!(
+                            "agent {} disconnected before answering task {}",
+                            key.0, key.1
+                        ),
+                    ),
+                };
+                // The same task id may be pending on a newer connection by now.
+                if act.pending.get(&key).is_some_and(|p| p.conn_id == conn_id) {
+                    act.give_up(ctx, key, status, error);
+                }
+            }));
         }));
     }
 }
@@ -210,7 +290,7 @@ impl Handler<TaskDone> for CommandRouter {
 
     fn handle(&mut self, done: TaskDone, ctx: &mut Context<Self>) {
         let key = (done.agent_id, done.result.task_id.clone());
-        match self.pending.remove(&key) {
+        match self.take(&key) {
             Some(pending) => {
                 ctx.cancel_future(pending.timer);
                 self.reply(pending.reply, &done.result);
@@ -218,6 +298,23 @@ impl Handler<TaskDone> for CommandRouter {
             None => {
                 tracing::debug!(agent_id = %key.0, task_id = %key.1, "task result nobody waits for")
             }
+        }
+    }
+}
+
+impl Handler<AgentGone> for CommandRouter {
+    type Result = ();
+
+    fn handle(&mut self, gone: AgentGone, ctx: &mut Context<Self>) {
+        let Some(keys) = self.by_connection.remove(&gone.conn_id) else {
+            return;
+        };
+        for key in keys {
+            let error = format!(
+                "agent {} disconnected before answering task {}",
+                gone.agent_id, key.1
+            );
+            self.give_up(ctx, key, TaskStatus::Offline, error);
         }
     }
 }

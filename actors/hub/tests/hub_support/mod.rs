@@ -9,7 +9,7 @@ use herd_hub::{Hub, HubConfig};
 use herd_tests::nats::NatsServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub use herd_tests::script::{WAIT, within};
+pub use herd_tests::script::{WAIT, poll_until, within};
 
 /// A nats-server and a hub using it with test intervals; `tweak` adjusts the config.
 pub async fn hub_with(tweak: impl FnOnce(&mut HubConfig)) -> (NatsServer, Hub) {

@@ -129,6 +129,13 @@ impl<Item: Send + 'static> FrameWriter<Item> {
         self.capacity
     }
 
+    /// A handle that ends the writer task at once, dropping what is queued and the
+    /// transport: for a peer that stopped reading, which [`close`](Self::close) would
+    /// wait on forever.
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.task.abort_handle()
+    }
+
     /// Writes and flushes everything queued, shuts the write half down, and returns the
     /// first write or encode error. Waits for clones from [`sender`](Self::sender) to drop.
     pub async fn close(self) -> Result<(), WriteError> {
