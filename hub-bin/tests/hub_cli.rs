@@ -14,6 +14,35 @@ use tokio::sync::mpsc;
 const HUB: &str = env!("CARGO_BIN_EXE_herd-hub");
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/herd-hub.example.toml");
 
+/// A hub child killed (and reaped) if the test ends before it exited: a
+/// failed assertion must not leave a hub running that holds the test's pipes.
+struct HubChild(Option<std::process::Child>);
+
+impl HubChild {
+    fn spawn(command: &mut Command) -> Self {
+        Self(Some(command.spawn().expect("herd-hub starts")))
+    }
+
+    fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("the hub has not been waited for")
+    }
+
+    fn wait(mut self) -> std::io::Result<std::process::ExitStatus> {
+        let status = self.child().wait();
+        self.0 = None;
+        status
+    }
+}
+
+impl Drop for HubChild {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn hub() -> Command {
     let mut command = Command::new(HUB);
     for (key, _) in std::env::vars().filter(|(key, _)| key.starts_with("HERD_HUB_")) {
@@ -109,22 +138,22 @@ async fn sigterm_shuts_the_hub_down_in_order() {
         .expect("nats-server");
     // The hub's CA goes to its state directory.
     let state = tempfile::tempdir().expect("a state directory");
-    let mut child = hub()
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-            "--log-format",
-            "json",
-        ])
-        .args(["--nats-url", &nats.url()])
-        .arg("--state-dir")
-        .arg(state.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("herd-hub starts");
-    let stderr = child.stderr.take().expect("stderr");
+    let mut child = HubChild::spawn(
+        hub()
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "off",
+                "--log-format",
+                "json",
+            ])
+            .args(["--nats-url", &nats.url()])
+            .arg("--state-dir")
+            .arg(state.path())
+            .stderr(Stdio::piped()),
+    );
+    let stderr = child.child().stderr.take().expect("stderr");
     // The reader keeps draining stderr so the hub never writes to a closed pipe.
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let reader = std::thread::spawn(move || {
@@ -148,7 +177,7 @@ async fn sigterm_shuts_the_hub_down_in_order() {
     assert_eq!(json["fields"]["message"], "hub started");
 
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.child().id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("signal");
@@ -287,9 +316,9 @@ async fn out_of_descriptors_the_hub_pauses_accepting_instead_of_spinning_and_rec
     unsafe {
         command.pre_exec(|| Ok(setrlimit(Resource::RLIMIT_NOFILE, SOFT, HARD)?));
     }
-    let mut child = command.spawn().expect("herd-hub starts");
-    let pid = child.id();
-    let mut log = Log::follow(child.stderr.take().expect("stderr"));
+    let mut child = HubChild::spawn(&mut command);
+    let pid = child.child().id();
+    let mut log = Log::follow(child.child().stderr.take().expect("stderr"));
     let limit = log.until("open file descriptor limit").await;
     assert_eq!(limit["fields"]["limit"], HARD, "{limit}");
     assert_eq!(limit["fields"]["was"], SOFT, "{limit}");
