@@ -133,7 +133,7 @@ impl Default for HubConfig {
             tls: HubTlsConfig::default(),
             handshake_timeout_ms: 10_000,
             max_pending_handshakes: 1024,
-            max_pending_handshakes_per_source: 64,
+            max_pending_handshakes_per_source: 256,
             max_frame_length: herd_codec::DEFAULT_MAX_FRAME_LENGTH,
             heartbeat_interval_secs: 30,
             ping_interval_ms: 15_000,
@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(config.max_frame_length, 4 * 1024 * 1024);
         assert_eq!(config.dead_after(), Duration::from_secs(45));
         assert_eq!(config.max_pending_handshakes, 1024);
-        assert_eq!(config.max_pending_handshakes_per_source, 64);
+        assert_eq!(config.max_pending_handshakes_per_source, 256);
         assert_eq!(config.max_queued_tasks, 64);
         assert_eq!(config.write_stall_timeout(), Duration::from_secs(30));
         assert_eq!(config.validate(), Ok(()));

@@ -72,7 +72,9 @@ impl From<HubMessage> for Outgoing {
 #[derive(Debug)]
 struct TaskBacklog {
     unwritten: AtomicUsize,
-    metrics: HubMetrics,
+    /// `herd_hub_expired_tasks_total` alone: one per connection, so not the
+    /// whole metrics set.
+    expired: prometheus_client::metrics::counter::Counter,
 }
 
 impl TaskBacklog {
@@ -94,7 +96,7 @@ impl TaskBacklog {
         let expired = Instant::now() >= deadline;
         if expired {
             self.unwritten.fetch_sub(1, Ordering::Relaxed);
-            self.metrics.expired_tasks.inc();
+            self.expired.inc();
         }
         expired
     }
@@ -267,7 +269,7 @@ impl Connection {
         let permits = Arc::new(Semaphore::new(services.config.max_in_flight_batches));
         let tasks = Arc::new(TaskBacklog {
             unwritten: AtomicUsize::new(0),
-            metrics: services.metrics.clone(),
+            expired: services.metrics.expired_tasks.clone(),
         });
         Self {
             services,
@@ -1171,7 +1173,7 @@ mod tests {
         let metrics = HubMetrics::new();
         let tasks = Arc::new(TaskBacklog {
             unwritten: AtomicUsize::new(0),
-            metrics: metrics.clone(),
+            expired: metrics.expired_tasks.clone(),
         });
         let mut codec = OutgoingCodec {
             frames: HubForwardCodec::new(),
