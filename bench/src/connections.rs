@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herd_tls::rustls::ClientConfig;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -30,11 +31,13 @@ pub(crate) struct ConnectionFigures {
     pub(crate) listen_overflows: u64,
 }
 
-/// Runs the three measurements against `server` with `agents` idle agents.
+/// Runs the three measurements against `server` with `agents` idle agents,
+/// over TLS with `tls`.
 pub(crate) async fn measure(
     server: &mut Server,
     prefix: &str,
     agents: u64,
+    tls: Option<Arc<ClientConfig>>,
     timeout: Duration,
 ) -> Result<ConnectionFigures, BenchError> {
     let pid = server
@@ -52,6 +55,7 @@ pub(crate) async fn measure(
         tasks.spawn(wire::idle_agent(
             addr,
             format!("{prefix}-{n}"),
+            tls.clone(),
             gate,
             welcomes,
             RETRY,

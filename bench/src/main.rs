@@ -24,9 +24,12 @@ mod wire;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use herd_tls::HubTrust;
+use herd_tls::rustls::ClientConfig;
 
 use crate::error::BenchError;
 use crate::procs::{Binaries, Server};
@@ -279,8 +282,52 @@ impl Setup {
         data_form: &str,
     ) -> Result<Server, BenchError> {
         let port = procs::free_port()?;
-        let state = self.dir.path().join(format!("{name}-state"));
-        let args = vec![
+        let mut args = self.hub_args(name, port, nats_url, ack_mode, data_form);
+        // The baselines speak plaintext; so does the hub they are compared with.
+        args.push("--insecure".into());
+        self.start_hub(name, port, args)
+    }
+
+    /// A hub on the core nats-server speaking TLS with the CA it creates,
+    /// and a client configuration pinning that CA.
+    fn hub_tls(&self, name: &str) -> Result<(Server, Arc<ClientConfig>), BenchError> {
+        let port = procs::free_port()?;
+        let args = self.hub_args(name, port, &nats_url(&self.nats), "flush", "record");
+        let server = self.start_hub(name, port, args)?;
+        let ca = self
+            .hub_state(name)
+            .join(herd_hub::TLS_DIR)
+            .join(herd_tls::CA_CERT_FILE);
+        let tls = herd_tls::Fingerprint::of_pem_file(&ca)
+            .and_then(|fingerprint| herd_tls::client_config(&HubTrust::Fingerprint(fingerprint)))
+            .map_err(|error| BenchError::Process(format!("the TLS hub's CA: {error}")))?;
+        Ok((server, tls))
+    }
+
+    fn hub_state(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("{name}-state"))
+    }
+
+    fn start_hub(&self, name: &str, port: u16, args: Vec<String>) -> Result<Server, BenchError> {
+        Server::start(
+            "hub",
+            &self.binaries.path("herd-hub"),
+            args,
+            port,
+            self.log(name),
+        )
+    }
+
+    fn hub_args(
+        &self,
+        name: &str,
+        port: u16,
+        nats_url: &str,
+        ack_mode: &str,
+        data_form: &str,
+    ) -> Vec<String> {
+        let state = self.hub_state(name);
+        vec![
             format!("--listen=127.0.0.1:{port}"),
             "--admin=off".into(),
             format!("--nats-url={nats_url}"),
@@ -289,16 +336,7 @@ impl Setup {
             format!("--hub-id=bench-{name}"),
             format!("--ack-mode={ack_mode}"),
             format!("--data-form={data_form}"),
-            // The baselines speak plaintext; so does the hub they are compared with.
-            "--insecure".into(),
-        ];
-        Server::start(
-            "hub",
-            &self.binaries.path("herd-hub"),
-            args,
-            port,
-            self.log(name),
-        )
+        ]
     }
 
     fn baseline(&self, name: &str) -> Result<Server, BenchError> {
@@ -372,11 +410,13 @@ async fn ingest_rows(
     results.rows()
 }
 
-fn connection_labels(agents: u64) -> [String; 3] {
+fn connection_labels(agents: u64) -> [String; 5] {
     [
         format!("accept + handshake {agents} agents: hub vs tokio loop"),
         "RSS per idle connection: hub vs tokio loop".into(),
         format!("all {agents} back after kill -9 + restart: hub vs tokio loop"),
+        format!("accept + TLS handshake {agents} agents: hub TLS vs plaintext"),
+        "RSS per idle TLS connection: hub TLS vs plaintext".into(),
     ]
 }
 
@@ -388,20 +428,26 @@ async fn connection_rows(
     let timeout = Duration::from_secs(120);
     let baseline = {
         let mut server = setup.baseline("connections-baseline")?;
-        connections::measure(&mut server, "idle-base", agents, timeout).await?
+        connections::measure(&mut server, "idle-base", agents, None, timeout).await?
     };
     let hub = {
         let mut server = setup.hub("connections-hub")?;
-        connections::measure(&mut server, "idle-hub", agents, timeout).await?
+        connections::measure(&mut server, "idle-hub", agents, None, timeout).await?
+    };
+    let tls = {
+        let (mut server, tls) = setup.hub_tls("connections-hub-tls")?;
+        connections::measure(&mut server, "idle-tls", agents, Some(tls), timeout).await?
     };
     notes.push(format!(
         "connections: at most 256 handshakes in flight; agents retry every {} ms after losing the server; \
-         SYNs dropped by a full listen queue (each costs a 1 s retransmit): hub {}, tokio loop {}",
+         SYNs dropped by a full listen queue (each costs a 1 s retransmit): hub {}, hub TLS {}, tokio loop {}; \
+         TLS: the hub's own CA pinned by fingerprint, one client configuration for all agents",
         connections::RETRY.as_millis(),
         hub.listen_overflows,
+        tls.listen_overflows,
         baseline.listen_overflows
     ));
-    let [accept, rss, back] = connection_labels(agents);
+    let [accept, rss, back, tls_accept, tls_rss] = connection_labels(agents);
     let kib = |bytes: f64| format!("{:.1} KiB", bytes / 1024.0);
     Ok(vec![
         Row::new(
@@ -421,6 +467,18 @@ async fn connection_rows(
             seconds(hub.back),
             seconds(baseline.back),
             ratio(hub.back, baseline.back),
+        ),
+        Row::new(
+            tls_accept,
+            seconds(tls.accept),
+            seconds(hub.accept),
+            ratio(tls.accept, hub.accept),
+        ),
+        Row::new(
+            tls_rss,
+            kib(tls.rss_per_connection),
+            kib(hub.rss_per_connection),
+            tls.rss_per_connection / hub.rss_per_connection.max(1.0),
         ),
     ])
 }

@@ -15,6 +15,7 @@ use herd_codec::proto::{
     Ack, AgentMessage, Envelope, Hello, HubMessage, Record, Welcome, agent_message, hub_message,
 };
 use herd_tests::script::{self, ScriptedAgent};
+use herd_tls::rustls::ClientConfig;
 use prost::Message as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
@@ -76,19 +77,29 @@ pub(crate) fn envelope(
 }
 
 /// Connects to `addr`, sends `Hello` as `agent_id` and waits for an accepting
-/// `Welcome` (answering pings meanwhile).
-pub(crate) async fn handshake(addr: SocketAddr, agent_id: &str) -> Result<AgentSocket, BenchError> {
+/// `Welcome` (answering pings meanwhile), over TLS with `tls`, else plaintext.
+pub(crate) async fn handshake(
+    addr: SocketAddr,
+    agent_id: &str,
+    tls: Option<Arc<ClientConfig>>,
+) -> Result<AgentSocket, BenchError> {
     let hello = Hello {
         version: "bench".into(),
         ..script::hello(agent_id, TOKEN)
     };
-    within(
-        "connect + handshake",
-        HANDSHAKE_WAIT,
-        ScriptedAgent::try_online(addr, hello),
-    )
-    .await?
-    .map_err(|error| BenchError::Protocol(format!("{agent_id}: {error}")))
+    let online = async {
+        let agent = match tls {
+            Some(config) => ScriptedAgent::try_connect_tls_with(addr, config).await?,
+            None => ScriptedAgent::try_connect(addr).await?,
+        };
+        match agent.try_hello(hello).await? {
+            (agent, welcome) if welcome.ok => Ok(agent),
+            (_, welcome) => Err(script::ScriptError::Refused(welcome.message)),
+        }
+    };
+    within("connect + handshake", HANDSHAKE_WAIT, online)
+        .await?
+        .map_err(|error| BenchError::Protocol(format!("{agent_id}: {error}")))
 }
 
 /// The next frame other than `Ping` (which is answered).
@@ -137,6 +148,7 @@ impl Welcomes {
 pub(crate) async fn idle_agent(
     addr: SocketAddr,
     agent_id: String,
+    tls: Option<Arc<ClientConfig>>,
     gate: Arc<Semaphore>,
     welcomes: Arc<Welcomes>,
     retry: Duration,
@@ -146,7 +158,7 @@ pub(crate) async fn idle_agent(
             let Ok(_permit) = gate.acquire().await else {
                 return;
             };
-            handshake(addr, &agent_id).await
+            handshake(addr, &agent_id, tls.clone()).await
         };
         if let Ok(mut socket) = socket {
             welcomes.count.fetch_add(1, Ordering::Relaxed);

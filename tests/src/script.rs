@@ -115,6 +115,15 @@ impl ScriptedAgent {
     /// checking its certificate against the address's IP.
     pub async fn try_connect_tls(addr: SocketAddr, trust: &HubTrust) -> Result<Self, ScriptError> {
         let config = herd_tls::client_config(trust).map_err(std::io::Error::other)?;
+        Self::try_connect_tls_with(addr, config).await
+    }
+
+    /// Like [`try_connect_tls`](Self::try_connect_tls) with a client
+    /// configuration built once for many connections.
+    pub async fn try_connect_tls_with(
+        addr: SocketAddr,
+        config: Arc<herd_tls::rustls::ClientConfig>,
+    ) -> Result<Self, ScriptError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let name = herd_tls::server_name(&addr.to_string()).map_err(std::io::Error::other)?;
