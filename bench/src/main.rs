@@ -259,6 +259,11 @@ fn nats_url(nats: &Server) -> String {
     format!("nats://{}", nats.addr())
 }
 
+/// The bench hubs' settings file, in the work directory.
+const HUB_FILE: &str = "herd-hub.toml";
+/// See [`Setup::hub_file`].
+const HUB_SETTINGS: &str = "accept_rate_per_source = 0\n[tls]\nagent_auth = \"token\"\n";
+
 /// What the bench runs against.
 struct Setup {
     binaries: Binaries,
@@ -304,6 +309,14 @@ impl Setup {
         Ok((server, tls))
     }
 
+    /// The settings the flags do not cover: load from one address (the
+    /// bench's agents all connect from 127.0.0.1, which the per-source
+    /// accept rate would hold back), and agents identified by the fleet
+    /// token, as the baselines have no enrollment.
+    fn hub_file(&self) -> std::path::PathBuf {
+        self.dir.path().join(HUB_FILE)
+    }
+
     fn hub_state(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(format!("{name}-state"))
     }
@@ -328,6 +341,7 @@ impl Setup {
     ) -> Vec<String> {
         let state = self.hub_state(name);
         vec![
+            format!("--config={}", self.hub_file().display()),
             format!("--listen=127.0.0.1:{port}"),
             "--admin=off".into(),
             format!("--nats-url={nats_url}"),
@@ -642,6 +656,8 @@ async fn bench(cli: &Cli) -> Result<bool, BenchError> {
         dir.disable_cleanup(true);
         notes.push(format!("logs kept in {}", dir.path().display()));
     }
+    std::fs::write(dir.path().join(HUB_FILE), HUB_SETTINGS)
+        .map_err(BenchError::io("writing the hub's settings"))?;
     let setup = Setup {
         binaries: Binaries::locate(cli.rebuild)?,
         nats: start_nats(&dir, "nats", None)?,

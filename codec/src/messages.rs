@@ -3,8 +3,8 @@
 
 use crate::frame::WireMessage;
 use crate::proto::{
-    Ack, AgentMessage, Batch, Command, ConfigSet, Durable, Envelope, EnvelopeBatch, Goodbye, Hello,
-    HubMessage, Ping, PluginCommand, PluginConfig, PluginMessage, PluginStatus, Pong, Record,
+    Ack, AgentMessage, Batch, CertificateRequest, Command, ConfigSet, Durable, Envelope, EnvelopeBatch, Goodbye, Hello,
+    HubMessage, IssuedCertificate, Ping, PluginCommand, PluginConfig, PluginMessage, PluginStatus, Pong, Record,
     RestartPolicy, Task, TaskResult, Welcome, agent_message, hub_message, plugin_command,
     plugin_message,
 };
@@ -36,6 +36,8 @@ wire_messages!(
     Envelope,
     EnvelopeBatch,
     Durable,
+    CertificateRequest,
+    IssuedCertificate,
 );
 
 macro_rules! wrappers {
@@ -64,6 +66,7 @@ wrappers! {
         Batch(Batch),
         TaskResult(TaskResult),
         Pong(Pong),
+        CertificateRequest(CertificateRequest),
     }
     HubMessage => hub_message {
         Welcome(Welcome),
@@ -71,6 +74,7 @@ wrappers! {
         Command(Command),
         Ping(Ping),
         Goodbye(Goodbye),
+        IssuedCertificate(IssuedCertificate),
     }
     PluginCommand => plugin_command {
         Task(Task),

@@ -7,7 +7,8 @@ use std::io::{self, Read};
 use bytes::{Bytes, BytesMut};
 use herd_codec::blocking::{read_frame, write_frame};
 use herd_codec::proto::{
-    Ack, AgentMessage, Batch, Command, ConfigSet, Durable, Goodbye, Hello, HubMessage, Ping,
+    Ack, AgentMessage, Batch, CertificateRequest, Command, ConfigSet, Durable, Goodbye, Hello,
+    HubMessage, IssuedCertificate, Ping,
     PluginCommand, PluginConfig, PluginMessage, PluginStatus, Pong, Record, RestartPolicy, Task,
     TaskResult, Welcome,
 };
@@ -71,7 +72,8 @@ fn config_set() -> impl Strategy<Value = ConfigSet> {
 prop_compose! {
     fn hello()(ids in vec(text(), 14..=14), ips in vec(texts(), 4..=4),
                numbers in any::<(u32, u32, u64, u64, u64)>(),
-               plugins in vec((text(), text(), any::<u32>(), text()), 0..3)) -> Hello {
+               plugins in vec((text(), text(), any::<u32>(), text()), 0..3),
+               csr in blob()) -> Hello {
         let mut ids = ids.into_iter();
         let mut next = || ids.next().unwrap_or_default();
         let mut ips = ips.into_iter();
@@ -101,6 +103,7 @@ prop_compose! {
                 .map(|(name, version, pid, state)| PluginStatus { name, version, pid, state })
                 .collect(),
             last_acked_seq: numbers.4,
+            csr,
         }
     }
 }
@@ -112,6 +115,7 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
             .prop_map(|(seq, records)| Batch { seq, records }.into()),
         task_result().prop_map(AgentMessage::from),
         any::<u64>().prop_map(|nonce| Pong { nonce }.into()),
+        blob().prop_map(|csr| CertificateRequest { csr }.into()),
     ]
 }
 
@@ -126,6 +130,7 @@ fn hub_message() -> impl Strategy<Value = HubMessage> {
             proptest::option::of(config_set()),
             text(),
             any::<[u32; 4]>(),
+            blob(),
         )
             .prop_map(
                 |(
@@ -137,6 +142,7 @@ fn hub_message() -> impl Strategy<Value = HubMessage> {
                     config,
                     hub_id,
                     limits,
+                    certificate,
                 )| {
                     let [
                         max_record_bytes,
@@ -156,6 +162,7 @@ fn hub_message() -> impl Strategy<Value = HubMessage> {
                         max_frame_bytes,
                         ping_interval_ms,
                         ping_misses,
+                        certificate,
                     }
                     .into()
                 }
@@ -167,7 +174,9 @@ fn hub_message() -> impl Strategy<Value = HubMessage> {
         )
             .prop_map(|(task, config)| Command { task, config }.into()),
         any::<u64>().prop_map(|nonce| Ping { nonce }.into()),
-        (0i32..5, text()).prop_map(|(reason, message)| Goodbye { reason, message }.into()),
+        (0i32..6, text()).prop_map(|(reason, message)| Goodbye { reason, message }.into()),
+        (blob(), text())
+            .prop_map(|(certificate, error)| IssuedCertificate { certificate, error }.into()),
     ]
 }
 

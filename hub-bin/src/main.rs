@@ -21,8 +21,11 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
+    /// What to do; without a command the hub runs.
+    #[command(subcommand)]
+    command: Option<Operation>,
     /// TOML configuration file.
-    #[arg(long, env = "HERD_HUB_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "HERD_HUB_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address agents connect to (file key `listen`; default 0.0.0.0:7400).
     #[arg(long, env = "HERD_HUB_LISTEN", value_name = "ADDR")]
@@ -33,11 +36,11 @@ struct Cli {
     admin: Option<String>,
     /// NATS server URL(s), comma separated (file key `nats_url`). Without one
     /// the hub runs its own nats-server under the state directory.
-    #[arg(long, env = "HERD_HUB_NATS_URL", value_name = "URL")]
+    #[arg(long, global = true, env = "HERD_HUB_NATS_URL", value_name = "URL")]
     nats_url: Option<String>,
     /// Directory for the hub's state, e.g. the embedded NATS store (file key
     /// `state_dir`; default /var/lib/herd-hub).
-    #[arg(long, env = "HERD_HUB_STATE_DIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "HERD_HUB_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Enrollment token agents must present; repeat the flag or separate with
     /// commas for several (file key `tokens`; none: no token needed).
@@ -74,6 +77,52 @@ struct Cli {
     print_config: bool,
 }
 
+/// Operator commands: they reach the hub's NATS (the configured URL, or the
+/// embedded server of the hub running on this state directory) and change
+/// what every hub on it sees.
+#[derive(Debug, clap::Subcommand)]
+enum Operation {
+    /// Enrollment tokens: what an agent is given to get its certificate.
+    #[command(subcommand)]
+    Token(TokenOperation),
+    /// Enrolled agents.
+    #[command(subcommand)]
+    Agent(AgentOperation),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenOperation {
+    /// Creates a token and prints it (once: only its hash is stored) with
+    /// the CA fingerprint agents pin.
+    Create {
+        /// How long it works: `30m`, `12h`, `7d`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// How many agents it enrolls.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        uses: u32,
+        /// A note on what or whom it is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Print only the token (for scripts).
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AgentOperation {
+    /// Revokes every certificate the agent holds: refused at its next
+    /// handshake, its live session closed; the id can be enrolled anew.
+    Revoke {
+        /// The agent id.
+        agent_id: String,
+        /// Why (kept with the revocation, told to the agent).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
 /// Why the hub binary could not run.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
@@ -87,6 +136,10 @@ enum CliError {
     Hub(#[from] HubError),
     #[error("the hub's supervision tree exited: {0}")]
     TreeExited(String),
+    #[error("cannot reach the hub's NATS: {0}")]
+    Nats(String),
+    #[error(transparent)]
+    Enrollment(#[from] herd_hub::enrollment::EnrollmentError),
 }
 
 fn parse_ack_mode(value: &str) -> Result<AckMode, String> {
@@ -186,8 +239,103 @@ async fn run(config: HubConfig) -> Result<(), CliError> {
     }
 }
 
+/// The NATS the hub on `config` uses: its URL, or the embedded server's,
+/// which the running hub writes to `<state_dir>/nats.url`.
+async fn hub_nats(config: &HubConfig) -> Result<async_nats::jetstream::Context, CliError> {
+    let url = match &config.nats_url {
+        Some(url) => url.clone(),
+        None => {
+            let file = config.state_dir.join(herd_hub::NATS_URL_FILE);
+            std::fs::read_to_string(&file)
+                .map(|url| url.trim().to_owned())
+                .map_err(|error| {
+                    CliError::Nats(format!(
+                        "{}: {error} (is the hub running with this state directory?)",
+                        file.display()
+                    ))
+                })?
+        }
+    };
+    let client = async_nats::ConnectOptions::new()
+        .name("herd-hub operator")
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .connect(url.as_str())
+        .await
+        .map_err(|error| CliError::Nats(format!("{url}: {error}")))?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+/// The fingerprint agents pin, when the hub has its CA where `config` says.
+fn ca_fingerprint(config: &HubConfig) -> Option<herd_tls::Fingerprint> {
+    let ca = match &config.tls.ca_cert {
+        Some(cert) => cert.clone(),
+        None => config
+            .state_dir
+            .join(herd_hub::TLS_DIR)
+            .join(herd_tls::CA_CERT_FILE),
+    };
+    herd_tls::Fingerprint::of_pem_file(&ca).ok()
+}
+
+async fn operate(config: HubConfig, operation: Operation) -> Result<(), CliError> {
+    let jetstream = hub_nats(&config).await?;
+    match operation {
+        Operation::Token(TokenOperation::Create {
+            ttl,
+            uses,
+            description,
+            quiet,
+        }) => {
+            let new = herd_hub::enrollment::create_token(&jetstream, ttl, uses, &description).await?;
+            if quiet {
+                println!("{}", new.token);
+                return Ok(());
+            }
+            let ttl = humantime::format_duration(ttl);
+            println!("token:          {}", new.token);
+            println!("enrolls:        {uses} agent(s), for {ttl}");
+            match ca_fingerprint(&config) {
+                Some(fingerprint) => {
+                    println!("ca_fingerprint: {fingerprint}");
+                    println!();
+                    println!("Give the agent (herd-agent.toml):");
+                    println!("  token = \"{}\"", new.token);
+                    println!("  [tls]");
+                    println!("  ca_fingerprint = \"{fingerprint}\"");
+                }
+                None => println!("(the hub's CA is not readable here: give the agent its fingerprint or tls.ca_file)"),
+            }
+        }
+        Operation::Agent(AgentOperation::Revoke { agent_id, reason }) => {
+            herd_hub::enrollment::revoke_agent(&jetstream, &agent_id, &reason).await?;
+            println!("revoked agent {agent_id}: its certificates are refused from now on and its session is closed");
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(operation) = cli.command.take() {
+        let config = match cli.hub_config() {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("herd-hub: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime starts");
+        return match runtime.block_on(operate(config, operation)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("herd-hub: {}", herd_cli::error_chain(&error));
+                ExitCode::FAILURE
+            }
+        };
+    }
     herd_cli::run_program(
         "herd-hub",
         cli.hub_config(),

@@ -78,7 +78,8 @@ fn flags_beat_environment_beat_file() {
     let file = dir.path().join("hub.toml");
     std::fs::write(
         &file,
-        "listen = \"127.0.0.1:1001\"\ntokens = [\"from-file\"]\nping_misses = 5\n",
+        "listen = \"127.0.0.1:1001\"\ntokens = [\"from-file\"]\nping_misses = 5\n\
+         [tls]\nagent_auth = \"token\"\n",
     )
     .expect("write");
     let from_file = printed(hub().arg("--config").arg(&file));
@@ -114,6 +115,35 @@ fn flags_beat_environment_beat_file() {
         "{from_flag}"
     );
     assert!(!from_flag.contains("admin ="), "{from_flag}");
+}
+
+#[test]
+fn fleet_tokens_on_a_hub_that_enrolls_agents_are_refused_with_what_to_do() {
+    let output = hub()
+        .args(["--token", "secret", "--print-config"])
+        .output()
+        .expect("herd-hub runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("herd-hub token create"), "{stderr}");
+}
+
+#[test]
+fn operator_commands_without_a_running_hub_say_where_they_looked() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let output = hub()
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["token", "create", "--uses", "3"])
+        .output()
+        .expect("herd-hub runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nats.url"), "{stderr}");
+    assert!(
+        stderr.contains("is the hub running with this state directory?"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -3,9 +3,30 @@
 
 use std::path::{Path, PathBuf};
 
-use herd_agent::AgentConfig;
+use herd_agent::{AgentConfig, PluginRestart, PluginSpec};
 
 use crate::process::{E2eError, Process, cmdline, descendants, io_error, workspace_binary};
+
+/// The test counter plugin (`herd-test-counter`, a record every
+/// `interval_ms`, numbered from 1 across restarts) as plugin `name`,
+/// restarted quickly.
+pub fn counter_plugin(name: &str, interval_ms: u32) -> Result<PluginSpec, E2eError> {
+    Ok(PluginSpec {
+        name: name.to_owned(),
+        version: "1".to_owned(),
+        sha256: String::new(),
+        path: workspace_binary("herd-test-counter")?,
+        args: vec!["--interval-ms".into(), interval_ms.to_string()],
+        env: Default::default(),
+        restart: PluginRestart {
+            min_backoff_ms: 100,
+            max_backoff_ms: 500,
+            max_restarts: 50,
+            period_secs: 60,
+        },
+        stop_grace_ms: 500,
+    })
+}
 
 /// A `herd-agent` child process.
 #[derive(Debug)]

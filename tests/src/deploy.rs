@@ -75,9 +75,10 @@ impl Deployment {
         let hub = HubProcess::start_ready(hub_config(&nats), dir.path(), WAIT).await?;
         let proxy = TcpProxy::start(hub.listen_addr()).await?;
         let mut agents = Vec::with_capacity(agent_count);
+        let token = hub.enrollment_token(u32::try_from(agent_count).unwrap_or(u32::MAX))?;
         for index in 1..=agent_count {
             let id = format!("agent-{index}");
-            let config = agent_config(&proxy, hub.agent_tls()?, &dir.path().join(&id))?;
+            let config = agent_config(&proxy, hub.agent_tls()?, &token, &dir.path().join(&id))?;
             agents.push(AgentProcess::start(&id, config, dir.path())?);
         }
         let mut deployment = Self {
@@ -249,7 +250,8 @@ fn describe(tally: &Tally, ids: &[String], targets: &[u64]) -> String {
     out
 }
 
-/// The hub: TLS with its own CA (as it runs by default), JetStream acks
+/// The hub: TLS with its own CA and agents enrolled with a token (as it
+/// runs by default), JetStream acks
 /// (nothing acked is lost when NATS restarts), pings every 200 ms,
 /// heartbeats every second.
 fn hub_config(nats: &NatsServer) -> HubConfig {
@@ -262,10 +264,11 @@ fn hub_config(nats: &NatsServer) -> HubConfig {
 
 /// An agent connecting through `proxy`, with the counter and the three real
 /// plugins, quick reconnects and quick plugin restarts, trusting the hub by
-/// `tls`.
+/// `tls`, enrolling with `token`.
 fn agent_config(
     proxy: &TcpProxy,
     tls: AgentTlsConfig,
+    token: &str,
     home: &Path,
 ) -> Result<AgentConfig, E2eError> {
     std::fs::create_dir_all(home).map_err(io_error(format!("creating {}", home.display())))?;
@@ -296,6 +299,7 @@ fn agent_config(
     Ok(AgentConfig {
         hubs: vec![proxy.addr().to_string()],
         tls,
+        token: token.to_owned(),
         heartbeat_interval_secs: 1,
         connect_timeout_ms: 1_000,
         handshake_timeout_ms: 2_000,

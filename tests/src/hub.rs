@@ -25,6 +25,7 @@ pub const POLL: Duration = Duration::from_millis(50);
 pub struct HubProcess {
     process: Process,
     config: HubConfig,
+    config_file: std::path::PathBuf,
 }
 
 impl HubProcess {
@@ -47,14 +48,39 @@ impl HubProcess {
         let process = Process::spawn(
             "herd-hub",
             workspace_binary("herd-hub")?,
-            vec!["--config".into(), path.into()],
+            vec!["--config".into(), path.clone().into()],
             vec![(
                 "RUST_LOG".into(),
                 "info,herd_hub=debug,herd_agent=debug,herd_supervision=debug".into(),
             )],
             dir.join("herd-hub.log"),
         )?;
-        Ok(Self { process, config })
+        Ok(Self {
+            process,
+            config,
+            config_file: path,
+        })
+    }
+
+    /// An enrollment token for `uses` agents, valid for an hour, made as an
+    /// operator makes one: `herd-hub --config FILE token create --quiet`.
+    pub fn enrollment_token(&self, uses: u32) -> Result<String, E2eError> {
+        let binary = workspace_binary("herd-hub")?;
+        let output = std::process::Command::new(&binary)
+            .arg("--config")
+            .arg(&self.config_file)
+            .args(["token", "create", "--ttl", "1h", "--quiet"])
+            .arg(format!("--uses={uses}"))
+            .output()
+            .map_err(io_error("running herd-hub token create"))?;
+        let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        if !output.status.success() || token.is_empty() {
+            return Err(E2eError::Io {
+                what: "herd-hub token create".to_owned(),
+                source: std::io::Error::other(String::from_utf8_lossy(&output.stderr).into_owned()),
+            });
+        }
+        Ok(token)
     }
 
     /// How an agent trusts this hub: by the fingerprint of the CA the hub

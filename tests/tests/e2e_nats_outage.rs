@@ -21,15 +21,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use herd_agent::{AgentConfig, BatchConfig, PluginRestart, PluginSpec, ReconnectConfig};
+use herd_agent::{AgentConfig, BatchConfig, ReconnectConfig};
 use herd_codec::proto::Envelope;
 use herd_hub::{AckMode, HubConfig};
-use herd_tests::agent::AgentProcess;
+use herd_tests::agent::{AgentProcess, counter_plugin};
 use herd_tests::collector::{Collector, Tally, create_data_stream};
 use herd_tests::counter::CounterFile;
 use herd_tests::hub::HubProcess;
 use herd_tests::nats::NatsServer;
-use herd_tests::process::{rss_bytes, workspace_binary};
+use herd_tests::process::rss_bytes;
 use prost::Message as _;
 use tokio::time::Instant;
 
@@ -73,21 +73,7 @@ fn agent_config(hub: &HubProcess) -> AgentConfig {
             max_backoff_ms: 500,
             reset_after_ms: 1_000,
         },
-        plugins: vec![PluginSpec {
-            name: COUNTER_PLUGIN.to_owned(),
-            version: "1".to_owned(),
-            sha256: String::new(),
-            path: workspace_binary("herd-test-counter").expect("herd-test-counter is built"),
-            args: vec!["--interval-ms".into(), "5".into()],
-            env: Default::default(),
-            restart: PluginRestart {
-                min_backoff_ms: 100,
-                max_backoff_ms: 500,
-                max_restarts: 50,
-                period_secs: 60,
-            },
-            stop_grace_ms: 500,
-        }],
+        plugins: vec![counter_plugin(COUNTER_PLUGIN, 5).expect("herd-test-counter is built")],
         ..AgentConfig::default()
     }
 }

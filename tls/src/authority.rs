@@ -26,7 +26,7 @@ const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// every start.
 const SERVER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Backdating of `not_before`, for peers whose clocks run a little behind.
-const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(3600);
 
 /// A certificate authority: its certificate and the key that signs with it.
 pub struct CertificateAuthority {
@@ -44,7 +44,7 @@ impl std::fmt::Debug for CertificateAuthority {
 
 /// A certificate chain and its private key, for one side of a connection.
 #[derive(Debug)]
-pub struct ServerIdentity {
+pub struct Identity {
     /// The end-entity certificate first, then the CA that issued it (so a
     /// peer that pins the CA's fingerprint finds it in the chain).
     pub chain: Vec<CertificateDer<'static>>,
@@ -137,9 +137,13 @@ impl CertificateAuthority {
         &self.certificate
     }
 
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
     /// A fresh key and a server certificate for `names` (DNS names or IP
     /// addresses), valid for a year, chained to this CA.
-    pub fn issue_server(&self, names: &[String]) -> Result<ServerIdentity, TlsError> {
+    pub fn issue_server(&self, names: &[String]) -> Result<Identity, TlsError> {
         if names.is_empty() {
             return Err(TlsError::Name {
                 name: String::new(),
@@ -173,14 +177,14 @@ impl CertificateAuthority {
         let certificate = params
             .signed_by(&key_pair, &self.issuer)
             .map_err(issue("the server certificate"))?;
-        Ok(ServerIdentity {
+        Ok(Identity {
             chain: vec![certificate.der().clone(), self.certificate.clone()],
             key: PrivatePkcs8KeyDer::from(key_pair.serialize_der()).into(),
         })
     }
 }
 
-impl ServerIdentity {
+impl Identity {
     /// An operator's server certificate chain (PEM, end entity first) and
     /// key (PEM: PKCS#8, SEC1 or PKCS#1).
     pub fn from_pem_files(chain: &Path, key: &Path) -> Result<Self, TlsError> {
@@ -227,7 +231,7 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TlsErro
     move |source| TlsError::Io { what, path, source }
 }
 
-fn issue(what: &'static str) -> impl FnOnce(rcgen::Error) -> TlsError {
+pub(crate) fn issue(what: &'static str) -> impl FnOnce(rcgen::Error) -> TlsError {
     move |source| TlsError::Issue { what, source }
 }
 

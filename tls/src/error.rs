@@ -60,6 +60,12 @@ pub enum TlsError {
         #[source]
         source: rcgen::Error,
     },
+    /// A certificate or request that cannot be read or used.
+    #[error("{reason}")]
+    Certificate {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// `rustls` refused the certificates or keys.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),

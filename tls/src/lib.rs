@@ -27,15 +27,20 @@
 //! assert_eq!(again.fingerprint(), ca.fingerprint());
 //! ```
 
+mod agent;
 mod authority;
 mod error;
 mod fingerprint;
 mod trust;
 
-pub use authority::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, ServerIdentity};
+pub use agent::{AgentCertificate, AgentKey, EnrolledIdentity};
+pub use authority::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, Identity};
 pub use error::TlsError;
 pub use fingerprint::Fingerprint;
-pub use trust::{HubTrust, client_config, server_config, server_name};
+pub use trust::{
+    HubTrust, client_config, client_config_with_identity, server_config,
+    server_config_with_client_auth, server_name,
+};
 
 pub use rustls;
 pub use tokio_rustls;

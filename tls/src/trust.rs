@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
+use rustls::server::WebPkiClientVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -13,7 +14,7 @@ use rustls::{
     SignatureScheme,
 };
 
-use crate::{Fingerprint, ServerIdentity, TlsError, provider};
+use crate::{Fingerprint, Identity, TlsError, provider};
 
 /// What an agent trusts its hub's certificate by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,27 +28,58 @@ pub enum HubTrust {
 
 /// The hub's side: its certificate chain and key; agents are not asked for
 /// certificates.
-pub fn server_config(identity: ServerIdentity) -> Result<Arc<ServerConfig>, TlsError> {
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(identity.chain, identity.key)?;
-    Ok(Arc::new(config))
+pub fn server_config(identity: Identity) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_client_auth(identity, &[])
 }
 
-/// The agent's side, trusting what `trust` says.
+/// The hub's side, asking agents for a certificate issued by one of
+/// `client_cas` (none: not asking). An agent without one is still let in:
+/// it has not enrolled yet, and the hub decides what it may do.
+pub fn server_config_with_client_auth(
+    identity: Identity,
+    client_cas: &[CertificateDer<'static>],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
+    let builder = if client_cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        for ca in client_cas {
+            roots.add(ca.clone())?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|error| rustls::Error::General(error.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    Ok(Arc::new(
+        builder.with_single_cert(identity.chain, identity.key)?,
+    ))
+}
+
+/// The agent's side, trusting what `trust` says, with no certificate of its own.
 pub fn client_config(trust: &HubTrust) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with_identity(trust, None)
+}
+
+/// The agent's side, trusting what `trust` says and presenting `identity`
+/// (its enrolled certificate) when the hub asks for one.
+pub fn client_config_with_identity(
+    trust: &HubTrust,
+    identity: Option<Identity>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let config = match trust {
+    let builder = match trust {
         HubTrust::Fingerprint(fingerprint) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedCa {
                 fingerprint: *fingerprint,
                 provider,
-            }))
-            .with_no_client_auth(),
+            })),
         HubTrust::CaFile(path) => {
             let bad = |reason: String| TlsError::BadFile {
                 what: "hub CA file",
@@ -70,8 +102,12 @@ pub fn client_config(trust: &HubTrust) -> Result<Arc<ClientConfig>, TlsError> {
             if roots.is_empty() {
                 return Err(bad("no CERTIFICATE in it".to_owned()));
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
         }
+    };
+    let config = match identity {
+        Some(identity) => builder.with_client_auth_cert(identity.chain, identity.key)?,
+        None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
 }

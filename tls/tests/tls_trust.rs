@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use herd_tls::{
-    CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, Fingerprint, HubTrust, ServerIdentity,
+    CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, Fingerprint, HubTrust, Identity,
     TlsError, client_config, server_config, server_name,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// Serves one TLS connection with `identity` (echoing one byte) and dials
 /// it as `dial` trusting `trust`; the client's handshake result.
-async fn connect(identity: ServerIdentity, trust: &HubTrust, dial: &str) -> Result<(), String> {
+async fn connect(identity: Identity, trust: &HubTrust, dial: &str) -> Result<(), String> {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let acceptor = TlsAcceptor::from(server_config(identity).unwrap());
@@ -140,7 +140,7 @@ async fn an_operators_server_certificate_files_are_served() {
     let (chain_path, key_path) = (dir.path().join("hub.pem"), dir.path().join("hub.key"));
     std::fs::write(&chain_path, chain).unwrap();
     std::fs::write(&key_path, key).unwrap();
-    let loaded = ServerIdentity::from_pem_files(&chain_path, &key_path).unwrap();
+    let loaded = Identity::from_pem_files(&chain_path, &key_path).unwrap();
     assert_eq!(loaded.chain, issued.chain);
     connect(
         loaded,

@@ -21,18 +21,20 @@
 //! hub makes the session wait instead of buffering without bound; batches
 //! it has not taken yet stay in the batcher's unacked window.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use bytes::Bytes;
 use futures::StreamExt;
 use herd_codec::proto::{
-    AgentMessage, CloseReason, Hello, HubMessage, Pong, Task, TaskResult, TaskStatus, hub_message,
+    AgentMessage, CertificateRequest, CloseReason, Hello, HubMessage, Pong, Task, TaskResult,
+    TaskStatus, hub_message,
 };
 use herd_codec::{AgentCodec, Encoded, PROTOCOL_VERSION, data_type};
 use herd_tls::rustls::pki_types::ServerName;
+use herd_tls::{AgentKey, EnrolledIdentity, HubTrust};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -105,6 +107,7 @@ impl Connector {
             dialer: Some(Dialer {
                 config,
                 tls,
+                pending_key: Mutex::new(None),
                 state,
                 agent_id,
                 peers,
@@ -165,12 +168,16 @@ type HubReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 /// The write side of a hub connection.
 type HubWriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// The TLS client side of the hub link.
+/// The TLS client side of the hub link, and the agent's enrolled identity.
 #[derive(Clone)]
 pub(crate) struct HubTls {
-    connector: TlsConnector,
+    trust: HubTrust,
     /// `tls.server_name`, else the host of the hub address dialled.
     server_name: Option<ServerName<'static>>,
+    /// The certificate the hub issued and the agent's key; shared by every
+    /// incarnation of the Connector, replaced at enrollment and renewal.
+    identity: Arc<Mutex<Option<Arc<EnrolledIdentity>>>>,
+    state: StateDir,
 }
 
 impl std::fmt::Debug for HubTls {
@@ -182,8 +189,12 @@ impl std::fmt::Debug for HubTls {
 }
 
 impl HubTls {
-    /// TLS as `config` says; `None` (with a WARN) for a plaintext link.
-    pub(crate) fn from_config(config: &AgentTlsConfig) -> Result<Option<Self>, AgentError> {
+    /// TLS as `config` says, with the identity kept in `state`; `None`
+    /// (with a WARN) for a plaintext link.
+    pub(crate) fn from_config(
+        config: &AgentTlsConfig,
+        state: &StateDir,
+    ) -> Result<Option<Self>, AgentError> {
         let Some(trust) = config.trust()? else {
             tracing::warn!(
                 "hub link is PLAINTEXT (tls.insecure = true): anyone on the path can read \
@@ -196,10 +207,48 @@ impl HubTls {
             .as_deref()
             .map(herd_tls::server_name)
             .transpose()?;
+        // Checked now, so a bad trust setting stops the start.
+        herd_tls::client_config(&trust)?;
+        let identity = match state.load_identity() {
+            Ok(identity) => identity,
+            // An unreadable identity must not keep the agent from running:
+            // it is set aside, and the agent enrolls again (given a token).
+            Err(error) => {
+                let aside = state.set_identity_aside();
+                tracing::warn!(%error, aside = ?aside, "identity unusable; set aside, the agent enrolls again");
+                None
+            }
+        };
+        if let Some(identity) = &identity {
+            let certificate = identity.certificate();
+            tracing::info!(agent_id = %certificate.agent_id, "enrolled identity loaded");
+        }
         Ok(Some(Self {
-            connector: TlsConnector::from(herd_tls::client_config(&trust)?),
+            trust,
             server_name,
+            identity: Arc::new(Mutex::new(identity.map(Arc::new))),
+            state: state.clone(),
         }))
+    }
+
+    /// The identity to present, unless it has expired.
+    fn identity(&self) -> Option<Arc<EnrolledIdentity>> {
+        let identity = self.identity.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        if identity.certificate().expired(SystemTime::now()) {
+            tracing::warn!(agent_id = %identity.certificate().agent_id,
+                "the agent's certificate has expired; it enrolls again with its token, if it has one");
+            return None;
+        }
+        Some(identity)
+    }
+
+    /// Persists `identity` and presents it from the next connection on.
+    fn adopt(&self, identity: EnrolledIdentity) -> Result<(), String> {
+        self.state
+            .store_identity(&identity)
+            .map_err(|error| format!("cannot persist the agent certificate: {error}"))?;
+        *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(identity));
+        Ok(())
     }
 
     async fn connect(
@@ -212,7 +261,11 @@ impl HubTls {
             Some(name) => name.clone(),
             None => herd_tls::server_name(hub).map_err(|error| error.to_string())?,
         };
-        match tokio::time::timeout(within, self.connector.connect(name, stream)).await {
+        let identity = self.identity().map(|identity| identity.identity());
+        let connector = herd_tls::client_config_with_identity(&self.trust, identity)
+            .map(TlsConnector::from)
+            .map_err(|error| format!("TLS configuration: {error}"))?;
+        match tokio::time::timeout(within, connector.connect(name, stream)).await {
             Ok(Ok(session)) => Ok(session),
             Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => Err(format!(
                 "TLS handshake with {hub}: the hub closed the connection (is it set to \
@@ -228,6 +281,8 @@ impl HubTls {
 struct Dialer {
     config: Arc<AgentConfig>,
     tls: Option<HubTls>,
+    /// The key of an enrollment or renewal request awaiting its certificate.
+    pending_key: Mutex<Option<AgentKey>>,
     state: StateDir,
     agent_id: Arc<watch::Sender<String>>,
     peers: Peers,
@@ -401,6 +456,11 @@ impl Dialer {
         if !welcome.ok {
             return lost(false, format!("hub refused the agent: {}", welcome.message));
         }
+        if !welcome.certificate.is_empty()
+            && let Err(reason) = self.adopt_certificate(&welcome.certificate)
+        {
+            return lost(false, reason);
+        }
         if let Err(reason) = self.adopt_id(&welcome.agent_id) {
             return lost(false, reason);
         }
@@ -441,8 +501,16 @@ impl Dialer {
         };
         let sending = self.send_from_spool(&out, durable);
         tokio::pin!(sending);
+        let mut renew_at = self.renewal().map(|(due, _)| due);
         loop {
+            let renewal = async {
+                match renew_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = renewal => renew_at = self.renew_if_due(&out).await,
                 frame = frames.next() => match frame {
                     None => return lost("hub closed the connection".into()),
                     Some(Err(e)) => return lost(format!("bad frame from hub: {e}")),
@@ -565,6 +633,15 @@ impl Dialer {
             hub_message::Kind::Welcome(_) => {
                 tracing::warn!("ignoring a second Welcome from the hub");
             }
+            hub_message::Kind::IssuedCertificate(issued) => {
+                let adopted = match issued.error.as_str() {
+                    "" => self.adopt_certificate(&issued.certificate),
+                    error => Err(format!("the hub refused: {error}")),
+                };
+                if let Err(reason) = adopted {
+                    tracing::warn!(%reason, "certificate not renewed; asking again later");
+                }
+            }
         }
         None
     }
@@ -595,7 +672,77 @@ impl Dialer {
             ..Hello::default()
         };
         hostinfo::fill_hello(&mut hello);
+        if let Some(tls) = &self.tls
+            && tls.identity().is_none()
+            && !self.config.token.is_empty()
+        {
+            hello.csr = self.new_request()?;
+            tracing::info!("enrolling: asking the hub for a certificate");
+        }
         Ok(hello)
+    }
+
+    /// A request for a fresh key, kept until its certificate comes.
+    fn new_request(&self) -> Result<Bytes, String> {
+        let key = AgentKey::generate().map_err(|error| error.to_string())?;
+        let request = key.request().map_err(|error| error.to_string())?;
+        *self.pending_key.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
+        Ok(Bytes::from(request))
+    }
+
+    /// Takes a certificate the hub issued for the pending key.
+    fn adopt_certificate(&self, certificate: &[u8]) -> Result<(), String> {
+        let (Some(tls), Some(key)) = (
+            &self.tls,
+            self.pending_key.lock().unwrap_or_else(|e| e.into_inner()).take(),
+        ) else {
+            return Err("the hub sent a certificate the agent did not ask for".to_owned());
+        };
+        let identity = EnrolledIdentity::new(key, certificate.to_vec())
+            .map_err(|error| format!("the hub's certificate: {error}"))?;
+        let issued = identity.certificate().clone();
+        tls.adopt(identity)?;
+        tracing::info!(agent_id = %issued.agent_id, renew_at = ?issued.renew_at(), "certificate stored");
+        Ok(())
+    }
+
+    /// When the certificate is due for renewal, and how long to wait before
+    /// asking again when an answer does not come; `None` without one.
+    fn renewal(&self) -> Option<(tokio::time::Instant, Duration)> {
+        let identity = self.tls.as_ref()?.identity()?;
+        let certificate = identity.certificate();
+        let lifetime = certificate
+            .not_after
+            .duration_since(certificate.issued_at)
+            .unwrap_or_default();
+        let retry = (lifetime / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let wait = certificate
+            .renew_at()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        Some((tokio::time::Instant::now() + wait, retry))
+    }
+
+    /// Asks for a new certificate when the current one is due; returns when
+    /// to look again.
+    async fn renew_if_due(
+        &self,
+        out: &FrameSender<Encoded<AgentMessage>>,
+    ) -> Option<tokio::time::Instant> {
+        let (due, retry) = self.renewal()?;
+        let now = tokio::time::Instant::now();
+        if due > now {
+            return Some(due);
+        }
+        match self.new_request() {
+            Ok(csr) => {
+                tracing::info!("asking the hub to renew the agent certificate");
+                // A closed writer ends the session elsewhere.
+                let _ = out.send(encode(CertificateRequest { csr })).await;
+            }
+            Err(reason) => tracing::warn!(%reason, "cannot make a renewal request"),
+        }
+        Some(now + retry)
     }
 
     /// Takes the id from `Welcome`, persisting it when it is new.

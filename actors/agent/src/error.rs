@@ -113,6 +113,14 @@ pub enum StateError {
         /// What should be there.
         expected: &'static str,
     },
+    /// The identity file holds no usable certificate and key.
+    #[error("identity file {path}: {reason}")]
+    Identity {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Why a plugin process could not be started or was stopped.

@@ -259,9 +259,9 @@ fn plugin_stop_bound(config: &AgentConfig) -> Duration {
 /// supervision tree on the current actix system.
 pub fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     config.validate()?;
-    let tls = connector::HubTls::from_config(&config.tls)?;
     let config = Arc::new(config);
     let state = StateDir::open(&config.state_dir)?;
+    let tls = connector::HubTls::from_config(&config.tls, &state)?;
     let initial_id = state.load_agent_id()?.unwrap_or_default();
     tracing::info!(agent_id = %initial_id, hubs = ?config.hubs, plugins = config.plugins.len(),
         "agent starting");

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! <state_dir>/agent_id          the id the hub assigned (or the operator chose)
+//! <state_dir>/identity.pem      the certificate the hub issued at enrollment and
+//!                               the agent's own key (0600)
 //! <state_dir>/spool/            the disk spool: segments and the ledger (seqs, acks, drops)
 //! <state_dir>/plugins/<name>/   HERD_PLUGIN_STATE_DIR of each plugin
 //! ```
@@ -14,9 +16,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use herd_tls::EnrolledIdentity;
+
 use crate::error::StateError;
 
 const AGENT_ID_FILE: &str = "agent_id";
+const IDENTITY_FILE: &str = "identity.pem";
 const SPOOL_DIR: &str = "spool";
 const PLUGINS_DIR: &str = "plugins";
 
@@ -53,6 +58,35 @@ impl StateDir {
     /// Persists the agent id atomically.
     pub(crate) fn store_agent_id(&self, agent_id: &str) -> Result<(), StateError> {
         self.write_atomic(AGENT_ID_FILE, format!("{agent_id}\n").as_bytes())
+    }
+
+    /// The enrolled identity, if the agent has one.
+    pub(crate) fn load_identity(&self) -> Result<Option<EnrolledIdentity>, StateError> {
+        let path = self.root.join(IDENTITY_FILE);
+        let Some(text) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        EnrolledIdentity::from_pem(&text)
+            .map(Some)
+            .map_err(|error| StateError::Identity {
+                path,
+                reason: error.to_string(),
+            })
+    }
+
+    /// Moves an unusable identity file aside (`identity.pem.unusable`), so
+    /// it is kept for a look but no longer read; returns where it went.
+    pub(crate) fn set_identity_aside(&self) -> Option<PathBuf> {
+        let aside = self.root.join(format!("{IDENTITY_FILE}.unusable"));
+        std::fs::rename(self.root.join(IDENTITY_FILE), &aside)
+            .ok()
+            .map(|()| aside)
+    }
+
+    /// Persists the enrolled identity atomically, readable by this user only
+    /// (the temporary file is created 0600 and renamed into place).
+    pub(crate) fn store_identity(&self, identity: &EnrolledIdentity) -> Result<(), StateError> {
+        self.write_atomic(IDENTITY_FILE, identity.to_pem().as_bytes())
     }
 
     /// The spool's directory (the spool creates it).

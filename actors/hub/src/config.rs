@@ -211,7 +211,20 @@ impl HubConfig {
         if let Some(position) = self.tokens.iter().position(String::is_empty) {
             return Err(HubConfigError::EmptyToken { position });
         }
+        if self.agent_auth() == AgentAuth::Certificate && !self.tokens.is_empty() {
+            return Err(HubConfigError::FleetTokensWithCertificates);
+        }
         self.tls.validate()
+    }
+
+    /// How agents prove who they are: `tls.agent_auth`, but always by token
+    /// on a plaintext link.
+    pub fn agent_auth(&self) -> AgentAuth {
+        if self.tls.insecure {
+            AgentAuth::Token
+        } else {
+            self.tls.agent_auth
+        }
     }
 
     /// [`Self::handshake_timeout_ms`] as a duration.
@@ -264,12 +277,27 @@ impl HubConfig {
     }
 }
 
+/// How agents prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentAuth {
+    /// By the certificate the hub's CA issued them at enrollment (the
+    /// default): its subject is the agent id, whatever `Hello` says. An
+    /// agent without one can only enroll, with a token from
+    /// `herd-hub token create`.
+    #[default]
+    Certificate,
+    /// By the fleet-wide `tokens` and the id the agent declares: any token
+    /// holder can speak for any agent id. Also what a plaintext hub does.
+    Token,
+}
+
 /// TLS of the agent link.
 ///
 /// By default the hub keeps its own CA in `<state_dir>/tls` (created on
 /// first start, key 0600) and issues itself a server certificate at every
 /// start; agents trust it by the CA's fingerprint, which the hub logs.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HubTlsConfig {
     /// Plaintext agent link: anyone on the network can read the records and
@@ -290,6 +318,26 @@ pub struct HubTlsConfig {
     /// `::1`, the host name, and the listen address when it is not a
     /// wildcard.
     pub names: Vec<String>,
+    /// How agents prove who they are; with `insecure = true` always by token.
+    pub agent_auth: AgentAuth,
+    /// How long the certificates the hub issues agents are valid; agents
+    /// renew theirs two thirds into it, over their live connection.
+    pub agent_cert_validity_secs: u64,
+}
+
+impl Default for HubTlsConfig {
+    fn default() -> Self {
+        Self {
+            insecure: false,
+            ca_cert: None,
+            ca_key: None,
+            cert: None,
+            key: None,
+            names: Vec::new(),
+            agent_auth: AgentAuth::Certificate,
+            agent_cert_validity_secs: 30 * 24 * 3600,
+        }
+    }
 }
 
 impl HubTlsConfig {
@@ -326,9 +374,27 @@ impl HubTlsConfig {
         {
             return Err(HubConfigError::InsecureWith { field });
         }
+        if self.agent_cert_validity_secs < MIN_AGENT_CERT_VALIDITY_SECS {
+            return Err(HubConfigError::ShortAgentCertificates {
+                secs: self.agent_cert_validity_secs,
+            });
+        }
+        // Issuing agent certificates takes a CA key: the hub's own CA, or
+        // the operator's with its key.
+        if !self.insecure
+            && self.agent_auth == AgentAuth::Certificate
+            && self.cert.is_some()
+            && self.ca_key.is_none()
+        {
+            return Err(HubConfigError::CertificatesWithoutCa);
+        }
         Ok(())
     }
 }
+
+/// The shortest agent certificate validity: renewal runs at two thirds, and
+/// certificates carry whole seconds.
+pub const MIN_AGENT_CERT_VALIDITY_SECS: u64 = 30;
 
 /// A configuration value the hub cannot run with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -354,6 +420,27 @@ pub enum HubConfigError {
         /// The one that is missing.
         missing: &'static str,
     },
+    /// Fleet tokens on a hub that identifies agents by certificate.
+    #[error(
+        "`tokens` (fleet-wide tokens) only apply with `tls.agent_auth = \"token\"`; agents of this \
+         hub enroll with tokens from `herd-hub token create`"
+    )]
+    FleetTokensWithCertificates,
+    /// Agent certificates valid too briefly to be renewed.
+    #[error(
+        "`tls.agent_cert_validity_secs` is {secs}; it must be at least {MIN_AGENT_CERT_VALIDITY_SECS}"
+    )]
+    ShortAgentCertificates {
+        /// The configured validity.
+        secs: u64,
+    },
+    /// Agents identified by certificate, with an operator's server
+    /// certificate and no CA key to issue theirs.
+    #[error(
+        "`tls.agent_auth = \"certificate\"` needs a CA key to issue agent certificates: with \
+         `tls.cert`, set `tls.ca_cert` and `tls.ca_key` too, or set `tls.agent_auth = \"token\"`"
+    )]
+    CertificatesWithoutCa,
     /// A TLS setting next to `tls.insecure = true`, which turns TLS off.
     #[error("`tls.insecure = true` turns TLS off, yet `{field}` is set; remove one")]
     InsecureWith {

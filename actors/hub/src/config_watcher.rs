@@ -236,35 +236,10 @@ async fn open(link: NatsLink) -> (kv::Watch, Vec<(String, Option<bytes::Bytes>)>
 }
 
 /// Opens the `herd_config` bucket, creating it when missing.
-///
-/// Created as a plain stream with the KV layout (`KV_herd_config`, subjects
-/// `$KV.herd_config.>`, per-key history, rollups, direct get) because
-/// async-nats' `create_key_value` first reads the account info in a shape
-/// nats-server 2.9 (Debian's) does not send.
 pub async fn config_bucket(
     jetstream: &async_nats::jetstream::Context,
 ) -> Result<kv::Store, async_nats::Error> {
-    if let Ok(store) = jetstream.get_key_value(CONFIG_BUCKET).await {
-        return Ok(store);
-    }
-    let created = jetstream
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: format!("KV_{CONFIG_BUCKET}"),
-            description: Some("herd desired plugin configuration".to_owned()),
-            subjects: vec![format!("$KV.{CONFIG_BUCKET}.>")],
-            max_messages_per_subject: 5,
-            discard: async_nats::jetstream::stream::DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            ..Default::default()
-        })
-        .await;
-    if let Err(error) = created {
-        // Another hub may have created it in between.
-        tracing::debug!(%error, "creating {CONFIG_BUCKET}");
-    }
-    Ok(jetstream.get_key_value(CONFIG_BUCKET).await?)
+    crate::kv::open_bucket(jetstream, CONFIG_BUCKET, "herd desired plugin configuration", 5).await
 }
 
 async fn try_open(

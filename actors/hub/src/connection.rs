@@ -14,7 +14,10 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use herd_codec::proto::agent_message::Kind;
-use herd_codec::proto::{Ack, CloseReason, ConfigSet, Goodbye, Hello, HubMessage, Ping, Welcome};
+use herd_codec::proto::{
+    Ack, CloseReason, ConfigSet, Goodbye, Hello, HubMessage, IssuedCertificate, Ping, Welcome,
+};
+use herd_tls::AgentCertificate;
 use herd_codec::{
     AgentFrame, CodecError, Encoded, HubForwardCodec, PROTOCOL_VERSION, RawBatch, data_type,
     validate_agent_id,
@@ -29,8 +32,10 @@ use tokio_util::codec::{Encoder, FramedRead};
 
 use crate::Services;
 use crate::agent_info::AgentInfo;
+use crate::config::AgentAuth;
 use crate::messages::{
-    AgentGone, AgentLink, Close, CloseKind, CommandRefused, GetConfig, HeartbeatReceived, Register,
+    AgentGone, AgentLink, CheckCertificate, Close, CloseKind, CommandRefused, Enroll, GetConfig,
+    HeartbeatReceived, Register, RenewCertificate,
     SendCommand, TaskDone, Unregister,
 };
 use crate::metrics::HubMetrics;
@@ -249,6 +254,9 @@ pub(crate) struct Connection {
     phase: Phase,
     /// Held from the accept until the `Hello` is handled (or the actor goes).
     pending: Option<HandshakePermit>,
+    /// The agent's certificate: the one it connected with, or the one it
+    /// got enrolling on this connection.
+    certificate: Option<AgentCertificate>,
     last_heard: Instant,
     nonce: u64,
     closing: bool,
@@ -287,6 +295,7 @@ impl Connection {
             permits,
             phase: Phase::Handshake,
             pending: Some(pending),
+            certificate: None,
             last_heard: Instant::now(),
             nonce: 0,
             closing: false,
@@ -455,6 +464,9 @@ impl Connection {
                 ),
             );
         }
+        if self.services.config.agent_auth() == AgentAuth::Certificate {
+            return self.identify(ctx, hello);
+        }
         if !self.token_ok(&hello.token) {
             return self.refuse(ctx, "bad_token", "enrollment token is not valid".to_owned());
         }
@@ -470,6 +482,81 @@ impl Connection {
             }
             hello.agent_id.clone()
         };
+        self.register(ctx, hello, agent_id, bytes::Bytes::new());
+    }
+
+    /// The agent's id from its certificate (checked against revocations),
+    /// or from a new one when it enrolls now; the id it declares does not
+    /// count.
+    fn identify(&mut self, ctx: &mut Context<Self>, hello: Hello) {
+        let Some(identities) = self.services.directory.identities() else {
+            return self.refuse(
+                ctx,
+                "unavailable",
+                "the hub's enrollment is restarting; connect again".to_owned(),
+            );
+        };
+        self.phase = Phase::Registering;
+        if let Some(certificate) = self.certificate.clone() {
+            if !hello.agent_id.is_empty() && hello.agent_id != certificate.agent_id {
+                tracing::warn!(peer = %self.peer, declared = %hello.agent_id, agent_id = %certificate.agent_id,
+                    "the agent declared another id than its certificate's; the certificate's counts");
+            }
+            let agent_id = certificate.agent_id.clone();
+            ctx.wait(
+                identities
+                    .send(CheckCertificate(certificate))
+                    .into_actor(self)
+                    .map(move |checked, act, ctx| match checked {
+                        Ok(Ok(())) => act.register(ctx, hello, agent_id, bytes::Bytes::new()),
+                        Ok(Err(refusal)) => act.refuse(ctx, "certificate_refused", refusal),
+                        Err(error) => act.refuse(
+                            ctx,
+                            "unavailable",
+                            format!("the hub's enrollment is unavailable: {error}"),
+                        ),
+                    }),
+            );
+            return;
+        }
+        if hello.csr.is_empty() {
+            return self.refuse(ctx, "not_enrolled", NOT_ENROLLED.to_owned());
+        }
+        let enroll = Enroll {
+            token: hello.token.clone(),
+            csr: hello.csr.clone(),
+            requested_id: hello.agent_id.clone(),
+            address: self.peer,
+        };
+        ctx.wait(
+            identities
+                .send(enroll)
+                .into_actor(self)
+                .map(move |enrolled, act, ctx| match enrolled {
+                    Ok(Ok(issued)) => {
+                        let agent_id = issued.parsed.agent_id.clone();
+                        act.certificate = Some(issued.parsed);
+                        act.register(ctx, hello, agent_id, issued.certificate);
+                    }
+                    Ok(Err(refusal)) => act.refuse(ctx, "enroll_refused", refusal.to_string()),
+                    Err(error) => act.refuse(
+                        ctx,
+                        "unavailable",
+                        format!("the hub's enrollment is unavailable: {error}"),
+                    ),
+                }),
+        );
+    }
+
+    /// Registers the connection for `agent_id` and welcomes the agent,
+    /// handing it `certificate` (DER) when it enrolled now.
+    fn register(
+        &mut self,
+        ctx: &mut Context<Self>,
+        hello: Hello,
+        agent_id: String,
+        certificate: bytes::Bytes,
+    ) {
         let identity =
             AgentIdentity::from_hello(agent_id.clone(), &hello, self.services.hub_id.to_string());
         let resume_after = hello.last_acked_seq;
@@ -504,7 +591,7 @@ impl Connection {
             }
             .into_actor(self)
             .map(move |(registered, config), act, ctx| match registered {
-                Ok(Ok(())) => act.welcome(ctx, identity, config, resume_after),
+                Ok(Ok(())) => act.welcome(ctx, identity, config, resume_after, certificate),
                 Ok(Err(refusal)) => act.refuse(ctx, "full", refusal.to_string()),
                 Err(error) => act.refuse(
                     ctx,
@@ -512,6 +599,42 @@ impl Connection {
                     format!("hub registry unavailable: {error}"),
                 ),
             }),
+        );
+    }
+
+    /// Answers an enrolled agent's `CertificateRequest` with a certificate
+    /// for its new key, on this connection, which goes on meanwhile.
+    fn renew(&mut self, ctx: &mut Context<Self>, csr: bytes::Bytes) {
+        let refused = |error: String| IssuedCertificate {
+            certificate: bytes::Bytes::new(),
+            error,
+        };
+        let (Some(current), Some(identities)) = (
+            self.certificate.clone(),
+            self.services.directory.identities(),
+        ) else {
+            let answer = match self.certificate {
+                None => refused("this connection has no certificate to renew".to_owned()),
+                Some(_) => refused("the hub's enrollment is restarting; ask again".to_owned()),
+            };
+            return self.send_frame(ctx, HubMessage::from(answer));
+        };
+        ctx.spawn(
+            identities
+                .send(RenewCertificate { current, csr })
+                .into_actor(self)
+                .map(move |renewed, act, ctx| {
+                    let answer = match renewed {
+                        Ok(Ok(issued)) => IssuedCertificate {
+                            certificate: issued.certificate,
+                            error: String::new(),
+                        },
+                        Ok(Err(refusal)) => refused(refusal),
+                        Err(error) => refused(format!("the hub's enrollment is unavailable: {error}")),
+                    };
+                    act.services.metrics.certificate_renewal(answer.error.is_empty());
+                    act.send_frame(ctx, HubMessage::from(answer));
+                }),
         );
     }
 
@@ -545,6 +668,7 @@ impl Connection {
         identity: AgentIdentity,
         config: Option<ConfigSet>,
         resume_after: u64,
+        certificate: bytes::Bytes,
     ) {
         let services = &self.services;
         services.metrics.handshake("ok");
@@ -570,6 +694,7 @@ impl Connection {
             max_frame_bytes: clamp(services.config.max_frame_length),
             ping_interval_ms: u32::try_from(services.config.ping_interval_ms).unwrap_or(u32::MAX),
             ping_misses: services.config.ping_misses,
+            certificate,
         };
         ctx.run_interval(services.config.ping_interval(), Self::check_liveness);
         ctx.run_interval(
@@ -746,6 +871,7 @@ impl Connection {
                 }
             }
             Kind::Pong(_) => {}
+            Kind::CertificateRequest(request) => self.renew(ctx, request.csr),
             Kind::Hello(_) => self.goodbye(
                 ctx,
                 CloseReason::ProtocolError,
@@ -859,8 +985,23 @@ impl Actor for Connection {
                 .into_actor(self)
                 .map(|opened, act, ctx| match opened {
                     Opened::Tls(stream) => {
+                        let certificate = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(<[_]>::first)
+                            .map(|der| AgentCertificate::parse(der));
                         let (read, write) = tokio::io::split(*stream);
                         act.serve(ctx, read, write);
+                        match certificate {
+                            Some(Ok(certificate)) => act.certificate = Some(certificate),
+                            Some(Err(error)) => act.refuse(
+                                ctx,
+                                "certificate_refused",
+                                format!("the agent certificate is not readable: {error}"),
+                            ),
+                            None => {}
+                        }
                     }
                     Opened::Closed => {
                         act.services.metrics.handshake("closed");
@@ -1023,6 +1164,7 @@ fn kind_len(kind: &Kind) -> usize {
         Kind::Batch(batch) => batch.encoded_len(),
         Kind::TaskResult(result) => result.encoded_len(),
         Kind::Pong(pong) => pong.encoded_len(),
+        Kind::CertificateRequest(request) => request.encoded_len(),
     }
 }
 
@@ -1032,10 +1174,16 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::Batch(_) => "Batch",
         Kind::TaskResult(_) => "TaskResult",
         Kind::Pong(_) => "Pong",
+        Kind::CertificateRequest(_) => "CertificateRequest",
     }
 }
 
 /// What a plaintext agent is told on the TLS port.
+/// Why an agent without a certificate, asking for no enrollment, is refused.
+const NOT_ENROLLED: &str = "this hub identifies agents by the certificate it issues them at \
+     enrollment: give the agent an enrollment token (`herd-hub token create`; `token` in \
+     herd-agent.toml) and it enrolls at its next connection";
+
 const PLAINTEXT_ON_TLS: &str = "this hub's agent link is TLS; give the agent tls.ca_fingerprint \
      (logged by the hub at start) or tls.ca_file, or set tls.insecure = true on both sides";
 /// How long a refused plaintext client's bytes are read after the refusal,
@@ -1118,6 +1266,14 @@ impl Handler<Close> for Connection {
         match close.kind {
             CloseKind::Superseded => {
                 self.goodbye(ctx, CloseReason::Superseded, "superseded", close.message);
+            }
+            CloseKind::Revoked { revoked_at_ms } => {
+                // A certificate issued after the revocation is a new enrollment.
+                if self.certificate.as_ref().is_some_and(|certificate| {
+                    crate::enrollment::unix_ms(certificate.issued_at) <= revoked_at_ms
+                }) {
+                    self.goodbye(ctx, CloseReason::Revoked, "revoked", close.message);
+                }
             }
             CloseKind::Shutdown => {
                 let message = close.message;

@@ -23,6 +23,8 @@ pub(crate) mod ids {
     pub(crate) const ROUTER: &str = "router";
     /// [`ConfigWatcher`](crate::ConfigWatcher).
     pub(crate) const CONFIGS: &str = "configs";
+    /// AgentIdentities (agents identified by certificate only).
+    pub(crate) const IDENTITIES: &str = "identities";
     /// The data stream keeper (JetStream ack mode only).
     pub(crate) const STREAM: &str = "stream";
 }

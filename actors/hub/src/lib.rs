@@ -14,6 +14,8 @@
 //! ├── batcher      TaskBatcher: task results -> herd.task.results
 //! ├── router       CommandRouter: herd.cmd.<id> request/reply
 //! ├── configs      ConfigWatcher: KV herd_config -> Welcome / Command{config}
+//! ├── identities   AgentIdentities (agents identified by certificate): enrollment,
+//! │                renewal, revocations (KV herd_enrollment_tokens, herd_enrolled, herd_revoked)
 //! ├── stream       DataStream (ack_mode = "jetstream"): keeps HERD_DATA in place
 //! └── ...          the embedder's own children (Hub::supervisor().start_child)
 //! admin HTTP              /metrics /healthz /agents
@@ -64,7 +66,10 @@ mod config_watcher;
 mod connection;
 mod directory;
 mod embedded;
+pub mod enrollment;
 mod error;
+mod identities;
+mod kv;
 mod listener;
 mod messages;
 mod metrics;
@@ -85,7 +90,10 @@ use actix::prelude::*;
 
 pub use agent_info::AgentInfo;
 pub use batcher::{TASK_RESULTS_SUBJECT, TaskResultRecord};
-pub use config::{AckMode, DataForm, DataStreamConfig, HubConfig, HubConfigError, HubTlsConfig};
+pub use config::{
+    AckMode, AgentAuth, DataForm, DataStreamConfig, HubConfig, HubConfigError, HubTlsConfig,
+    MIN_AGENT_CERT_VALIDITY_SECS,
+};
 pub use config_watcher::{AGENT_KEY_PREFIX, CONFIG_BUCKET, FLEET_KEY, config_bucket, parse_config};
 pub use embedded::{NATS_URL_FILE, find_nats_server};
 pub use error::HubError;
@@ -183,6 +191,27 @@ fn tree(
             ConfigWatcher::new(link.clone(), directory.clone())
         })
     };
+    let identities = services
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.agent_ca.clone())
+        .map(|ca| {
+            let (link, directory, hub_id) = (
+                link.clone(),
+                directory.clone(),
+                services.hub_id.clone(),
+            );
+            let validity = Duration::from_secs(config.tls.agent_cert_validity_secs);
+            ChildSpec::new(ids::IDENTITIES, move || {
+                identities::AgentIdentities::new(
+                    link.clone(),
+                    ca.clone(),
+                    validity,
+                    hub_id.clone(),
+                    directory.clone(),
+                )
+            })
+        });
     let root = SupervisorSpec::new(directory::ROOT)
         .strategy(herd_supervision::Strategy::RestForOne)
         .registry(directory.tree().clone());
@@ -201,6 +230,12 @@ fn tree(
         .child(batcher)
         .child(router)
         .child(configs);
+    // After the connections: its restart closes no session; meanwhile
+    // certificates are refused and agents connect again.
+    let root = match identities {
+        Some(identities) => root.child(identities),
+        None => root,
+    };
     // Last: it restarts nothing when it restarts; until the stream is in
     // place, publishes are retried.
     match stream_status {

@@ -1,12 +1,16 @@
 //! Messages between the hub's actors.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use actix::dev::{RecipientRequest, ToEnvelope};
 use actix::{Actor, Addr, Handler, Message, Recipient};
 use herd_codec::proto::{Command, ConfigSet, Record, TaskResult};
 
+use herd_tls::AgentCertificate;
+
 use crate::agent_info::AgentInfo;
+use crate::enrollment::EnrollRefusal;
 
 /// Why the hub closes an agent connection (its `Goodbye`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +19,12 @@ pub(crate) enum CloseKind {
     Superseded,
     /// The hub is shutting down.
     Shutdown,
+    /// The agent id was revoked: certificates issued up to `revoked_at_ms`
+    /// (ms since the epoch) no longer count.
+    Revoked {
+        /// When.
+        revoked_at_ms: u64,
+    },
 }
 
 /// Ask a Connection to say goodbye and close.
@@ -239,3 +249,55 @@ pub(crate) struct GetConfig(pub String);
 #[derive(Debug, Message)]
 #[rtype(result = "bool")]
 pub(crate) struct IsLoaded;
+
+/// AgentIdentities: enroll an agent that has no certificate yet.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Issued, EnrollRefusal>")]
+pub(crate) struct Enroll {
+    /// The enrollment token from `Hello`.
+    pub token: String,
+    /// The agent's certificate signing request (DER).
+    pub csr: bytes::Bytes,
+    /// The id the agent asks for; empty: the hub picks one.
+    pub requested_id: String,
+    /// Where the agent connects from (recorded with the enrollment).
+    pub address: SocketAddr,
+}
+
+/// AgentIdentities: a new certificate for an enrolled agent.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Issued, String>")]
+pub(crate) struct RenewCertificate {
+    /// The certificate the agent connected with.
+    pub current: AgentCertificate,
+    /// The request for its new key (DER).
+    pub csr: bytes::Bytes,
+}
+
+/// A certificate AgentIdentities issued.
+#[derive(Debug)]
+pub(crate) struct Issued {
+    /// DER.
+    pub certificate: bytes::Bytes,
+    /// What it says.
+    pub parsed: AgentCertificate,
+}
+
+/// AgentIdentities: may an agent connect with this certificate (not revoked,
+/// revocations loaded)?
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), String>")]
+pub(crate) struct CheckCertificate(pub AgentCertificate);
+
+/// AgentRegistry: close the session of a revoked agent id, if its
+/// certificate is one the revocation covers.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct RevokeAgent {
+    /// The id.
+    pub agent_id: String,
+    /// When it was revoked (ms since the epoch).
+    pub revoked_at_ms: u64,
+    /// The operator's reason.
+    pub reason: String,
+}

@@ -46,6 +46,8 @@ pub struct HubMetrics {
     pub sockets_refused: Family<ReasonLabel, Counter>,
     /// Sockets accepted whose `Hello` is not handled yet.
     pub pending_handshakes: Gauge,
+    /// Certificate renewals answered, by outcome (`issued`, `refused`).
+    pub certificate_renewals: Family<OutcomeLabel, Counter>,
     /// Failed `accept` calls, by kind (`out_of_resources`: descriptors or
     /// kernel memory ran out and accepting pauses; `other`).
     pub accept_errors: Family<ReasonLabel, Counter>,
@@ -100,6 +102,7 @@ impl HubMetrics {
         let sockets_accepted = Counter::default();
         let sockets_refused = Family::<ReasonLabel, Counter>::default();
         let pending_handshakes = Gauge::default();
+        let certificate_renewals = Family::<OutcomeLabel, Counter>::default();
         let accept_errors = Family::<ReasonLabel, Counter>::default();
         let handshakes = Family::<OutcomeLabel, Counter>::default();
         let closes = Family::<OutcomeLabel, Counter>::default();
@@ -136,6 +139,11 @@ impl HubMetrics {
             "pending_handshakes",
             "Sockets accepted whose Hello is not handled yet",
             pending_handshakes.clone(),
+        );
+        registry.register(
+            "certificate_renewals",
+            "Agent certificate renewals answered, by outcome",
+            certificate_renewals.clone(),
         );
         registry.register(
             "accept_errors",
@@ -216,6 +224,7 @@ impl HubMetrics {
             sockets_accepted,
             sockets_refused,
             pending_handshakes,
+            certificate_renewals,
             accept_errors,
             handshakes,
             closes,
@@ -240,6 +249,14 @@ impl HubMetrics {
     /// Counts one handshake outcome.
     pub fn handshake(&self, outcome: &'static str) {
         self.handshakes
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts one answered certificate renewal.
+    pub fn certificate_renewal(&self, issued: bool) {
+        let outcome = if issued { "issued" } else { "refused" };
+        self.certificate_renewals
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }

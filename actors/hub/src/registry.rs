@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use crate::directory::{HubDirectory, ids};
 use crate::messages::{
     AgentLink, CloseAll, CloseKind, Connected, Lookup, Offline, Online, PresenceEvent, Register,
-    RegisterError, Unregister, WhenAllClosed,
+    RegisterError, RevokeAgent, Unregister, WhenAllClosed,
 };
 use crate::tracker::HeartbeatTracker;
 
@@ -52,6 +52,27 @@ impl AgentRegistry {
 
 impl Actor for AgentRegistry {
     type Context = Context<Self>;
+}
+
+impl Handler<RevokeAgent> for AgentRegistry {
+    type Result = ();
+
+    fn handle(&mut self, revoke: RevokeAgent, _ctx: &mut Context<Self>) {
+        // The connection knows when its certificate was issued, and closes
+        // only when the revocation covers it.
+        if let Some(link) = self.agents.get(&revoke.agent_id) {
+            let reason = match revoke.reason.as_str() {
+                "" => format!("agent {} was revoked", revoke.agent_id),
+                reason => format!("agent {} was revoked: {reason}", revoke.agent_id),
+            };
+            link.close(
+                CloseKind::Revoked {
+                    revoked_at_ms: revoke.revoked_at_ms,
+                },
+                reason,
+            );
+        }
+    }
 }
 
 impl Handler<Register> for AgentRegistry {

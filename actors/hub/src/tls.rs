@@ -3,12 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use herd_tls::{CertificateAuthority, Fingerprint, ServerIdentity};
+use herd_tls::{CertificateAuthority, Fingerprint, Identity};
 use tokio_rustls::TlsAcceptor;
 
 use crate::HubError;
-use crate::config::HubConfig;
+use crate::config::{AgentAuth, HubConfig};
 
 /// The directory of `state_dir` the hub keeps its own CA in.
 pub const TLS_DIR: &str = "tls";
@@ -23,6 +24,9 @@ pub(crate) struct AgentTls {
     /// The CA agents trust, by its fingerprint; `None` when an operator's
     /// chain holds no CA.
     pub(crate) ca_fingerprint: Option<Fingerprint>,
+    /// The CA that issues agent certificates, when agents are identified by
+    /// them (`tls.agent_auth = "certificate"`).
+    pub(crate) agent_ca: Option<Arc<CertificateAuthority>>,
 }
 
 impl std::fmt::Debug for AgentTls {
@@ -44,9 +48,10 @@ pub(crate) fn prepare(config: &HubConfig) -> Result<Option<AgentTls>, HubError> 
         );
         return Ok(None);
     }
-    let (identity, ca_fingerprint) = match (&tls.cert, &tls.key) {
+    let certificates = config.agent_auth() == AgentAuth::Certificate;
+    let (identity, ca_fingerprint, ca) = match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => {
-            let identity = ServerIdentity::from_pem_files(cert, key)?;
+            let identity = Identity::from_pem_files(cert, key)?;
             // Past the end entity, the last certificate is the closest to the root.
             let ca_fingerprint = identity
                 .chain
@@ -61,7 +66,13 @@ pub(crate) fn prepare(config: &HubConfig) -> Result<Option<AgentTls>, HubError> 
                 None => tracing::info!(cert = %cert.display(),
                     "agent link: TLS with the operator's certificate, no CA in its chain; agents trust it by tls.ca_file"),
             }
-            (identity, ca_fingerprint)
+            let ca = match (&tls.ca_cert, &tls.ca_key) {
+                (Some(ca_cert), Some(ca_key)) => Some(CertificateAuthority::from_pem_files(
+                    ca_cert, ca_key,
+                )?),
+                _ => None,
+            };
+            (identity, ca_fingerprint, ca)
         }
         _ => {
             let (ca, ca_file) = authority(config)?;
@@ -77,13 +88,34 @@ pub(crate) fn prepare(config: &HubConfig) -> Result<Option<AgentTls>, HubError> 
                 names = ?names,
                 "agent link: TLS; agents trust the hub by this CA fingerprint (tls.ca_fingerprint in herd-agent.toml)"
             );
-            (identity, Some(ca.fingerprint()))
+            (identity, Some(ca.fingerprint()), Some(ca))
         }
     };
-    let acceptor = TlsAcceptor::from(herd_tls::server_config(identity)?);
+    // Validation made sure there is a CA when agents need one.
+    let agent_ca = ca.filter(|_| certificates).map(Arc::new);
+    let client_cas: Vec<_> = agent_ca
+        .iter()
+        .map(|ca| ca.certificate().clone())
+        .collect();
+    if certificates {
+        tracing::info!(
+            "agents are identified by the certificates this hub issues them at enrollment \
+             (tokens from `herd-hub token create`)"
+        );
+    } else {
+        tracing::warn!(
+            "agents are identified by fleet token and the id they declare \
+             (tls.agent_auth = \"token\"): any token holder can speak for any agent"
+        );
+    }
+    let acceptor = TlsAcceptor::from(herd_tls::server_config_with_client_auth(
+        identity,
+        &client_cas,
+    )?);
     Ok(Some(AgentTls {
         acceptor,
         ca_fingerprint,
+        agent_ca,
     }))
 }
 

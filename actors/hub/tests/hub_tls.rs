@@ -7,15 +7,19 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use herd_codec::proto::Batch;
-use herd_hub::{Hub, HubConfig, HubTlsConfig, TLS_DIR};
+use herd_hub::{AgentAuth, Hub, HubConfig, HubTlsConfig, TLS_DIR};
 use herd_tests::nats::NatsServer;
 use herd_tests::script::poll_until;
 use herd_tls::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, Fingerprint, HubTrust};
 use hub_support::{ScriptedAgent, hello, hub_with, within};
 
-/// `config` with TLS as the hub runs by default, its state in `state`.
+/// `config` with TLS as the hub runs by default, its state in `state`;
+/// agents identified by the fleet token (enrollment has its own suite).
 fn tls_on(config: &mut HubConfig, state: &Path) {
-    config.tls = HubTlsConfig::default();
+    config.tls = HubTlsConfig {
+        agent_auth: AgentAuth::Token,
+        ..HubTlsConfig::default()
+    };
     config.state_dir = state.to_owned();
 }
 

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use herd_codec::proto::{
-    Ack, AgentMessage, Batch, CloseReason, Command, ConfigSet, Envelope, Goodbye, Hello,
-    HubMessage, Ping, PluginCommand, PluginConfig, PluginMessage, PluginStatus, Pong, Record,
+    Ack, AgentMessage, Batch, CertificateRequest, CloseReason, Command, ConfigSet, Envelope,
+    Goodbye, Hello, HubMessage, IssuedCertificate, Ping, PluginCommand, PluginConfig, PluginMessage, PluginStatus, Pong, Record,
     RestartPolicy, Task, TaskResult, TaskStatus, Welcome,
 };
 
@@ -97,6 +97,7 @@ pub fn hello() -> Hello {
             state: "running".into(),
         }],
         last_acked_seq: 41,
+        csr: vec![0x30, 0x82, 0x01, 0x02].into(),
     }
 }
 
@@ -110,6 +111,10 @@ pub fn agent_messages() -> Vec<AgentMessage> {
         .into(),
         task_result().into(),
         Pong { nonce: u64::MAX }.into(),
+        CertificateRequest {
+            csr: vec![0x30, 0x01].into(),
+        }
+        .into(),
     ]
 }
 
@@ -127,6 +132,7 @@ pub fn hub_messages() -> Vec<HubMessage> {
             max_frame_bytes: 4 * 1024 * 1024,
             ping_interval_ms: 15_000,
             ping_misses: 3,
+            certificate: vec![0x30, 0x82].into(),
         }
         .into(),
         Ack { seq: 42 }.into(),
@@ -139,6 +145,11 @@ pub fn hub_messages() -> Vec<HubMessage> {
         Goodbye {
             reason: CloseReason::Superseded as i32,
             message: "another connection took over".into(),
+        }
+        .into(),
+        IssuedCertificate {
+            certificate: vec![0x30, 0x82, 0x05].into(),
+            error: String::new(),
         }
         .into(),
     ]
