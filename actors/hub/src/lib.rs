@@ -56,6 +56,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accept_rate;
 mod admin;
 mod agent_info;
 mod batcher;
