@@ -76,6 +76,27 @@ pub struct HubConfig {
     /// Pending handshakes from one source (an IPv4 address, or an IPv6 /64),
     /// at most; so one peer cannot take all of `max_pending_handshakes`.
     pub max_pending_handshakes_per_source: usize,
+    /// Sockets one source (as for `max_pending_handshakes_per_source`) may
+    /// open per second, sustained; a socket beyond it and the burst is
+    /// closed at once. Catches what the pending bounds cannot: sockets that
+    /// each finish their handshake quickly (a reconnect loop, a flood of
+    /// cheap connections). 0: no rate.
+    ///
+    /// 100 by default: agents back off from 1 s, doubling, so a source's
+    /// legitimate load is a wave now and then, not a stream; at 100 a second
+    /// an emptied burst refills in about 5 s, and the agents refused
+    /// meanwhile come back spread out by their backoff. One peer's reconnect
+    /// loop is held to 100 handshakes a second, a small share of what a hub
+    /// takes (docs/benchmarks.md: some 2,300 TLS handshakes a second on 2
+    /// cores).
+    pub accept_rate_per_source: u32,
+    /// Sockets one source may open at once beyond the rate (the bucket's
+    /// size); at least 1 when `accept_rate_per_source` is set.
+    ///
+    /// 512 by default: twice the 256 agents of a reconnect wave behind one
+    /// NAT (the number `max_pending_handshakes_per_source` is sized for), so
+    /// the wave and a retry of all of it pass without a refusal.
+    pub accept_burst_per_source: u32,
     /// Largest frame accepted from an agent, in bytes (4-byte header excluded).
     pub max_frame_length: usize,
     /// Heartbeat interval told to agents in `Welcome`, in seconds.
@@ -134,6 +155,8 @@ impl Default for HubConfig {
             handshake_timeout_ms: 10_000,
             max_pending_handshakes: 1024,
             max_pending_handshakes_per_source: 256,
+            accept_rate_per_source: 100,
+            accept_burst_per_source: 512,
             max_frame_length: herd_codec::DEFAULT_MAX_FRAME_LENGTH,
             heartbeat_interval_secs: 30,
             ping_interval_ms: 15_000,
@@ -207,6 +230,12 @@ impl HubConfig {
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(HubConfigError::Zero { field });
+        }
+        // The burst matters only with a rate; with one, 0 would refuse every socket.
+        if self.accept_rate_per_source > 0 && self.accept_burst_per_source == 0 {
+            return Err(HubConfigError::Zero {
+                field: "accept_burst_per_source",
+            });
         }
         if let Some(position) = self.tokens.iter().position(String::is_empty) {
             return Err(HubConfigError::EmptyToken { position });
@@ -461,6 +490,8 @@ mod tests {
         assert_eq!(config.dead_after(), Duration::from_secs(45));
         assert_eq!(config.max_pending_handshakes, 1024);
         assert_eq!(config.max_pending_handshakes_per_source, 256);
+        assert_eq!(config.accept_rate_per_source, 100);
+        assert_eq!(config.accept_burst_per_source, 512);
         assert_eq!(config.max_queued_tasks, 64);
         assert_eq!(config.write_stall_timeout(), Duration::from_secs(30));
         assert_eq!(config.validate(), Ok(()));
@@ -486,6 +517,22 @@ mod tests {
                 field: "max_pending_handshakes_per_source"
             })
         );
+        let config = HubConfig {
+            accept_burst_per_source: 0,
+            ..HubConfig::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(HubConfigError::Zero {
+                field: "accept_burst_per_source"
+            })
+        );
+        let config = HubConfig {
+            accept_rate_per_source: 0,
+            accept_burst_per_source: 0,
+            ..HubConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()), "no rate, no burst needed");
         let config = HubConfig {
             tokens: vec!["a".into(), String::new()],
             ..HubConfig::default()

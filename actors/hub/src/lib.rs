@@ -58,6 +58,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accept_rate;
 mod admin;
 mod agent_info;
 mod batcher;

@@ -1,10 +1,10 @@
 //! Accepts agent sockets and starts one Connection per socket under the
 //! connections supervisor, on the worker arbiters round-robin.
 //!
-//! Hostile peers: a socket over the pending-handshake bounds is closed at
-//! once, before a Connection exists for it; when `accept` fails for lack of
-//! descriptors or memory, accepting pauses with a backoff instead of
-//! retrying the failing call in a loop.
+//! Hostile peers: a socket over its source's accept rate or the
+//! pending-handshake bounds is closed at once, before a Connection exists
+//! for it; when `accept` fails for lack of descriptors or memory, accepting
+//! pauses with a backoff instead of retrying the failing call in a loop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,8 +15,9 @@ use nix::errno::Errno;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::Services;
+use crate::accept_rate::AcceptRate;
 use crate::connection::Connection;
-use crate::pending::{HandshakePermit, Refusal};
+use crate::pending::HandshakePermit;
 use herd_supervision::{Backoff, ChildSpec, Retry, StartChild};
 
 /// The first pause after `accept` ran out of resources; it doubles with
@@ -48,6 +49,7 @@ pub(crate) struct Listener {
     episodes: LogThrottle,
     episode_logged: bool,
     refusals: LogThrottle,
+    accept_rate: AcceptRate,
 }
 
 impl Listener {
@@ -59,6 +61,10 @@ impl Listener {
     ) -> Self {
         let pauses = Backoff::exponential(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX, 0.0)
             .expect("the constant pauses are a valid backoff");
+        let accept_rate = AcceptRate::new(
+            services.config.accept_rate_per_source,
+            services.config.accept_burst_per_source,
+        );
         Self {
             socket,
             listener: None,
@@ -69,6 +75,7 @@ impl Listener {
             episodes: LogThrottle::default(),
             episode_logged: false,
             refusals: LogThrottle::default(),
+            accept_rate,
         }
     }
 
@@ -129,21 +136,26 @@ impl Listener {
         }
     }
 
-    /// Starts a Connection for the socket if it gets a pending handshake's
-    /// place; otherwise drops it, which closes it before it cost anything.
+    /// Starts a Connection for the socket if its source is within its
+    /// accept rate and it gets a pending handshake's place; otherwise drops
+    /// it, which closes it before it cost anything. The rate comes first: a
+    /// socket it refuses never takes a place, even for a moment.
     fn admit(&mut self, socket: TcpStream, peer: SocketAddr) {
+        if let Err(refusal) = self.accept_rate.try_accept(peer.ip()) {
+            return self.refused(peer, refusal.reason(), &refusal);
+        }
         match self.services.pending.try_acquire(peer.ip()) {
             Ok(permit) => self.start_connection(socket, peer, permit),
-            Err(refusal) => self.refused(peer, refusal),
+            Err(refusal) => self.refused(peer, refusal.reason(), &refusal),
         }
     }
 
-    fn refused(&mut self, peer: SocketAddr, refusal: Refusal) {
-        let reason = refusal.reason();
+    fn refused(&mut self, peer: SocketAddr, reason: &'static str, refusal: &dyn std::fmt::Display) {
         self.services.metrics.refused_socket(reason);
-        // `held_back`: the refusals since the last line, counted but not logged.
+        // `held_back`: the refusals since the last line, counted but not
+        // logged, whatever their reason: one line for all the bounds.
         if let Some(held_back) = self.refusals.allow(Instant::now()) {
-            tracing::warn!(%peer, reason, %refusal, held_back, "closing sockets over the pending-handshake bounds");
+            tracing::warn!(%peer, reason, %refusal, held_back, "closing sockets over the accept rate or the pending-handshake bounds");
         }
     }
 

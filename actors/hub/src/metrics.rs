@@ -42,7 +42,7 @@ pub struct HubMetrics {
     /// Sockets accepted (those refused at once included).
     pub sockets_accepted: Counter,
     /// Accepted sockets closed at once, by the bound they were over
-    /// (`pending_handshakes`, `per_source`).
+    /// (`accept_rate`, `pending_handshakes`, `per_source`).
     pub sockets_refused: Family<ReasonLabel, Counter>,
     /// Sockets accepted whose `Hello` is not handled yet.
     pub pending_handshakes: Gauge,
@@ -132,7 +132,7 @@ impl HubMetrics {
         );
         registry.register(
             "sockets_refused",
-            "Accepted sockets closed at once, by the pending-handshake bound they were over",
+            "Accepted sockets closed at once, by the bound they were over (accept rate, pending handshakes)",
             sockets_refused.clone(),
         );
         registry.register(

@@ -113,8 +113,8 @@ impl Drop for HandshakePermit {
 
 /// The source a peer's handshakes count against: its IPv4 address, or the
 /// /64 of an IPv6 one (one host is routinely given a whole /64, so a single
-/// address would be no bound at all).
-fn source_of(peer: IpAddr) -> IpAddr {
+/// address would be no bound at all). The accept rate counts by it too.
+pub(crate) fn source_of(peer: IpAddr) -> IpAddr {
     match peer.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => {

@@ -337,3 +337,59 @@ async fn sockets_over_the_pending_handshake_bounds_are_closed_at_once() {
     );
     hub.shutdown().await;
 }
+
+#[actix::test]
+async fn sockets_over_a_sources_accept_rate_are_closed_at_once_until_it_refills() {
+    // One token a second: the sockets below are all opened well within it,
+    // so every refusal is the empty bucket's doing. A handshake timeout
+    // beyond WAIT: an EOF within WAIT is the bound's.
+    let (_nats, hub) = hub_with(|config| {
+        config.handshake_timeout_ms = 60_000;
+        config.accept_rate_per_source = 1;
+        config.accept_burst_per_source = 4;
+    })
+    .await;
+    let addr = hub.listen_addr();
+    let (flooding, other) = ([127, 0, 0, 1], [127, 0, 0, 2]);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(silent(flooding, addr).await);
+    }
+    let mut refused = Vec::new();
+    for _ in 0..2 {
+        refused.push(silent(flooding, addr).await);
+    }
+    // Another source has a bucket of its own, full.
+    held.push(silent(other, addr).await);
+    for stream in &mut refused {
+        let read = within("the hub closing a refused socket", stream.read(&mut [0; 1])).await;
+        assert_eq!(read.expect("an orderly close"), 0);
+    }
+    // Opened after the refused ones, the other source's socket may not be
+    // taken yet.
+    poll_until("the other source's socket to be taken", || {
+        hub.metrics().pending_handshakes.get() == 5
+    })
+    .await;
+    assert!(held.iter().all(still_open), "a held socket was closed");
+    let metrics = hub.metrics().render();
+    for line in [
+        r#"herd_hub_sockets_refused_total{reason="accept_rate"} 2"#,
+        "herd_hub_pending_handshakes 5\n",
+        "herd_hub_sockets_accepted_total 7\n",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+
+    // A second later the bucket has a token again: an agent from the
+    // flooding source comes online.
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let _agent = ScriptedAgent::online(addr, "after-refill").await;
+    assert!(
+        hub.metrics()
+            .render()
+            .contains(r#"herd_hub_sockets_refused_total{reason="accept_rate"} 2"#),
+        "the agent was not refused"
+    );
+    hub.shutdown().await;
+}
