@@ -3,10 +3,10 @@
 
 use crate::frame::WireMessage;
 use crate::proto::{
-    Ack, AgentMessage, Batch, CertificateRequest, Command, ConfigSet, Durable, Envelope, EnvelopeBatch, Goodbye, Hello,
-    HubMessage, IssuedCertificate, Ping, PluginCommand, PluginConfig, PluginMessage, PluginStatus, Pong, Record,
-    RestartPolicy, Task, TaskResult, Welcome, agent_message, hub_message, plugin_command,
-    plugin_message,
+    Ack, AgentMessage, Batch, CertificateRequest, Command, ConfigSet, Durable, Envelope,
+    EnvelopeBatch, Goodbye, Hello, HubMessage, IssuedCertificate, Ping, PluginCommand,
+    PluginConfig, PluginMessage, PluginStatus, Pong, Record, RestartPolicy, Task, TaskResult,
+    Welcome, agent_message, hub_message, plugin_command, plugin_message,
 };
 
 macro_rules! wire_messages {

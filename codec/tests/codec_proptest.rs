@@ -8,9 +8,8 @@ use bytes::{Bytes, BytesMut};
 use herd_codec::blocking::{read_frame, write_frame};
 use herd_codec::proto::{
     Ack, AgentMessage, Batch, CertificateRequest, Command, ConfigSet, Durable, Goodbye, Hello,
-    HubMessage, IssuedCertificate, Ping,
-    PluginCommand, PluginConfig, PluginMessage, PluginStatus, Pong, Record, RestartPolicy, Task,
-    TaskResult, Welcome,
+    HubMessage, IssuedCertificate, Ping, PluginCommand, PluginConfig, PluginMessage, PluginStatus,
+    Pong, Record, RestartPolicy, Task, TaskResult, Welcome,
 };
 use herd_codec::{AgentCodec, DEFAULT_MAX_FRAME_LENGTH, FrameCodec, HubCodec, WireMessage};
 use proptest::collection::{hash_map, vec};

@@ -286,7 +286,8 @@ async fn operate(config: HubConfig, operation: Operation) -> Result<(), CliError
             description,
             quiet,
         }) => {
-            let new = herd_hub::enrollment::create_token(&jetstream, ttl, uses, &description).await?;
+            let new =
+                herd_hub::enrollment::create_token(&jetstream, ttl, uses, &description).await?;
             if quiet {
                 println!("{}", new.token);
                 return Ok(());
@@ -303,12 +304,16 @@ async fn operate(config: HubConfig, operation: Operation) -> Result<(), CliError
                     println!("  [tls]");
                     println!("  ca_fingerprint = \"{fingerprint}\"");
                 }
-                None => println!("(the hub's CA is not readable here: give the agent its fingerprint or tls.ca_file)"),
+                None => println!(
+                    "(the hub's CA is not readable here: give the agent its fingerprint or tls.ca_file)"
+                ),
             }
         }
         Operation::Agent(AgentOperation::Revoke { agent_id, reason }) => {
             herd_hub::enrollment::revoke_agent(&jetstream, &agent_id, &reason).await?;
-            println!("revoked agent {agent_id}: its certificates are refused from now on and its session is closed");
+            println!(
+                "revoked agent {agent_id}: its certificates are refused from now on and its session is closed"
+            );
         }
     }
     Ok(())

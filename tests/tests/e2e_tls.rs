@@ -144,7 +144,12 @@ async fn delivered(collector: &Collector, agent: &str, target: u64) {
                         && agent.missing_batches().is_empty()
                 })
             },
-            |tally| format!("{:?}", tally.agents.get(agent).map(|a| a.counter_max(COUNTER))),
+            |tally| {
+                format!(
+                    "{:?}",
+                    tally.agents.get(agent).map(|a| a.counter_max(COUNTER))
+                )
+            },
         )
         .await
         .unwrap_or_else(|error| panic!("{error}"));
@@ -182,7 +187,10 @@ async fn an_enrolled_agent_keeps_its_certificate_and_renews_it_while_losing_no_r
         .await
         .unwrap_or_else(|error| panic!("{error}"));
     let identity = agent.config().state_dir.join("identity.pem");
-    let mode = std::fs::metadata(&identity).expect("identity.pem").permissions().mode();
+    let mode = std::fs::metadata(&identity)
+        .expect("identity.pem")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "the agent's key is readable by others");
     let counter = CounterFile::new(&agent.plugin_state_dir(COUNTER));
 
@@ -201,7 +209,11 @@ async fn an_enrolled_agent_keeps_its_certificate_and_renews_it_while_losing_no_r
     // Two thirds into its 30 s it renews on the live connection, records flowing.
     let renewed = r#"herd_hub_certificate_renewals_total{outcome="issued"} 1"#;
     tokio::time::timeout(RENEWAL_WAIT, async {
-        while !hub.admin_get("/metrics").await.is_ok_and(|(_, metrics)| metrics.contains(renewed)) {
+        while !hub
+            .admin_get("/metrics")
+            .await
+            .is_ok_and(|(_, metrics)| metrics.contains(renewed))
+        {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })

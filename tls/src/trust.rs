@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::server::WebPkiClientVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
     SignatureScheme,
@@ -39,8 +39,8 @@ pub fn server_config_with_client_auth(
     identity: Identity,
     client_cas: &[CertificateDer<'static>],
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?;
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = if client_cas.is_empty() {
         builder.with_no_client_auth()
     } else {
@@ -73,38 +73,39 @@ pub fn client_config_with_identity(
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let builder = match trust {
-        HubTrust::Fingerprint(fingerprint) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCa {
-                fingerprint: *fingerprint,
-                provider,
-            })),
-        HubTrust::CaFile(path) => {
-            let bad = |reason: String| TlsError::BadFile {
-                what: "hub CA file",
-                path: path.clone(),
-                reason,
-            };
-            let certificates = {
-                use rustls::pki_types::pem::PemObject as _;
-                CertificateDer::pem_file_iter(path)
-                    .map_err(|error| bad(error.to_string()))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|error| bad(error.to_string()))?
-            };
-            let mut roots = RootCertStore::empty();
-            for certificate in certificates {
-                roots
-                    .add(certificate)
-                    .map_err(|error| bad(error.to_string()))?;
+    let builder =
+        match trust {
+            HubTrust::Fingerprint(fingerprint) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedCa {
+                    fingerprint: *fingerprint,
+                    provider,
+                })),
+            HubTrust::CaFile(path) => {
+                let bad = |reason: String| TlsError::BadFile {
+                    what: "hub CA file",
+                    path: path.clone(),
+                    reason,
+                };
+                let certificates = {
+                    use rustls::pki_types::pem::PemObject as _;
+                    CertificateDer::pem_file_iter(path)
+                        .map_err(|error| bad(error.to_string()))?
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|error| bad(error.to_string()))?
+                };
+                let mut roots = RootCertStore::empty();
+                for certificate in certificates {
+                    roots
+                        .add(certificate)
+                        .map_err(|error| bad(error.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(bad("no CERTIFICATE in it".to_owned()));
+                }
+                builder.with_root_certificates(roots)
             }
-            if roots.is_empty() {
-                return Err(bad("no CERTIFICATE in it".to_owned()));
-            }
-            builder.with_root_certificates(roots)
-        }
-    };
+        };
     let config = match identity {
         Some(identity) => builder.with_client_auth_cert(identity.chain, identity.key)?,
         None => builder.with_no_client_auth(),

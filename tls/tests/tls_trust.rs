@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use herd_tls::{
-    CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, Fingerprint, HubTrust, Identity,
-    TlsError, client_config, server_config, server_name,
+    CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, Fingerprint, HubTrust, Identity, TlsError,
+    client_config, server_config, server_name,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -233,7 +233,11 @@ impl HubTls {
 
     /// The identity to present, unless it has expired.
     fn identity(&self) -> Option<Arc<EnrolledIdentity>> {
-        let identity = self.identity.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let identity = self
+            .identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
         if identity.certificate().expired(SystemTime::now()) {
             tracing::warn!(agent_id = %identity.certificate().agent_id,
                 "the agent's certificate has expired; it enrolls again with its token, if it has one");
@@ -694,7 +698,10 @@ impl Dialer {
     fn adopt_certificate(&self, certificate: &[u8]) -> Result<(), String> {
         let (Some(tls), Some(key)) = (
             &self.tls,
-            self.pending_key.lock().unwrap_or_else(|e| e.into_inner()).take(),
+            self.pending_key
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
         ) else {
             return Err("the hub sent a certificate the agent did not ask for".to_owned());
         };

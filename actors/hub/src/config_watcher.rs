@@ -239,7 +239,13 @@ async fn open(link: NatsLink) -> (kv::Watch, Vec<(String, Option<bytes::Bytes>)>
 pub async fn config_bucket(
     jetstream: &async_nats::jetstream::Context,
 ) -> Result<kv::Store, async_nats::Error> {
-    crate::kv::open_bucket(jetstream, CONFIG_BUCKET, "herd desired plugin configuration", 5).await
+    crate::kv::open_bucket(
+        jetstream,
+        CONFIG_BUCKET,
+        "herd desired plugin configuration",
+        5,
+    )
+    .await
 }
 
 async fn try_open(

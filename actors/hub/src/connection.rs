@@ -17,11 +17,11 @@ use herd_codec::proto::agent_message::Kind;
 use herd_codec::proto::{
     Ack, CloseReason, ConfigSet, Goodbye, Hello, HubMessage, IssuedCertificate, Ping, Welcome,
 };
-use herd_tls::AgentCertificate;
 use herd_codec::{
     AgentFrame, CodecError, Encoded, HubForwardCodec, PROTOCOL_VERSION, RawBatch, data_type,
     validate_agent_id,
 };
+use herd_tls::AgentCertificate;
 use prost::Message as _;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -35,8 +35,7 @@ use crate::agent_info::AgentInfo;
 use crate::config::AgentAuth;
 use crate::messages::{
     AgentGone, AgentLink, CheckCertificate, Close, CloseKind, CommandRefused, Enroll, GetConfig,
-    HeartbeatReceived, Register, RenewCertificate,
-    SendCommand, TaskDone, Unregister,
+    HeartbeatReceived, Register, RenewCertificate, SendCommand, TaskDone, Unregister,
 };
 use crate::metrics::HubMetrics;
 use crate::pending::HandshakePermit;
@@ -529,10 +528,8 @@ impl Connection {
             address: self.peer,
         };
         ctx.wait(
-            identities
-                .send(enroll)
-                .into_actor(self)
-                .map(move |enrolled, act, ctx| match enrolled {
+            identities.send(enroll).into_actor(self).map(
+                move |enrolled, act, ctx| match enrolled {
                     Ok(Ok(issued)) => {
                         let agent_id = issued.parsed.agent_id.clone();
                         act.certificate = Some(issued.parsed);
@@ -544,7 +541,8 @@ impl Connection {
                         "unavailable",
                         format!("the hub's enrollment is unavailable: {error}"),
                     ),
-                }),
+                },
+            ),
         );
     }
 
@@ -630,9 +628,13 @@ impl Connection {
                             error: String::new(),
                         },
                         Ok(Err(refusal)) => refused(refusal),
-                        Err(error) => refused(format!("the hub's enrollment is unavailable: {error}")),
+                        Err(error) => {
+                            refused(format!("the hub's enrollment is unavailable: {error}"))
+                        }
                     };
-                    act.services.metrics.certificate_renewal(answer.error.is_empty());
+                    act.services
+                        .metrics
+                        .certificate_renewal(answer.error.is_empty());
                     act.send_frame(ctx, HubMessage::from(answer));
                 }),
         );

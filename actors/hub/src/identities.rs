@@ -115,7 +115,8 @@ impl AgentIdentities {
             let certificate = ca
                 .issue_agent(&csr, &agent_id, validity)
                 .map_err(|error| error.to_string())?;
-            let parsed = AgentCertificate::parse(&certificate).map_err(|error| error.to_string())?;
+            let parsed =
+                AgentCertificate::parse(&certificate).map_err(|error| error.to_string())?;
             Ok(Issued {
                 certificate: bytes::Bytes::from(certificate.to_vec()),
                 parsed,
@@ -165,18 +166,16 @@ impl Actor for AgentIdentities {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.spawn(
-            open(self.link.clone())
-                .into_actor(self)
-                .map(|(buckets, watch, values), act, ctx| {
-                    for (agent_id, value) in values {
-                        act.apply(agent_id, value.as_deref());
-                    }
-                    act.buckets = Some(buckets);
-                    tracing::info!(revoked = act.revoked.len(), "enrollment ready");
-                    ctx.add_stream(watch);
-                }),
-        );
+        ctx.spawn(open(self.link.clone()).into_actor(self).map(
+            |(buckets, watch, values), act, ctx| {
+                for (agent_id, value) in values {
+                    act.apply(agent_id, value.as_deref());
+                }
+                act.buckets = Some(buckets);
+                tracing::info!(revoked = act.revoked.len(), "enrollment ready");
+                ctx.add_stream(watch);
+            },
+        ));
     }
 }
 

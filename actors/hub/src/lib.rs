@@ -197,11 +197,8 @@ fn tree(
         .as_ref()
         .and_then(|tls| tls.agent_ca.clone())
         .map(|ca| {
-            let (link, directory, hub_id) = (
-                link.clone(),
-                directory.clone(),
-                services.hub_id.clone(),
-            );
+            let (link, directory, hub_id) =
+                (link.clone(), directory.clone(), services.hub_id.clone());
             let validity = Duration::from_secs(config.tls.agent_cert_validity_secs);
             ChildSpec::new(ids::IDENTITIES, move || {
                 identities::AgentIdentities::new(

@@ -67,9 +67,9 @@ pub(crate) fn prepare(config: &HubConfig) -> Result<Option<AgentTls>, HubError> 
                     "agent link: TLS with the operator's certificate, no CA in its chain; agents trust it by tls.ca_file"),
             }
             let ca = match (&tls.ca_cert, &tls.ca_key) {
-                (Some(ca_cert), Some(ca_key)) => Some(CertificateAuthority::from_pem_files(
-                    ca_cert, ca_key,
-                )?),
+                (Some(ca_cert), Some(ca_key)) => {
+                    Some(CertificateAuthority::from_pem_files(ca_cert, ca_key)?)
+                }
                 _ => None,
             };
             (identity, ca_fingerprint, ca)
@@ -93,10 +93,7 @@ pub(crate) fn prepare(config: &HubConfig) -> Result<Option<AgentTls>, HubError> 
     };
     // Validation made sure there is a CA when agents need one.
     let agent_ca = ca.filter(|_| certificates).map(Arc::new);
-    let client_cas: Vec<_> = agent_ca
-        .iter()
-        .map(|ca| ca.certificate().clone())
-        .collect();
+    let client_cas: Vec<_> = agent_ca.iter().map(|ca| ca.certificate().clone()).collect();
     if certificates {
         tracing::info!(
             "agents are identified by the certificates this hub issues them at enrollment \

@@ -49,9 +49,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 /// A TLS connection presenting `identity` (none: not enrolled yet).
 async fn connect(hub: &Hub, identity: Option<&EnrolledIdentity>) -> ScriptedAgent {
-    let config =
-        herd_tls::client_config_with_identity(&trust(hub), identity.map(|i| i.identity()))
-            .expect("client config");
+    let config = herd_tls::client_config_with_identity(&trust(hub), identity.map(|i| i.identity()))
+        .expect("client config");
     within(
         "the TLS handshake",
         ScriptedAgent::try_connect_tls_with(hub.listen_addr(), config),
@@ -110,7 +109,12 @@ async fn an_agent_enrolls_with_a_token_and_then_its_certificate_is_its_identity(
     let token = token(&hub, 1, HOUR).await;
     let (identity, mut first) = enroll(&hub, "web-1", &token).await;
     // The enrolling session is a session like any other.
-    first.send_acked(Batch { seq: 1, records: vec![] }).await;
+    first
+        .send_acked(Batch {
+            seq: 1,
+            records: vec![],
+        })
+        .await;
     drop(first);
 
     // With its certificate it needs no token, and the id it declares does not count.
@@ -118,7 +122,12 @@ async fn an_agent_enrolls_with_a_token_and_then_its_certificate_is_its_identity(
     assert!(welcome.ok, "{}", welcome.message);
     assert_eq!(welcome.agent_id, "web-1");
     assert!(welcome.certificate.is_empty(), "no new certificate");
-    agent.send_acked(Batch { seq: 2, records: vec![] }).await;
+    agent
+        .send_acked(Batch {
+            seq: 2,
+            records: vec![],
+        })
+        .await;
     assert!(counted(&hub, "ok", 2));
     hub.shutdown().await;
 }
@@ -138,7 +147,10 @@ async fn a_certificate_cannot_claim_another_agents_id() {
     assert!(welcome.ok, "{}", welcome.message);
     assert_eq!(welcome.agent_id, "web-1");
     db_session
-        .send_acked(Batch { seq: 1, records: vec![] })
+        .send_acked(Batch {
+            seq: 1,
+            records: vec![],
+        })
         .await;
     let mut ids: Vec<String> = hub.agents().await.into_iter().map(|a| a.agent_id).collect();
     ids.sort();
@@ -149,7 +161,11 @@ async fn a_certificate_cannot_claim_another_agents_id() {
     let (hello, _) = enrolling("db-1", &other);
     let (_, welcome) = welcome_for(&hub, None, hello).await;
     assert!(!welcome.ok);
-    assert!(welcome.message.contains("enrolled already"), "{}", welcome.message);
+    assert!(
+        welcome.message.contains("enrolled already"),
+        "{}",
+        welcome.message
+    );
     // ... and that refusal spent nothing: the token still enrolls a new id.
     let (identity, _) = enroll(&hub, "", &other).await;
     assert_eq!(identity.certificate().agent_id.len(), 32);
@@ -178,7 +194,11 @@ async fn tokens_are_refused_past_their_uses_after_their_ttl_and_when_unknown() {
     // Without a certificate and without asking to enroll, the agent is told how.
     let (_, welcome) = welcome_for(&hub, None, hello("fifth", "")).await;
     assert!(!welcome.ok);
-    assert!(welcome.message.contains("herd-hub token create"), "{}", welcome.message);
+    assert!(
+        welcome.message.contains("herd-hub token create"),
+        "{}",
+        welcome.message
+    );
     hub.shutdown().await;
 }
 
@@ -198,7 +218,11 @@ async fn revocation_closes_the_live_session_refuses_the_next_and_frees_the_id() 
     match &last[..] {
         [Kind::Goodbye(goodbye)] => {
             assert_eq!(goodbye.reason(), CloseReason::Revoked);
-            assert!(goodbye.message.contains("host decommissioned"), "{}", goodbye.message);
+            assert!(
+                goodbye.message.contains("host decommissioned"),
+                "{}",
+                goodbye.message
+            );
         }
         other => panic!("expected one Goodbye, got {other:?}"),
     }
@@ -294,12 +318,18 @@ async fn a_certificate_is_renewed_on_the_live_connection() {
     assert_eq!(renewed.certificate().agent_id, "web-1");
     assert!(renewed.certificate().not_after >= identity.certificate().not_after);
     // The session went on meanwhile, and the new certificate opens the next.
-    session.send_acked(Batch { seq: 1, records: vec![] }).await;
+    session
+        .send_acked(Batch {
+            seq: 1,
+            records: vec![],
+        })
+        .await;
     let (_, welcome) = welcome_for(&hub, Some(&renewed), hello("", "")).await;
     assert!(welcome.ok, "{}", welcome.message);
-    assert!(hub
-        .metrics()
-        .render()
-        .contains(r#"herd_hub_certificate_renewals_total{outcome="issued"} 1"#));
+    assert!(
+        hub.metrics()
+            .render()
+            .contains(r#"herd_hub_certificate_renewals_total{outcome="issued"} 1"#)
+    );
     hub.shutdown().await;
 }

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 
 use herd_codec::proto::{
     Ack, AgentMessage, Batch, CertificateRequest, CloseReason, Command, ConfigSet, Envelope,
-    Goodbye, Hello, HubMessage, IssuedCertificate, Ping, PluginCommand, PluginConfig, PluginMessage, PluginStatus, Pong, Record,
-    RestartPolicy, Task, TaskResult, TaskStatus, Welcome,
+    Goodbye, Hello, HubMessage, IssuedCertificate, Ping, PluginCommand, PluginConfig,
+    PluginMessage, PluginStatus, Pong, Record, RestartPolicy, Task, TaskResult, TaskStatus,
+    Welcome,
 };
 
 fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
