@@ -166,6 +166,41 @@ mod tests {
     }
 
     #[test]
+    fn the_identity_is_kept_private_and_an_unusable_one_is_set_aside() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert!(state.load_identity().unwrap().is_none());
+        let (ca, _) =
+            herd_tls::CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap();
+        let key = herd_tls::AgentKey::generate().unwrap();
+        let certificate = ca
+            .issue_agent(
+                &key.request().unwrap(),
+                "web-1",
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap();
+        let identity = EnrolledIdentity::new(key, certificate.to_vec()).unwrap();
+        state.store_identity(&identity).unwrap();
+        let path = dir.path().join(IDENTITY_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let loaded = state.load_identity().unwrap().expect("an identity");
+        assert_eq!(loaded.certificate(), identity.certificate());
+
+        std::fs::write(&path, "not a certificate").unwrap();
+        assert!(matches!(
+            state.load_identity(),
+            Err(StateError::Identity { .. })
+        ));
+        let aside = state.set_identity_aside().expect("moved aside");
+        assert_eq!(std::fs::read_to_string(aside).unwrap(), "not a certificate");
+        assert!(state.load_identity().unwrap().is_none());
+    }
+
+    #[test]
     fn plugin_dirs_are_created() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
