@@ -31,8 +31,10 @@ struct Cli {
     /// (file key `admin`; default 127.0.0.1:7401; `off` disables it).
     #[arg(long, env = "HERD_HUB_ADMIN", value_name = "ADDR|off")]
     admin: Option<String>,
-    /// NATS server URL(s), comma separated (file key `nats_url`). Without one
-    /// the hub runs its own nats-server under the state directory.
+    /// NATS server URL(s), comma separated (file key `nats_url`; log in to it
+    /// with the file's `[nats]` keys). Without one the hub runs its own
+    /// nats-server under the state directory, which admits only the NKey
+    /// users in <state_dir>/nats-credentials.
     #[arg(long, env = "HERD_HUB_NATS_URL", value_name = "URL")]
     nats_url: Option<String>,
     /// Directory for the hub's state, e.g. the embedded NATS store (file key

@@ -29,11 +29,13 @@
 
 mod authority;
 mod error;
+mod files;
 mod fingerprint;
 mod trust;
 
 pub use authority::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, ServerIdentity};
 pub use error::TlsError;
+pub use files::write_file_atomically;
 pub use fingerprint::Fingerprint;
 pub use trust::{HubTrust, client_config, server_config, server_name};
 
