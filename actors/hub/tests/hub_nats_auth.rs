@@ -317,12 +317,15 @@ async fn a_hub_logs_in_to_an_external_server_with_its_nkey_file() {
         .await;
     within("shutdown", hub.shutdown()).await;
 
-    let mut config = HubConfig::for_tests(nats.url());
-    let missing = dir.path().join("missing.nk");
-    config.nats.nkey_file = Some(missing.clone());
-    let error = Hub::start(config).await.expect_err("no seed file");
-    assert!(
-        matches!(&error, HubError::NatsCredentialsFile { action: "read", path, .. } if *path == missing),
-        "{error}"
-    );
+    let missing = dir.path().join("missing");
+    for (nkey_file, creds_file) in [(Some(missing.clone()), None), (None, Some(missing.clone()))] {
+        let mut config = HubConfig::for_tests(nats.url());
+        config.nats.nkey_file = nkey_file;
+        config.nats.creds_file = creds_file;
+        let error = Hub::start(config).await.expect_err("no credentials file");
+        assert!(
+            matches!(&error, HubError::NatsCredentialsFile { action: "read", path, .. } if *path == missing),
+            "{error}"
+        );
+    }
 }
