@@ -5,12 +5,14 @@
 //! Each example is a Cargo example of this package (`cargo run -p
 //! herd-examples --example NAME -- --help`); this library holds what they
 //! do, so the tests can run it too: readable lines for an [`Envelope`] and a
-//! [`TaskResult`], [`send_task`], [`set_config`], and the [`RecordCounter`]
-//! actor that `embed_hub` adds to the hub's supervision tree.
+//! [`TaskResult`], [`send_task`], [`set_config`], the [`RecordCounter`]
+//! actor that `embed_hub` adds to the hub's supervision tree, and
+//! [`NatsArgs`], how every example reaches the hub's NATS and logs in.
 
 mod record_counter;
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use herd_codec::NameError;
@@ -141,6 +143,22 @@ const HUB_DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why an example could not talk to herd over NATS.
 #[derive(Debug, thiserror::Error)]
 pub enum ExampleError {
+    /// An NKey seed or credentials file that could not be read.
+    #[error("cannot read NATS credentials {}: {source}", path.display())]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The NATS server could not be reached or refused the login.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// What the client said.
+        source: async_nats::ConnectError,
+    },
     /// An agent id that cannot be a NATS subject token.
     #[error("invalid agent id {agent_id:?}: {source}")]
     AgentId {
@@ -188,6 +206,56 @@ pub enum ExampleError {
         /// What JetStream said.
         source: async_nats::jetstream::kv::PutError,
     },
+}
+
+/// The flags every example that talks to NATS takes: where the hub's NATS
+/// is, and the credentials to log in with.
+///
+/// A hub's embedded server admits only the NKey users in its
+/// `<state_dir>/nats-credentials`: `reader.nk` (read-only) is enough to
+/// subscribe; sending tasks and writing configuration need `hub.nk`. An
+/// external server may ask for a JWT credentials file instead.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server the hub uses.
+    #[arg(long, env = "HERD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Log in with the NKey seed in FILE (one line `SU...`), e.g. a hub's
+    /// <state_dir>/nats-credentials/reader.nk or hub.nk.
+    #[arg(long, value_name = "FILE", conflicts_with = "creds")]
+    pub nkey: Option<PathBuf>,
+    /// Log in with the JWT credentials file FILE (`.creds`).
+    #[arg(long, value_name = "FILE")]
+    pub creds: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// Connects to [`Self::nats_url`] with the seed or credentials given.
+    pub async fn connect(&self) -> Result<async_nats::Client, ExampleError> {
+        let credentials_error = |path: &PathBuf| {
+            let path = path.clone();
+            move |source| ExampleError::Credentials { path, source }
+        };
+        let options = async_nats::ConnectOptions::new();
+        let options = match (&self.nkey, &self.creds) {
+            (Some(nkey), _) => {
+                let seed = std::fs::read_to_string(nkey).map_err(credentials_error(nkey))?;
+                options.nkey(seed.trim().to_owned())
+            }
+            (None, Some(creds)) => options
+                .credentials_file(creds)
+                .await
+                .map_err(credentials_error(creds))?,
+            (None, None) => options,
+        };
+        options
+            .connect(&self.nats_url)
+            .await
+            .map_err(|source| ExampleError::Connect {
+                url: self.nats_url.clone(),
+                source,
+            })
+    }
 }
 
 /// The subject a task for `agent_id` is requested on, after checking that
@@ -431,6 +499,22 @@ mod tests {
         assert!(
             line.ends_with(r#"empty="" line="two words" body=<3 bytes>"#),
             "{line}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_seed_file_is_named() {
+        let args = NatsArgs {
+            nats_url: "nats://127.0.0.1:1".into(),
+            nkey: Some("/nonexistent/reader.nk".into()),
+            creds: None,
+        };
+        let error = args.connect().await.expect_err("no seed file");
+        assert!(
+            error
+                .to_string()
+                .starts_with("cannot read NATS credentials /nonexistent/reader.nk: "),
+            "{error}"
         );
     }
 

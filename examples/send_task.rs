@@ -10,6 +10,10 @@
 //! agent to the plugin named by `--target`, and the reply is a protobuf
 //! `TaskResult` (or the hub's `OFFLINE` / `TIMEOUT` answer). Exits 0 when the
 //! task's status is `OK`, 1 otherwise.
+//!
+//! Sending tasks is the hub's to allow: against a hub's embedded NATS server
+//! pass `--nkey STATE/nats-credentials/hub.nk` (the read-only `reader.nk`
+//! may not publish on `herd.cmd.>`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,9 +24,8 @@ use herd_codec::proto::{Task, TaskStatus};
 #[derive(Debug, Parser)]
 #[command(about = "Send one task to a herd agent through NATS and print the result")]
 struct Args {
-    /// NATS server the hub uses.
-    #[arg(long, env = "HERD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: herd_examples::NatsArgs,
     /// The agent that runs the task.
     #[arg(long)]
     agent: String,
@@ -73,10 +76,10 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     };
     // A bad id is reported before any connection is tried.
     herd_examples::task_subject(&args.agent)?;
-    let client = async_nats::connect(&args.nats_url).await?;
+    let client = args.nats.connect().await?;
     eprintln!(
         "sending task {} (type {}) to {} on {}",
-        task.id, task.data_type, args.agent, args.nats_url
+        task.id, task.data_type, args.agent, args.nats.nats_url
     );
     let result = herd_examples::send_task_when_online(
         &client,

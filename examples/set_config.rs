@@ -13,6 +13,9 @@
 //! agent's plugins are the fleet's, with its own key's plugins replacing
 //! fleet plugins of the same name. Plugins pushed by the hub must carry the
 //! `sha256` of their executable (the agent refuses them otherwise).
+//!
+//! Writing the bucket needs the hub's NATS user: against a hub's embedded
+//! server pass `--nkey STATE/nats-credentials/hub.nk`.
 
 use clap::{ArgGroup, Parser};
 use herd_examples::ConfigScope;
@@ -22,9 +25,8 @@ use herd_examples::ConfigScope;
 #[command(group(ArgGroup::new("scope").required(true).args(["agent", "fleet"])))]
 #[command(group(ArgGroup::new("value").required(true).args(["json", "file"])))]
 struct Args {
-    /// NATS server the hub uses.
-    #[arg(long, env = "HERD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: herd_examples::NatsArgs,
     /// Configure this agent (key `agent.<ID>`).
     #[arg(long, value_name = "ID")]
     agent: Option<String>,
@@ -55,7 +57,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|error| format!("cannot read {}: {error}", path.display()))?,
         (None, None) => return Err("give the configuration with --json or --file".into()),
     };
-    let client = async_nats::connect(&args.nats_url).await?;
+    let client = args.nats.connect().await?;
     let (revision, config) = herd_examples::set_config(&client, &scope, &value).await?;
     let names: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
     println!(

@@ -3,7 +3,13 @@
 //! ```text
 //! cargo run -p herd-examples --example subscribe -- --nats-url nats://127.0.0.1:4222
 //! cargo run -p herd-examples --example subscribe -- --agent web-1 --data-type 2001
+//! cargo run -p herd-examples --example subscribe -- --nats-url "$(cat STATE/nats.url)" \
+//!     --nkey STATE/nats-credentials/reader.nk
 //! ```
+//!
+//! A hub's embedded NATS server (no `nats_url`) admits only its own NKey
+//! users: `--nkey` with the read-only seed in the hub's state directory is
+//! enough to subscribe.
 //!
 //! Records arrive on `herd.data.<agent_id>.<data_type>` as protobuf
 //! `Envelope`s, or, from a hub with `data_form = "batch"`, grouped on
@@ -17,9 +23,8 @@ use futures::StreamExt;
 #[derive(Debug, Parser)]
 #[command(about = "Print herd records from NATS as readable lines")]
 struct Args {
-    /// NATS server to subscribe on.
-    #[arg(long, env = "HERD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: herd_examples::NatsArgs,
     /// Only this agent's records (default: every agent).
     #[arg(long)]
     agent: Option<String>,
@@ -46,12 +51,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         args.data_type
             .map_or_else(|| "*".to_owned(), |data_type| data_type.to_string()),
     );
-    let client = async_nats::connect(&args.nats_url).await?;
+    let client = args.nats.connect().await?;
     let records = client.subscribe(format!("herd.data.{filter}")).await?;
     let groups = client.subscribe(format!("herd.batch.{filter}")).await?;
     eprintln!(
         "subscribed to herd.data.{filter} and herd.batch.{filter} on {}",
-        args.nats_url
+        args.nats.nats_url
     );
 
     let mut messages = futures::stream::select(records, groups);

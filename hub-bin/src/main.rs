@@ -34,8 +34,10 @@ struct Cli {
     /// (file key `admin`; default 127.0.0.1:7401; `off` disables it).
     #[arg(long, env = "HERD_HUB_ADMIN", value_name = "ADDR|off")]
     admin: Option<String>,
-    /// NATS server URL(s), comma separated (file key `nats_url`). Without one
-    /// the hub runs its own nats-server under the state directory.
+    /// NATS server URL(s), comma separated (file key `nats_url`; log in to it
+    /// with the file's `[nats]` keys). Without one the hub runs its own
+    /// nats-server under the state directory, which admits only the NKey
+    /// users in <state_dir>/nats-credentials.
     #[arg(long, global = true, env = "HERD_HUB_NATS_URL", value_name = "URL")]
     nats_url: Option<String>,
     /// Directory for the hub's state, e.g. the embedded NATS store (file key
@@ -136,8 +138,6 @@ enum CliError {
     Hub(#[from] HubError),
     #[error("the hub's supervision tree exited: {0}")]
     TreeExited(String),
-    #[error("cannot reach the hub's NATS: {0}")]
-    Nats(String),
     #[error(transparent)]
     Enrollment(#[from] herd_hub::enrollment::EnrollmentError),
 }
@@ -239,29 +239,11 @@ async fn run(config: HubConfig) -> Result<(), CliError> {
     }
 }
 
-/// The NATS the hub on `config` uses: its URL, or the embedded server's,
-/// which the running hub writes to `<state_dir>/nats.url`.
+/// The NATS the hub on `config` uses, logged in as the hub: its URL and
+/// `[nats]` credentials, or the embedded server of the hub running on this
+/// state directory.
 async fn hub_nats(config: &HubConfig) -> Result<async_nats::jetstream::Context, CliError> {
-    let url = match &config.nats_url {
-        Some(url) => url.clone(),
-        None => {
-            let file = config.state_dir.join(herd_hub::NATS_URL_FILE);
-            std::fs::read_to_string(&file)
-                .map(|url| url.trim().to_owned())
-                .map_err(|error| {
-                    CliError::Nats(format!(
-                        "{}: {error} (is the hub running with this state directory?)",
-                        file.display()
-                    ))
-                })?
-        }
-    };
-    let client = async_nats::ConnectOptions::new()
-        .name("herd-hub operator")
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(url.as_str())
-        .await
-        .map_err(|error| CliError::Nats(format!("{url}: {error}")))?;
+    let client = herd_hub::connect_nats(config, "herd-hub operator").await?;
     Ok(async_nats::jetstream::new(client))
 }
 

@@ -59,6 +59,8 @@ pub struct NatsServer {
     binary: PathBuf,
     port: u16,
     dir: tempfile::TempDir,
+    /// The configuration file the server reads (`-c`), when it has one.
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -66,17 +68,41 @@ impl NatsServer {
     /// Starts a server with JetStream on a free loopback port and waits until
     /// it accepts clients.
     pub async fn start() -> Result<Self, HarnessError> {
+        Self::start_inner(None).await
+    }
+
+    /// Like [`NatsServer::start`], with `config` as its configuration file
+    /// (nats-server's format, or JSON), e.g. an `authorization` block. The
+    /// port, JetStream and the store stay the harness's; [`NatsServer::client`]
+    /// connects without credentials, so a test of a server that asks for them
+    /// connects its own clients.
+    pub async fn start_with_config(config: &str) -> Result<Self, HarnessError> {
+        Self::start_inner(Some(config)).await
+    }
+
+    async fn start_inner(config: Option<&str>) -> Result<Self, HarnessError> {
         let binary = find_nats_server()?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("herd-nats-")
+                .tempdir()
+                .map_err(|source| io_error("creating the store directory", source))?;
+            let config = match config {
+                Some(text) => {
+                    let path = dir.path().join("server.conf");
+                    std::fs::write(&path, text)
+                        .map_err(|source| io_error("writing the server configuration", source))?;
+                    Some(path)
+                }
+                None => None,
+            };
             let mut server = Self {
                 binary: binary.clone(),
                 port: free_loopback_port()
                     .map_err(|source| io_error("probing for a free port", source))?,
-                dir: tempfile::Builder::new()
-                    .prefix("herd-nats-")
-                    .tempdir()
-                    .map_err(|source| io_error("creating the store directory", source))?,
+                dir,
+                config,
                 child: None,
             };
             match server.spawn_and_wait().await {
@@ -142,7 +168,11 @@ impl NatsServer {
         let log_err = log
             .try_clone()
             .map_err(|source| io_error("creating the server log", source))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["--addr", "127.0.0.1", "--port", &self.port.to_string()])
             .arg("--jetstream")
             .arg("--store_dir")

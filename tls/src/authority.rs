@@ -1,9 +1,8 @@
 //! The hub's certificate authority and the server certificates it issues.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
 use std::time::Duration;
 
 use rcgen::{
@@ -13,7 +12,7 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
-use crate::{Fingerprint, TlsError};
+use crate::{Fingerprint, TlsError, write_file_atomically};
 
 /// The CA certificate's file name in the directory the hub keeps it in.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -263,21 +262,7 @@ fn first_certificate(
 /// Writes a file that must not exist yet (or is a leftover of a crashed
 /// creation) with `mode`, through a temporary file renamed into place.
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
-    let temporary = PathBuf::from(format!("{}.tmp", path.display()));
-    let written = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&temporary)
-        .and_then(|mut file| {
-            // `mode` applies only to a file created now; a leftover keeps its own.
-            file.set_permissions(fs::Permissions::from_mode(mode))?;
-            file.write_all(contents.as_bytes())?;
-            file.sync_all()
-        })
-        .and_then(|()| fs::rename(&temporary, path));
-    written.map_err(io("writing", path))
+    write_file_atomically(path, contents.as_bytes(), mode).map_err(io("writing", path))
 }
 
 fn warn_if_readable_by_others(key: &Path) {

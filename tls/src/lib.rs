@@ -8,6 +8,8 @@
 //! - [`HubTrust`]: what an agent trusts (a pinned CA fingerprint or a CA
 //!   file), turned into a `rustls` client configuration by
 //!   [`client_config`]; [`server_config`] builds the hub's side.
+//! - [`write_file_atomically`]: how the hub writes the files it keeps
+//!   secrets in (this CA's key, and its NATS credentials).
 //!
 //! Everything uses the `ring` provider explicitly, never a process-wide
 //! default, so an embedding program's own TLS setup cannot change it.
@@ -30,12 +32,14 @@
 mod agent;
 mod authority;
 mod error;
+mod files;
 mod fingerprint;
 mod trust;
 
 pub use agent::{AgentCertificate, AgentKey, EnrolledIdentity};
 pub use authority::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, Identity};
 pub use error::TlsError;
+pub use files::write_file_atomically;
 pub use fingerprint::Fingerprint;
 pub use trust::{
     HubTrust, client_config, client_config_with_identity, server_config,

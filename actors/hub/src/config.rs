@@ -62,6 +62,10 @@ pub struct HubConfig {
     /// NATS server URL(s), comma separated. `None`: start and supervise a
     /// local `nats-server` under `state_dir`.
     pub nats_url: Option<String>,
+    /// How the hub authenticates to the NATS of `nats_url` (`[nats]`); only
+    /// for an external server: the embedded one uses the NKeys the hub
+    /// generates in `<state_dir>/nats-credentials`.
+    pub nats: NatsClientConfig,
     /// Directory for the hub's state (the embedded NATS store).
     pub state_dir: PathBuf,
     /// Enrollment tokens an agent may present; empty: no token is needed.
@@ -149,6 +153,7 @@ impl Default for HubConfig {
             listen_backlog: 1024,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 7401))),
             nats_url: None,
+            nats: NatsClientConfig::default(),
             state_dir: PathBuf::from("/var/lib/herd-hub"),
             tokens: Vec::new(),
             tls: HubTlsConfig::default(),
@@ -243,7 +248,8 @@ impl HubConfig {
         if self.agent_auth() == AgentAuth::Certificate && !self.tokens.is_empty() {
             return Err(HubConfigError::FleetTokensWithCertificates);
         }
-        self.tls.validate()
+        self.tls.validate()?;
+        self.nats.validate(self.nats_url.is_some())
     }
 
     /// How agents prove who they are: `tls.agent_auth`, but always by token
@@ -371,27 +377,8 @@ impl Default for HubTlsConfig {
 
 impl HubTlsConfig {
     fn validate(&self) -> Result<(), HubConfigError> {
-        let pairs = [
-            ("tls.ca_cert", &self.ca_cert, "tls.ca_key", &self.ca_key),
-            ("tls.cert", &self.cert, "tls.key", &self.key),
-        ];
-        for (first, first_value, second, second_value) in pairs {
-            match (first_value.is_some(), second_value.is_some()) {
-                (true, false) => {
-                    return Err(HubConfigError::Incomplete {
-                        set: first,
-                        missing: second,
-                    });
-                }
-                (false, true) => {
-                    return Err(HubConfigError::Incomplete {
-                        set: second,
-                        missing: first,
-                    });
-                }
-                _ => {}
-            }
-        }
+        incomplete_pair(("tls.ca_cert", &self.ca_cert), ("tls.ca_key", &self.ca_key))?;
+        incomplete_pair(("tls.cert", &self.cert), ("tls.key", &self.key))?;
         if self.insecure
             && let Some(field) = [
                 ("tls.ca_cert", self.ca_cert.is_some()),
@@ -424,6 +411,76 @@ impl HubTlsConfig {
 /// The shortest agent certificate validity: renewal runs at two thirds, and
 /// certificates carry whole seconds.
 pub const MIN_AGENT_CERT_VALIDITY_SECS: u64 = 30;
+/// How the hub authenticates to an external NATS server (`nats_url`) and
+/// whether it speaks TLS to it. Every field is unset by default: no
+/// credentials, TLS only when the URL or the server asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsClientConfig {
+    /// A JWT credentials file (`.creds`: the user JWT and its NKey seed), for
+    /// a server run in operator mode.
+    pub creds_file: Option<PathBuf>,
+    /// A file holding an NKey user seed (one line `SU...`), for a server
+    /// that lists the user's public key.
+    pub nkey_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) the server's certificate is checked against,
+    /// instead of the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM), with `tls_key_file`, for a server that
+    /// verifies clients.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The key of `tls_cert_file` (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse to talk to the server without TLS, even when it does not ask for it.
+    pub tls_required: bool,
+}
+
+impl NatsClientConfig {
+    fn validate(&self, external: bool) -> Result<(), HubConfigError> {
+        if !external
+            && let Some(field) = [
+                ("nats.creds_file", self.creds_file.is_some()),
+                ("nats.nkey_file", self.nkey_file.is_some()),
+                ("nats.tls_ca_file", self.tls_ca_file.is_some()),
+                ("nats.tls_cert_file", self.tls_cert_file.is_some()),
+                ("nats.tls_key_file", self.tls_key_file.is_some()),
+                ("nats.tls_required", self.tls_required),
+            ]
+            .into_iter()
+            .find_map(|(field, set)| set.then_some(field))
+        {
+            return Err(HubConfigError::EmbeddedNatsWith { field });
+        }
+        if self.creds_file.is_some() && self.nkey_file.is_some() {
+            return Err(HubConfigError::Exclusive {
+                first: "nats.creds_file",
+                second: "nats.nkey_file",
+            });
+        }
+        incomplete_pair(
+            ("nats.tls_cert_file", &self.tls_cert_file),
+            ("nats.tls_key_file", &self.tls_key_file),
+        )
+    }
+}
+
+/// `Incomplete` when exactly one of two settings that only work together is set.
+fn incomplete_pair(
+    (first, first_value): (&'static str, &Option<PathBuf>),
+    (second, second_value): (&'static str, &Option<PathBuf>),
+) -> Result<(), HubConfigError> {
+    match (first_value.is_some(), second_value.is_some()) {
+        (true, false) => Err(HubConfigError::Incomplete {
+            set: first,
+            missing: second,
+        }),
+        (false, true) => Err(HubConfigError::Incomplete {
+            set: second,
+            missing: first,
+        }),
+        _ => Ok(()),
+    }
+}
 
 /// A configuration value the hub cannot run with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -474,6 +531,24 @@ pub enum HubConfigError {
     #[error("`tls.insecure = true` turns TLS off, yet `{field}` is set; remove one")]
     InsecureWith {
         /// The TLS setting.
+        field: &'static str,
+    },
+    /// Two settings of which at most one may be set.
+    #[error("`{first}` and `{second}` are both set; set one of them")]
+    Exclusive {
+        /// The first.
+        first: &'static str,
+        /// The second.
+        second: &'static str,
+    },
+    /// A `[nats]` client setting without `nats_url`: it is for an external
+    /// server, and the embedded one uses the credentials the hub generates.
+    #[error(
+        "`{field}` is set but `nats_url` is not: `[nats]` is for an external NATS server; \
+         the embedded server uses the NKeys the hub generates in <state_dir>/nats-credentials"
+    )]
+    EmbeddedNatsWith {
+        /// The `[nats]` setting.
         field: &'static str,
     },
 }
@@ -555,6 +630,69 @@ mod tests {
             error.to_string().contains("unknown field `listne`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn nats_client_settings_are_checked() {
+        let external = |nats: NatsClientConfig| HubConfig {
+            nats_url: Some("tls://nats.example:4222".into()),
+            nats,
+            ..HubConfig::default()
+        };
+        let full = NatsClientConfig {
+            nkey_file: Some("hub.nk".into()),
+            tls_ca_file: Some("ca.pem".into()),
+            tls_cert_file: Some("client.pem".into()),
+            tls_key_file: Some("client.key".into()),
+            tls_required: true,
+            ..NatsClientConfig::default()
+        };
+        assert_eq!(external(full.clone()).validate(), Ok(()));
+        let error = external(NatsClientConfig {
+            tls_key_file: None,
+            ..full.clone()
+        })
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "`nats.tls_cert_file` is set but `nats.tls_key_file` is not; set both or neither"
+        );
+        assert_eq!(
+            external(NatsClientConfig {
+                creds_file: Some("hub.creds".into()),
+                ..full.clone()
+            })
+            .validate(),
+            Err(HubConfigError::Exclusive {
+                first: "nats.creds_file",
+                second: "nats.nkey_file"
+            })
+        );
+        let embedded = HubConfig {
+            nats: NatsClientConfig {
+                tls_required: true,
+                ..NatsClientConfig::default()
+            },
+            ..HubConfig::default()
+        };
+        let error = embedded.validate().unwrap_err();
+        assert_eq!(
+            error,
+            HubConfigError::EmbeddedNatsWith {
+                field: "nats.tls_required"
+            }
+        );
+        assert!(
+            error.to_string().contains("<state_dir>/nats-credentials"),
+            "{error}"
+        );
+        let parsed: HubConfig = toml_like(r#"{"nats": {"creds_file": "/etc/herd/hub.creds"}}"#);
+        assert_eq!(
+            parsed.nats.creds_file,
+            Some(PathBuf::from("/etc/herd/hub.creds"))
+        );
+        assert!(serde_json::from_str::<HubConfig>(r#"{"nats": {"nkey": "x"}}"#).is_err());
     }
 
     fn toml_like(json: &str) -> HubConfig {

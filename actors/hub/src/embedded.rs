@@ -4,6 +4,10 @@
 //! the tree's backoff whenever it dies. Its client URL is written to
 //! `<state_dir>/nats.url` while the hub runs, so tools on the same host (the
 //! demo, a subscriber, an operator) can find the free port it was given.
+//!
+//! Only the hub's two NKey users may connect (see [`crate::nats_auth`]); the
+//! server reads them from `<state_dir>/nats/server.conf`, rewritten at every
+//! start.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -17,10 +21,14 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use crate::error::HubError;
+use crate::nats_auth::{EmbeddedUsers, reader_nkey_file};
 
 /// File in the hub's state directory holding the embedded server's client
 /// URL (one line) while it runs.
 pub const NATS_URL_FILE: &str = "nats.url";
+
+/// The server's configuration file in its store directory.
+const SERVER_CONFIG_FILE: &str = "server.conf";
 
 /// Child id of the embedded server's supervisor under the hub's root.
 pub(crate) const NATS: &str = "nats";
@@ -37,14 +45,17 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct EmbeddedNats {
     binary: PathBuf,
     store: PathBuf,
+    server_config: PathBuf,
     port: u16,
     url_file: PathBuf,
 }
 
 impl EmbeddedNats {
-    /// Finds `nats-server`, creates its store in `<state_dir>/nats`, picks a
-    /// free loopback port and publishes the URL in `<state_dir>/nats.url`.
-    pub(crate) fn prepare(state_dir: &Path) -> Result<Self, HubError> {
+    /// Finds `nats-server`, creates its store in `<state_dir>/nats`, its
+    /// users (once) and configuration (letting the read-only user consume
+    /// `stream`), picks a free loopback port and publishes the URL in
+    /// `<state_dir>/nats.url`.
+    pub(crate) fn prepare(state_dir: &Path, stream: &str) -> Result<Self, HubError> {
         let binary = find_nats_server().ok_or(HubError::NatsServerMissing)?;
         let store = state_dir.join("nats");
         let embedded_error = |reason: String| HubError::Embedded {
@@ -53,6 +64,20 @@ impl EmbeddedNats {
         };
         std::fs::create_dir_all(&store)
             .map_err(|error| embedded_error(format!("cannot create the store: {error}")))?;
+        let users = EmbeddedUsers::load_or_create(state_dir)?;
+        let server_config = store.join(SERVER_CONFIG_FILE);
+        herd_tls::write_file_atomically(
+            &server_config,
+            users.server_config(stream).as_bytes(),
+            0o600,
+        )
+        .map_err(|error| {
+            embedded_error(format!("cannot write {}: {error}", server_config.display()))
+        })?;
+        tracing::info!(
+            "subscribers connect with the read-only NKey in {}",
+            reader_nkey_file(state_dir).display()
+        );
         let port = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .and_then(|probe| probe.local_addr())
             .map(|addr| addr.port())
@@ -60,6 +85,7 @@ impl EmbeddedNats {
         let embedded = Self {
             binary,
             store: store.clone(),
+            server_config,
             port,
             url_file: state_dir.join(NATS_URL_FILE),
         };
@@ -125,6 +151,8 @@ impl EmbeddedNats {
         let log = std::fs::File::create(self.store.join("nats-server.log"))
             .map_err(|error| format!("cannot create its log: {error}"))?;
         Command::new(&self.binary)
+            .arg("-c")
+            .arg(&self.server_config)
             .args([
                 "--addr",
                 "127.0.0.1",

@@ -38,6 +38,36 @@ pub enum HubError {
         /// The client's error.
         source: async_nats::ConnectError,
     },
+    /// A NATS credentials file (an NKey seed, a JWT `.creds` file, or their
+    /// directory) could not be read, written or created.
+    #[error("cannot {action} NATS credentials {path:?}: {source}")]
+    NatsCredentialsFile {
+        /// `read`, `write` or `create`.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error (or what is wrong with a `.creds` file).
+        source: std::io::Error,
+    },
+    /// An NKey seed file does not hold a user seed.
+    #[error("{path:?} holds no NATS user NKey seed (one line `SU...`): {reason}")]
+    NatsSeed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The embedded server's URL file could not be read: its hub is not
+    /// running, or runs with another state directory.
+    #[error(
+        "cannot read the embedded NATS server's URL from {path:?} (is the hub running?): {source}"
+    )]
+    NatsUrlFile {
+        /// `<state_dir>/nats.url`.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// No NATS URL was configured and `nats-server` is not installed.
     #[error(
         "no NATS URL configured and `nats-server` was not found on PATH, /usr/sbin or /usr/bin; \

@@ -30,6 +30,12 @@
 //! client is flushed before it gets SIGTERM); its own supervisor restarts it
 //! without touching the rest of the tree.
 //!
+//! The embedded server admits only the hub's two NKey users (the hub's own
+//! and a read-only one for subscribers, seeds in
+//! `<state_dir>/nats-credentials`); an external server is logged in to with
+//! the `[nats]` settings ([`NatsClientConfig`]). Tools that act for the hub
+//! reach its NATS with the same URL and credentials through [`connect_nats`].
+//!
 //! Start a hub with [`Hub::start`] inside an actix system; it runs until
 //! [`Hub::shutdown`]. Embedders reach NATS through [`Hub::nats`], the agents'
 //! detail through [`Hub::agents`], the tree through [`Hub::supervisor`], and
@@ -74,6 +80,7 @@ mod kv;
 mod listener;
 mod messages;
 mod metrics;
+mod nats_auth;
 mod pending;
 mod registry;
 mod router;
@@ -93,13 +100,17 @@ pub use agent_info::AgentInfo;
 pub use batcher::{TASK_RESULTS_SUBJECT, TaskResultRecord};
 pub use config::{
     AckMode, AgentAuth, DataForm, DataStreamConfig, HubConfig, HubConfigError, HubTlsConfig,
-    MIN_AGENT_CERT_VALIDITY_SECS,
+    MIN_AGENT_CERT_VALIDITY_SECS, NatsClientConfig,
 };
 pub use config_watcher::{AGENT_KEY_PREFIX, CONFIG_BUCKET, FLEET_KEY, config_bucket, parse_config};
 pub use embedded::{NATS_URL_FILE, find_nats_server};
 pub use error::HubError;
 pub use messages::PresenceEvent;
 pub use metrics::HubMetrics;
+pub use nats_auth::{
+    HUB_NKEY_FILE, NATS_CREDENTIALS_DIR, READER_NKEY_FILE, connect_nats, hub_connect_options,
+    hub_nats_url,
+};
 pub use sink::{HEADER_MSG_ID, LossEvent, LossKind, NatsLink, NatsState};
 pub use stream::DATA_STREAM_SUBJECTS;
 pub use tls::TLS_DIR;
@@ -325,15 +336,13 @@ impl Hub {
         }
         let embedded = match &config.nats_url {
             Some(_) => None,
-            None => Some(EmbeddedNats::prepare(&config.state_dir)?),
+            None => Some(EmbeddedNats::prepare(
+                &config.state_dir,
+                &config.stream.name,
+            )?),
         };
         let url_file = embedded.as_ref().map(EmbeddedNats::url_file_guard);
-        let url = config
-            .nats_url
-            .clone()
-            .or_else(|| embedded.as_ref().map(EmbeddedNats::url))
-            .unwrap_or_default();
-        let link = NatsLink::connect(&url, &config.hub_id).await?;
+        let link = NatsLink::connect(&config, &config.hub_id).await?;
         let bind_error = |what, addr| move |source| HubError::Bind { what, addr, source };
         let socket = bind_agent_socket(config.listen, config.listen_backlog)
             .map_err(bind_error("agents", config.listen))?;
@@ -423,7 +432,7 @@ impl Hub {
                 services.stream.clone(),
             )
         });
-        tracing::info!(hub_id = %services.hub_id, %listen_addr, ?admin_addr, nats = %url, "hub started");
+        tracing::info!(hub_id = %services.hub_id, %listen_addr, ?admin_addr, nats = %services.link.url(), "hub started");
         Ok(Self {
             services,
             root,

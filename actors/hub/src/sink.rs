@@ -21,9 +21,10 @@ use herd_codec::{EnvelopeIdentity, RawBatch};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::config::{AckMode, DataForm};
+use crate::config::{AckMode, DataForm, HubConfig};
 use crate::error::HubError;
 use crate::metrics::HubMetrics;
+use crate::nats_auth::{hub_connect_options, hub_nats_url, parse_servers};
 use herd_supervision::{Backoff, BackoffPolicy, Retry};
 
 /// JetStream's de-duplication header, `<agent_id>.<seq>.<index>`: the only
@@ -69,26 +70,22 @@ pub struct NatsLink {
 }
 
 impl NatsLink {
-    /// Connects to `url` (comma-separated list allowed). Returns at once even
+    /// Connects to the hub's NATS as the hub (see [`crate::connect_nats`]
+    /// for the URL and credentials `config` stands for). Returns at once even
     /// when no server is reachable yet: the client keeps retrying forever,
     /// and [`NatsLink::state`] says when it is connected.
-    pub async fn connect(url: &str, name: &str) -> Result<Self, HubError> {
+    pub async fn connect(config: &HubConfig, name: &str) -> Result<Self, HubError> {
+        let url = hub_nats_url(config)?;
+        let servers = parse_servers(&url)?;
         let (state_tx, state) = watch::channel(NatsState::Connecting);
         let epoch = Arc::new(AtomicU64::new(0));
         let callback_epoch = epoch.clone();
         let state_tx = Arc::new(state_tx);
-        let servers = url
-            .split(',')
-            .map(|server| server.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| HubError::NatsUrl {
-                url: url.to_owned(),
-                source,
-            })?;
         let reconnect =
             Backoff::exponential(Duration::from_millis(50), Duration::from_secs(2), 0.2)
                 .expect("constant backoff parameters are valid");
-        let client = async_nats::ConnectOptions::new()
+        let client = hub_connect_options(config)
+            .await?
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -108,6 +105,10 @@ impl NatsLink {
                             epoch.fetch_add(1, Ordering::SeqCst);
                             state_tx.send_replace(NatsState::Disconnected);
                         }
+                        // Refused credentials or a permission: the operator's to fix.
+                        async_nats::Event::ServerError(error) => {
+                            tracing::warn!(%error, "NATS server error");
+                        }
                         other => tracing::debug!(event = %other, "nats event"),
                     }
                 }
@@ -115,7 +116,7 @@ impl NatsLink {
             .connect(servers)
             .await
             .map_err(|source| HubError::NatsConnect {
-                url: url.to_owned(),
+                url: url.clone(),
                 source,
             })?;
         // async-nats bounds unacked publishes (5,000 by default) with
@@ -132,7 +133,7 @@ impl NatsLink {
             jetstream,
             state,
             epoch,
-            url: url.to_owned(),
+            url,
         })
     }
 

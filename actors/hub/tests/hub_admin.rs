@@ -170,9 +170,22 @@ async fn without_a_nats_url_the_hub_runs_its_own_nats_server() {
         std::fs::read_to_string(&url_file).expect("nats.url while running"),
         format!("{url}\n")
     );
+    // The hub's own user: a refused login would not tell a stopped server.
+    let seed = std::fs::read_to_string(
+        state
+            .path()
+            .join(herd_hub::NATS_CREDENTIALS_DIR)
+            .join(herd_hub::HUB_NKEY_FILE),
+    )
+    .expect("the hub's seed");
+    let as_hub = || async_nats::ConnectOptions::new().nkey(seed.trim().to_owned());
+    as_hub()
+        .connect(&url)
+        .await
+        .expect("the hub's user reaches the running server");
     within("shutdown", hub.shutdown()).await;
     assert!(
-        async_nats::connect(&url).await.is_err(),
+        as_hub().connect(&url).await.is_err(),
         "embedded server still running after shutdown"
     );
     assert!(!url_file.exists(), "nats.url removed after shutdown");
