@@ -222,13 +222,22 @@ async fn run(config: HubConfig) -> Result<(), CliError> {
         }
     }
     let mut signals = ShutdownSignals::install().map_err(CliError::Signals)?;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(CliError::Signals)?;
     let hub = Hub::start(config).await?;
-    let failed = tokio::select! {
-        signal = signals.recv() => {
-            tracing::info!(signal, "shutting down");
-            None
+    let failed = loop {
+        tokio::select! {
+            signal = signals.recv() => {
+                tracing::info!(signal, "shutting down");
+                break None;
+            }
+            exit = hub.wait() => break Some(exit),
+            // Certificates renewed on disk are taken up without a restart.
+            _ = hangups.recv() => match hub.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                Err(error) => tracing::error!(%error, "SIGHUP: TLS reload failed; the certificates in use stay"),
+            },
         }
-        exit = hub.wait() => Some(exit),
     };
     hub.shutdown().await;
     match failed {

@@ -175,7 +175,7 @@ fn a_bad_file_is_refused_with_its_path_and_the_problem() {
 }
 
 #[tokio::test]
-async fn sigterm_shuts_the_hub_down_in_order() {
+async fn sighup_reloads_the_certificates_and_sigterm_shuts_the_hub_down_in_order() {
     let nats = herd_tests::nats::NatsServer::start()
         .await
         .expect("nats-server");
@@ -198,32 +198,37 @@ async fn sigterm_shuts_the_hub_down_in_order() {
     );
     let stderr = child.child().stderr.take().expect("stderr");
     // The reader keeps draining stderr so the hub never writes to a closed pipe.
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (lines_tx, mut lines) = mpsc::unbounded_channel();
     let reader = std::thread::spawn(move || {
-        let mut started_tx = Some(started_tx);
         let mut log = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("hub started")
-                && let Some(tx) = started_tx.take()
-            {
-                let _ = tx.send(line.clone());
+            if line.contains("hub started") || line.contains("SIGHUP") {
+                let _ = lines_tx.send(line.clone());
             }
             log.push(line);
         }
         log
     });
-    let started = tokio::time::timeout(Duration::from_secs(10), started_rx)
-        .await
-        .expect("hub started within 10 s")
-        .expect("a start line");
-    let json: serde_json::Value = serde_json::from_str(&started).expect("JSON log line");
-    assert_eq!(json["fields"]["message"], "hub started");
+    let mut next_line = async |what: &str| {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what} within 10 s"))
+            .unwrap_or_else(|| panic!("{what}: the hub's log ended"));
+        let json: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        json["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(next_line("the start").await, "hub started");
+    let pid = nix::unistd::Pid::from_raw(child.child().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("signal");
+    assert_eq!(
+        next_line("the reload").await,
+        "SIGHUP: TLS certificates reloaded"
+    );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.child().id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("signal");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
     let status = tokio::time::timeout(
         Duration::from_secs(10),
         tokio::task::spawn_blocking(move || child.wait()),

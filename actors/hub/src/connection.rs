@@ -973,7 +973,12 @@ impl Actor for Connection {
         });
         // A plaintext hub reads frames at once; a TLS client is recognised
         // by what its first record looks like as a frame length.
-        let Some(acceptor) = self.services.tls.as_ref().map(|tls| tls.acceptor.clone()) else {
+        let Some(acceptor) = self
+            .services
+            .tls
+            .as_ref()
+            .map(|tls| tls.now().acceptor.clone())
+        else {
             let (read, write) = socket.into_split();
             return self.serve(ctx, read, write);
         };

@@ -15,12 +15,13 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use async_nats::jetstream::kv;
 use herd_supervision::{Backoff, Retry};
-use herd_tls::{AgentCertificate, CertificateAuthority};
+use herd_tls::AgentCertificate;
 
 use crate::directory::HubDirectory;
 use crate::enrollment::{self, EnrollRefusal, Enrolled, Revocation, unix_ms};
 use crate::messages::{CheckCertificate, Enroll, Issued, RenewCertificate, RevokeAgent};
 use crate::sink::NatsLink;
+use crate::tls::AgentTls;
 
 /// The buckets, once open.
 #[derive(Clone)]
@@ -32,7 +33,8 @@ struct Buckets {
 /// See the module documentation.
 pub(crate) struct AgentIdentities {
     link: NatsLink,
-    ca: Arc<CertificateAuthority>,
+    /// Its `agent_ca` issues: a TLS reload changes it.
+    tls: AgentTls,
     validity: Duration,
     hub_id: Arc<str>,
     directory: HubDirectory,
@@ -52,17 +54,17 @@ impl std::fmt::Debug for AgentIdentities {
 }
 
 impl AgentIdentities {
-    /// Issues certificates with `ca`, valid for `validity`.
+    /// Issues certificates with the CA of `tls`, valid for `validity`.
     pub(crate) fn new(
         link: NatsLink,
-        ca: Arc<CertificateAuthority>,
+        tls: AgentTls,
         validity: Duration,
         hub_id: Arc<str>,
         directory: HubDirectory,
     ) -> Self {
         Self {
             link,
-            ca,
+            tls,
             validity,
             hub_id,
             directory,
@@ -107,11 +109,17 @@ impl AgentIdentities {
         agent_id: &str,
         csr: bytes::Bytes,
     ) -> impl Future<Output = Result<Issued, String>> + use<> {
-        let (ca, validity) = (self.ca.clone(), self.validity);
+        let (tls, validity) = (self.tls.clone(), self.validity);
         let wait = self.wait_before_issuing(agent_id);
         let agent_id = agent_id.to_owned();
         async move {
             tokio::time::sleep(wait).await;
+            // Validation made sure certificate identities come with a CA key.
+            let ca = tls
+                .now()
+                .agent_ca
+                .clone()
+                .ok_or("this hub has no CA key to issue agent certificates")?;
             let certificate = ca
                 .issue_agent(&csr, &agent_id, validity)
                 .map_err(|error| error.to_string())?;

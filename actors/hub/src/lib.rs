@@ -205,16 +205,16 @@ fn tree(
     };
     let identities = services
         .tls
-        .as_ref()
-        .and_then(|tls| tls.agent_ca.clone())
-        .map(|ca| {
+        .clone()
+        .filter(|_| config.agent_auth() == AgentAuth::Certificate)
+        .map(|tls| {
             let (link, directory, hub_id) =
                 (link.clone(), directory.clone(), services.hub_id.clone());
             let validity = Duration::from_secs(config.tls.agent_cert_validity_secs);
             ChildSpec::new(ids::IDENTITIES, move || {
                 identities::AgentIdentities::new(
                     link.clone(),
-                    ca.clone(),
+                    tls.clone(),
                     validity,
                     hub_id.clone(),
                     directory.clone(),
@@ -456,7 +456,20 @@ impl Hub {
         self.services
             .tls
             .as_ref()
-            .and_then(|tls| tls.ca_fingerprint)
+            .and_then(|tls| tls.now().ca_fingerprint)
+    }
+
+    /// Reads the agent link's certificates and keys again, as at start (the
+    /// operator's files, or the hub's own CA and a fresh server
+    /// certificate), and uses them for every TLS handshake from now on;
+    /// sessions that are up keep theirs. `herd-hub` does this on SIGHUP. On
+    /// an error the hub goes on with what it had. Nothing to do on a
+    /// plaintext link.
+    pub fn reload_tls(&self) -> Result<(), HubError> {
+        match &self.services.tls {
+            Some(tls) => tls.reload(&self.services.config),
+            None => Ok(()),
+        }
     }
 
     /// Where the admin HTTP server listens, if enabled.

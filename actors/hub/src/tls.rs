@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use herd_tls::{CertificateAuthority, Fingerprint, Identity};
 use tokio_rustls::TlsAcceptor;
@@ -17,9 +17,8 @@ pub const TLS_DIR: &str = "tls";
 /// The first byte of every TLS record a client sends first (a handshake).
 pub(crate) const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-/// What Connections need to speak TLS.
-#[derive(Clone)]
-pub(crate) struct AgentTls {
+/// The certificates in use, replaced whole by a reload.
+pub(crate) struct TlsMaterial {
     pub(crate) acceptor: TlsAcceptor,
     /// The CA agents trust, by its fingerprint; `None` when an operator's
     /// chain holds no CA.
@@ -29,25 +28,70 @@ pub(crate) struct AgentTls {
     pub(crate) agent_ca: Option<Arc<CertificateAuthority>>,
 }
 
+/// What Connections need to speak TLS: the material in use now. A reload
+/// swaps it; a handshake takes what is current when it starts, so sessions
+/// that are up keep theirs.
+#[derive(Clone)]
+pub(crate) struct AgentTls {
+    current: Arc<RwLock<Arc<TlsMaterial>>>,
+}
+
 impl std::fmt::Debug for AgentTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentTls")
-            .field("ca_fingerprint", &self.ca_fingerprint)
+            .field("ca_fingerprint", &self.now().ca_fingerprint)
             .finish_non_exhaustive()
+    }
+}
+
+impl AgentTls {
+    /// The material in use now.
+    pub(crate) fn now(&self) -> Arc<TlsMaterial> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the certificates and keys again (the operator's files, or the
+    /// hub's own CA with a freshly issued server certificate) and uses them
+    /// for every handshake from now on. On an error nothing changes.
+    pub(crate) fn reload(&self, config: &HubConfig) -> Result<(), HubError> {
+        let material = Arc::new(material(config)?);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = material;
+        tracing::info!("agent link TLS reloaded");
+        Ok(())
     }
 }
 
 /// TLS as `config.tls` asks: `None` with `insecure = true` (and a WARN),
 /// otherwise the acceptor with the operator's or the hub's own certificates.
 pub(crate) fn prepare(config: &HubConfig) -> Result<Option<AgentTls>, HubError> {
-    let tls = &config.tls;
-    if tls.insecure {
+    if config.tls.insecure {
         tracing::warn!(
             "agent link is PLAINTEXT (tls.insecure = true): anyone on the network can read \
              the records and speak for any agent"
         );
         return Ok(None);
     }
+    if config.agent_auth() == AgentAuth::Certificate {
+        tracing::info!(
+            "agents are identified by the certificates this hub issues them at enrollment \
+             (tokens from `herd-hub token create`)"
+        );
+    } else {
+        tracing::warn!(
+            "agents are identified by fleet token and the id they declare \
+             (tls.agent_auth = \"token\"): any token holder can speak for any agent"
+        );
+    }
+    Ok(Some(AgentTls {
+        current: Arc::new(RwLock::new(Arc::new(material(config)?))),
+    }))
+}
+
+fn material(config: &HubConfig) -> Result<TlsMaterial, HubError> {
+    let tls = &config.tls;
     let certificates = config.agent_auth() == AgentAuth::Certificate;
     let (identity, ca_fingerprint, ca) = match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => {
@@ -94,26 +138,15 @@ pub(crate) fn prepare(config: &HubConfig) -> Result<Option<AgentTls>, HubError> 
     // Validation made sure there is a CA when agents need one.
     let agent_ca = ca.filter(|_| certificates).map(Arc::new);
     let client_cas: Vec<_> = agent_ca.iter().map(|ca| ca.certificate().clone()).collect();
-    if certificates {
-        tracing::info!(
-            "agents are identified by the certificates this hub issues them at enrollment \
-             (tokens from `herd-hub token create`)"
-        );
-    } else {
-        tracing::warn!(
-            "agents are identified by fleet token and the id they declare \
-             (tls.agent_auth = \"token\"): any token holder can speak for any agent"
-        );
-    }
     let acceptor = TlsAcceptor::from(herd_tls::server_config_with_client_auth(
         identity,
         &client_cas,
     )?);
-    Ok(Some(AgentTls {
+    Ok(TlsMaterial {
         acceptor,
         ca_fingerprint,
         agent_ca,
-    }))
+    })
 }
 
 /// The operator's CA, or the hub's own (created on first start), and the

@@ -165,6 +165,61 @@ async fn an_operators_ca_signs_the_hubs_certificate_and_no_ca_of_its_own_is_made
 }
 
 #[actix::test]
+async fn a_reload_takes_up_new_certificates_and_sessions_that_are_up_keep_going() {
+    let (state, first, second) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (old_ca, _) = CertificateAuthority::load_or_create(first.path()).unwrap();
+    let (new_ca, _) = CertificateAuthority::load_or_create(second.path()).unwrap();
+    let (cert, key) = (state.path().join("ca.pem"), state.path().join("ca.key"));
+    let install = |from: &Path| {
+        std::fs::copy(from.join(CA_CERT_FILE), &cert).unwrap();
+        std::fs::copy(from.join(CA_KEY_FILE), &key).unwrap();
+    };
+    install(first.path());
+    let (_nats, hub) = hub_with(|config| {
+        tls_on(config, state.path());
+        config.tls.ca_cert = Some(cert.clone());
+        config.tls.ca_key = Some(key.clone());
+    })
+    .await;
+    let (old, new) = (
+        HubTrust::Fingerprint(old_ca.fingerprint()),
+        HubTrust::Fingerprint(new_ca.fingerprint()),
+    );
+    let mut up = tls_agent(&hub, &old, "web-1").await;
+
+    // An unreadable file: the hub says why and keeps what it had.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let error = hub.reload_tls().expect_err("nothing usable to reload");
+    assert!(error.to_string().contains("ca.pem"), "{error}");
+    tls_agent(&hub, &old, "web-2").await;
+
+    install(second.path());
+    hub.reload_tls().expect("the new CA is taken up");
+    assert_eq!(hub.ca_fingerprint(), Some(new_ca.fingerprint()));
+    tls_agent(&hub, &new, "web-3").await;
+    let refused = within(
+        "the TLS handshake",
+        ScriptedAgent::try_connect_tls(hub.listen_addr(), &old),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "the old CA still signs the hub's certificate"
+    );
+    // The session from before the reload goes on.
+    up.send_acked(Batch {
+        seq: 1,
+        records: vec![],
+    })
+    .await;
+    hub.shutdown().await;
+}
+
+#[actix::test]
 async fn unusable_tls_settings_stop_the_start_with_the_reason() {
     let nats = NatsServer::start().await.expect("nats-server starts");
     let state = tempfile::tempdir().unwrap();
