@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use herd_agent::{AgentConfig, BatchConfig, ReconnectConfig};
 use herd_codec::proto::Envelope;
-use herd_hub::{AckMode, HubConfig};
+use herd_hub::{AckMode, HubConfig, HubTlsConfig};
 use herd_tests::agent::{AgentProcess, counter_plugin};
 use herd_tests::collector::{Collector, Tally, create_data_stream};
 use herd_tests::counter::CounterFile;
@@ -60,6 +60,7 @@ fn agent_config(hub: &HubProcess) -> AgentConfig {
     AgentConfig {
         hubs: vec![hub.listen_addr().to_string()],
         tls: hub.agent_tls().expect("the hub's TLS"),
+        token: hub.enrollment_token(1).expect("an enrollment token"),
         heartbeat_interval_secs: 1,
         connect_timeout_ms: 1_000,
         handshake_timeout_ms: 2_000,
@@ -140,8 +141,10 @@ async fn nats_down_for_a_while_keeps_agent_memory_flat_and_loses_nothing() {
     create_data_stream(&client).await.expect("the data stream");
     let collector = Collector::start(client.clone());
     let losses = count_losses(&client).await;
+    // TLS and an enrolled agent, as the hub runs by default.
     let config = HubConfig {
         ack_mode: AckMode::Jetstream,
+        tls: HubTlsConfig::default(),
         ..HubConfig::for_tests(nats.url())
     };
     let mut hub = HubProcess::start_ready(config, dir.path(), WAIT)

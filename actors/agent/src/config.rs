@@ -48,7 +48,9 @@ use crate::error::AgentConfigError;
 pub struct AgentConfig {
     /// Hub addresses (`host:port`), tried in this order.
     pub hubs: Vec<String>,
-    /// Enrollment token sent in `Hello`.
+    /// Enrollment token: with it, an agent without a certificate enrolls
+    /// (and keeps the certificate in `state_dir`); a hub identifying agents
+    /// by token takes it as the fleet token.
     pub token: String,
     /// How the agent trusts its hubs (`[tls]`).
     pub tls: AgentTlsConfig,
