@@ -11,12 +11,22 @@ use crate::process::{E2eError, Process, cmdline, descendants, io_error, workspac
 /// `interval_ms`, numbered from 1 across restarts) as plugin `name`,
 /// restarted quickly.
 pub fn counter_plugin(name: &str, interval_ms: u32) -> Result<PluginSpec, E2eError> {
+    plugin_spec(
+        name,
+        "herd-test-counter",
+        vec!["--interval-ms".into(), interval_ms.to_string()],
+    )
+}
+
+/// Workspace binary `binary` as plugin `name` with `args`, restarted
+/// quickly (from 100 ms, at most 50 times a minute).
+pub fn plugin_spec(name: &str, binary: &str, args: Vec<String>) -> Result<PluginSpec, E2eError> {
     Ok(PluginSpec {
         name: name.to_owned(),
         version: "1".to_owned(),
         sha256: String::new(),
-        path: workspace_binary("herd-test-counter")?,
-        args: vec!["--interval-ms".into(), interval_ms.to_string()],
+        path: workspace_binary(binary)?,
+        args,
         env: Default::default(),
         restart: PluginRestart {
             min_backoff_ms: 100,

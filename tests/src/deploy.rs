@@ -16,9 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use herd_agent::{
-    AgentConfig, AgentTlsConfig, BatchConfig, PluginRestart, PluginSpec, ReconnectConfig,
-};
+use herd_agent::{AgentConfig, AgentTlsConfig, BatchConfig, ReconnectConfig};
 use herd_hub::{AckMode, HubConfig, HubTlsConfig};
 
 use crate::agent::AgentProcess;
@@ -26,7 +24,7 @@ use crate::collector::{Collector, Tally, create_data_stream};
 use crate::counter::CounterFile;
 use crate::hub::HubProcess;
 use crate::nats::NatsServer;
-use crate::process::{E2eError, io_error, wait_gone, workspace_binary};
+use crate::process::{E2eError, io_error, wait_gone};
 use crate::proxy::TcpProxy;
 
 /// Name of the deterministic counter plugin on every agent.
@@ -279,23 +277,7 @@ fn agent_config(
     std::fs::write(&script, "#!/bin/sh\necho probe=ok\n")
         .map_err(io_error(format!("writing {}", script.display())))?;
     make_executable(&script)?;
-    let plugin = |name: &str, binary: &str, args: Vec<String>| -> Result<PluginSpec, E2eError> {
-        Ok(PluginSpec {
-            name: name.to_owned(),
-            version: "1".to_owned(),
-            sha256: String::new(),
-            path: workspace_binary(binary)?,
-            args,
-            env: Default::default(),
-            restart: PluginRestart {
-                min_backoff_ms: 100,
-                max_backoff_ms: 500,
-                max_restarts: 50,
-                period_secs: 60,
-            },
-            stop_grace_ms: 500,
-        })
-    };
+    let plugin = crate::agent::plugin_spec;
     Ok(AgentConfig {
         hubs: vec![proxy.addr().to_string()],
         tls,

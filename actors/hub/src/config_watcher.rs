@@ -8,11 +8,9 @@
 //! pushed as `Command{config}` to the connected agents it affects.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 use actix::prelude::*;
 use async_nats::jetstream::kv;
-use futures::StreamExt;
 use herd_codec::proto::{Command, ConfigSet, PluginConfig, RestartPolicy};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -20,7 +18,6 @@ use serde::{Deserialize, Serialize};
 use crate::directory::HubDirectory;
 use crate::messages::{AgentLink, Connected, GetConfig, IsLoaded, Lookup};
 use crate::sink::NatsLink;
-use herd_supervision::{Backoff, Retry};
 
 /// The KV bucket of desired configuration.
 pub const CONFIG_BUCKET: &str = "herd_config";
@@ -219,20 +216,11 @@ impl ConfigWatcher {
 
 /// Opens (creating it when missing) the bucket, starts watching it, and
 /// reads its current values. Retries until NATS answers.
-async fn open(link: NatsLink) -> (kv::Watch, Vec<(String, Option<bytes::Bytes>)>) {
-    let mut retry = Retry::new(
-        Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5), 0.2)
-            .expect("constant backoff parameters are valid"),
-    );
-    loop {
-        match try_open(&link).await {
-            Ok(opened) => return opened,
-            Err(error) => {
-                tracing::warn!(%error, bucket = CONFIG_BUCKET, "cannot read configuration bucket yet; retrying");
-                retry.wait().await;
-            }
-        }
-    }
+async fn open(link: NatsLink) -> crate::kv::Snapshot {
+    crate::kv::retrying("cannot read the configuration bucket yet", || async {
+        crate::kv::watch_and_read(&config_bucket(link.jetstream()).await?).await
+    })
+    .await
 }
 
 /// Opens the `herd_config` bucket, creating it when missing.
@@ -246,22 +234,6 @@ pub async fn config_bucket(
         5,
     )
     .await
-}
-
-async fn try_open(
-    link: &NatsLink,
-) -> Result<(kv::Watch, Vec<(String, Option<bytes::Bytes>)>), async_nats::Error> {
-    let store = config_bucket(link.jetstream()).await?;
-    // Watch first, then read: a change in between shows up in the watch.
-    let watch = store.watch_all().await?;
-    let mut values = Vec::new();
-    let mut keys = store.keys().await?;
-    while let Some(key) = keys.next().await {
-        let key = key?;
-        let value = store.get(&key).await?;
-        values.push((key, value));
-    }
-    Ok((watch, values))
 }
 
 impl Actor for ConfigWatcher {

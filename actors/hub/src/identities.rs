@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use async_nats::jetstream::kv;
-use herd_supervision::{Backoff, Retry};
 use herd_tls::AgentCertificate;
 
 use crate::directory::HubDirectory;
@@ -135,39 +134,17 @@ impl AgentIdentities {
 
 /// Opens the buckets and the revocation watch, and reads the revocations.
 /// Retries until NATS answers.
-async fn open(link: NatsLink) -> (Buckets, kv::Watch, Vec<(String, Option<bytes::Bytes>)>) {
-    let mut retry = Retry::new(
-        Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5), 0.2)
-            .expect("constant backoff parameters are valid"),
-    );
-    loop {
-        match try_open(&link).await {
-            Ok(opened) => return opened,
-            Err(error) => {
-                tracing::warn!(%error, "cannot open the enrollment buckets yet; retrying");
-                retry.wait().await;
-            }
-        }
-    }
-}
-
-async fn try_open(
-    link: &NatsLink,
-) -> Result<(Buckets, kv::Watch, Vec<(String, Option<bytes::Bytes>)>), async_nats::Error> {
-    let jetstream = link.jetstream();
-    let tokens = enrollment::tokens_bucket(jetstream).await?;
-    let enrolled = enrollment::enrolled_bucket(jetstream).await?;
-    let revoked = enrollment::revoked_bucket(jetstream).await?;
-    // Watch first, then read: a revocation in between shows up in the watch.
-    let watch = revoked.watch_all().await?;
-    let mut values = Vec::new();
-    let mut keys = revoked.keys().await?;
-    while let Some(key) = futures::StreamExt::next(&mut keys).await {
-        let key = key?;
-        let value = revoked.get(&key).await?;
-        values.push((key, value));
-    }
-    Ok((Buckets { tokens, enrolled }, watch, values))
+async fn open(link: NatsLink) -> (Buckets, crate::kv::Snapshot) {
+    crate::kv::retrying("cannot open the enrollment buckets yet", || async {
+        let jetstream = link.jetstream();
+        let buckets = Buckets {
+            tokens: enrollment::tokens_bucket(jetstream).await?,
+            enrolled: enrollment::enrolled_bucket(jetstream).await?,
+        };
+        let revoked = enrollment::revoked_bucket(jetstream).await?;
+        Ok((buckets, crate::kv::watch_and_read(&revoked).await?))
+    })
+    .await
 }
 
 impl Actor for AgentIdentities {
@@ -175,7 +152,7 @@ impl Actor for AgentIdentities {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.spawn(open(self.link.clone()).into_actor(self).map(
-            |(buckets, watch, values), act, ctx| {
+            |(buckets, (watch, values)), act, ctx| {
                 for (agent_id, value) in values {
                     act.apply(agent_id, value.as_deref());
                 }

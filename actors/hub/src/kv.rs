@@ -1,6 +1,51 @@
 //! The hub's NATS KV buckets, opened or created the same way.
 
+use std::time::Duration;
+
 use async_nats::jetstream::kv;
+use futures::StreamExt as _;
+use herd_supervision::{Backoff, Retry};
+
+/// A bucket's current values, key by key (`None`: deleted), and a watch of
+/// its changes from then on.
+pub(crate) type Snapshot = (kv::Watch, Vec<(String, Option<bytes::Bytes>)>);
+
+/// Starts watching `store`, then reads its values: a change in between
+/// shows up in the watch, so nothing is missed.
+pub(crate) async fn watch_and_read(store: &kv::Store) -> Result<Snapshot, async_nats::Error> {
+    let watch = store.watch_all().await?;
+    let mut values = Vec::new();
+    let mut keys = store.keys().await?;
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        let value = store.get(&key).await?;
+        values.push((key, value));
+    }
+    Ok((watch, values))
+}
+
+/// Runs `attempt` until it succeeds, backing off from 100 ms to 5 s and
+/// WARNing `what` with each failure: what the hub reads from KV at start
+/// waits for NATS instead of failing.
+pub(crate) async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, async_nats::Error>>,
+{
+    let mut retry = Retry::new(
+        Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5), 0.2)
+            .expect("constant backoff parameters are valid"),
+    );
+    loop {
+        match attempt().await {
+            Ok(done) => return done,
+            Err(error) => {
+                tracing::warn!(%error, "{what}; retrying");
+                retry.wait().await;
+            }
+        }
+    }
+}
 
 /// Opens the KV bucket `name`, creating it (keeping `history` values per
 /// key) when missing.
