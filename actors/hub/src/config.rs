@@ -105,6 +105,12 @@ pub struct HubConfig {
     pub max_frame_length: usize,
     /// Heartbeat interval told to agents in `Welcome`, in seconds.
     pub heartbeat_interval_secs: u32,
+    /// Fleet-wide presence (KV `herd_agents`): a hub rewrites each claim
+    /// every third of this; a claim not rewritten for this long is gone (a
+    /// dead hub's), and a hub that cannot rewrite one for this long (cut
+    /// off from NATS) closes that agent's connection. Every hub on a NATS
+    /// cluster should use the same value; the first creates the bucket.
+    pub presence_ttl_secs: u64,
     /// How often the hub pings each agent.
     pub ping_interval_ms: u64,
     /// A connection silent for this many ping intervals is closed as dead.
@@ -164,6 +170,7 @@ impl Default for HubConfig {
             accept_burst_per_source: 512,
             max_frame_length: herd_codec::DEFAULT_MAX_FRAME_LENGTH,
             heartbeat_interval_secs: 30,
+            presence_ttl_secs: 90,
             ping_interval_ms: 15_000,
             ping_misses: 3,
             max_connections: 10_000,
@@ -220,6 +227,7 @@ impl HubConfig {
                 self.max_pending_handshakes_per_source as u64,
             ),
             ("ping_interval_ms", self.ping_interval_ms),
+            ("presence_ttl_secs", self.presence_ttl_secs),
             ("listen_backlog", u64::from(self.listen_backlog)),
             ("ping_misses", u64::from(self.ping_misses)),
             ("max_frame_length", self.max_frame_length as u64),
@@ -265,6 +273,11 @@ impl HubConfig {
     /// [`Self::handshake_timeout_ms`] as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// [`Self::presence_ttl_secs`] as a duration.
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_secs(self.presence_ttl_secs)
     }
 
     /// [`Self::ping_interval_ms`] as a duration.

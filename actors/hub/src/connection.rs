@@ -1274,6 +1274,9 @@ impl Handler<Close> for Connection {
             CloseKind::Superseded => {
                 self.goodbye(ctx, CloseReason::Superseded, "superseded", close.message);
             }
+            CloseKind::Unavailable => {
+                self.goodbye(ctx, CloseReason::Shutdown, "unavailable", close.message);
+            }
             CloseKind::Revoked { revoked_at_ms } => {
                 // A certificate issued after the revocation is a new enrollment.
                 if self.certificate.as_ref().is_some_and(|certificate| {

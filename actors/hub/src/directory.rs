@@ -11,6 +11,8 @@ pub(crate) const ROOT: &str = "hub";
 pub(crate) mod ids {
     /// [`HeartbeatTracker`](crate::HeartbeatTracker).
     pub(crate) const TRACKER: &str = "tracker";
+    /// FleetClaims: the fleet-wide presence claims.
+    pub(crate) const CLAIMS: &str = "claims";
     /// [`AgentRegistry`](crate::AgentRegistry).
     pub(crate) const REGISTRY: &str = "registry";
     /// The dynamic supervisor of the Connections.

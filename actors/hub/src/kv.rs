@@ -60,6 +60,28 @@ pub(crate) async fn open_bucket(
     description: &str,
     history: i64,
 ) -> Result<kv::Store, async_nats::Error> {
+    open(jetstream, name, description, history, Duration::ZERO).await
+}
+
+/// Like [`open_bucket`] with one value per key, each gone `max_age` after
+/// it was last written (nats-server 2.9 has no per-key expiry; the bucket's
+/// is the stream's `max_age`). The hub that creates the bucket sets it.
+pub(crate) async fn open_expiring_bucket(
+    jetstream: &async_nats::jetstream::Context,
+    name: &str,
+    description: &str,
+    max_age: Duration,
+) -> Result<kv::Store, async_nats::Error> {
+    open(jetstream, name, description, 1, max_age).await
+}
+
+async fn open(
+    jetstream: &async_nats::jetstream::Context,
+    name: &str,
+    description: &str,
+    history: i64,
+    max_age: Duration,
+) -> Result<kv::Store, async_nats::Error> {
     if let Ok(store) = jetstream.get_key_value(name).await {
         return Ok(store);
     }
@@ -69,6 +91,7 @@ pub(crate) async fn open_bucket(
             description: Some(description.to_owned()),
             subjects: vec![format!("$KV.{name}.>")],
             max_messages_per_subject: history,
+            max_age,
             discard: async_nats::jetstream::stream::DiscardPolicy::New,
             allow_rollup: true,
             deny_delete: true,

@@ -7,6 +7,7 @@
 //! ├── nats         supervisor (only without a NATS URL): the embedded nats-server
 //! │   └── server   its process, restarted with backoff on the same port and store
 //! ├── tracker      HeartbeatTracker: agent detail, herd.presence.<id>, herd.heartbeat.<id>
+//! ├── claims       FleetClaims: one session per agent id fleet-wide (KV herd_agents)
 //! ├── registry     AgentRegistry: agent id -> Connection, cap, takeover
 //! ├── connections  dynamic supervisor: one temporary Connection per agent socket,
 //! │                spread over one arbiter per core
@@ -68,6 +69,7 @@ mod accept_rate;
 mod admin;
 mod agent_info;
 mod batcher;
+mod claims;
 mod config;
 mod config_watcher;
 mod connection;
@@ -98,6 +100,7 @@ use actix::prelude::*;
 
 pub use agent_info::AgentInfo;
 pub use batcher::{TASK_RESULTS_SUBJECT, TaskResultRecord};
+pub use claims::{AGENTS_BUCKET, AgentClaim};
 pub use config::{
     AckMode, AgentAuth, DataForm, DataStreamConfig, HubConfig, HubConfigError, HubTlsConfig,
     MIN_AGENT_CERT_VALIDITY_SECS, NatsClientConfig,
@@ -167,6 +170,12 @@ fn tree(
             HeartbeatTracker::new(link.clone(), hub_id.clone())
         })
     };
+    let claims = {
+        let (link, hub_id, ttl) = (link.clone(), config.hub_id.clone(), config.presence_ttl());
+        ChildSpec::new(ids::CLAIMS, move || {
+            claims::FleetClaims::new(link.clone(), hub_id.clone(), ttl)
+        })
+    };
     let registry = {
         let (cap, directory) = (config.max_connections, directory.clone());
         ChildSpec::new(ids::REGISTRY, move || {
@@ -231,6 +240,7 @@ fn tree(
     };
     let root = root
         .child(tracker)
+        .child(claims)
         .child(registry)
         .child(ChildSpec::supervisor(ids::CONNECTIONS, || {
             SupervisorSpec::dynamic(ids::CONNECTIONS)

@@ -19,6 +19,9 @@ pub(crate) enum CloseKind {
     Superseded,
     /// The hub is shutting down.
     Shutdown,
+    /// The hub can no longer defend the agent's fleet-wide claim (cut off
+    /// from NATS): the agent should connect again, here or elsewhere.
+    Unavailable,
     /// The agent id was revoked: certificates issued up to `revoked_at_ms`
     /// (ms since the epoch) no longer count.
     Revoked {
@@ -300,4 +303,26 @@ pub(crate) struct RevokeAgent {
     pub revoked_at_ms: u64,
     /// The operator's reason.
     pub reason: String,
+}
+
+/// FleetClaims: this hub serves `agent_id` on `link` now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Claim {
+    /// The id.
+    pub agent_id: String,
+    /// The connection (closed when the claim is lost).
+    pub link: AgentLink,
+    /// Where the agent connects from.
+    pub address: SocketAddr,
+}
+
+/// FleetClaims: connection `conn_id` of `agent_id` has ended.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Release {
+    /// The id.
+    pub agent_id: String,
+    /// The connection that ended.
+    pub conn_id: u64,
 }

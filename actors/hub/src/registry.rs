@@ -7,8 +7,8 @@ use tokio::sync::oneshot;
 
 use crate::directory::{HubDirectory, ids};
 use crate::messages::{
-    AgentLink, CloseAll, CloseKind, Connected, Lookup, Offline, Online, PresenceEvent, Register,
-    RegisterError, RevokeAgent, Unregister, WhenAllClosed,
+    AgentLink, Claim, CloseAll, CloseKind, Connected, Lookup, Offline, Online, PresenceEvent,
+    Register, RegisterError, Release, RevokeAgent, Unregister, WhenAllClosed,
 };
 use crate::tracker::HeartbeatTracker;
 
@@ -81,7 +81,7 @@ impl Handler<Register> for AgentRegistry {
     fn handle(&mut self, register: Register, _ctx: &mut Context<Self>) -> Self::Result {
         let agent_id = register.info.agent_id.clone();
         let connected = self.agents.len();
-        match self.agents.insert(agent_id.clone(), register.link) {
+        match self.agents.insert(agent_id.clone(), register.link.clone()) {
             Some(old) => {
                 let reason = format!(
                     "agent {agent_id} connected again from {}",
@@ -89,7 +89,7 @@ impl Handler<Register> for AgentRegistry {
                 );
                 old.close(CloseKind::Superseded, reason.clone());
                 self.tell_tracker(Offline {
-                    agent_id,
+                    agent_id: agent_id.clone(),
                     event: PresenceEvent::Superseded,
                     reason,
                 });
@@ -102,6 +102,15 @@ impl Handler<Register> for AgentRegistry {
                 });
             }
             None => {}
+        }
+        // The claims actor starts before the registry: when it is down,
+        // this registry restarts with it and the claim is made anew.
+        if let Some(claims) = self.directory.claims() {
+            claims.do_send(Claim {
+                agent_id,
+                link: register.link,
+                address: register.info.address,
+            });
         }
         self.tell_tracker(Online(register.info));
         Ok(())
@@ -119,6 +128,12 @@ impl Handler<Unregister> for AgentRegistry {
             .is_some_and(|link| link.conn_id() == gone.conn_id)
         {
             self.agents.remove(&gone.agent_id);
+            if let Some(claims) = self.directory.claims() {
+                claims.do_send(Release {
+                    agent_id: gone.agent_id.clone(),
+                    conn_id: gone.conn_id,
+                });
+            }
             self.tell_tracker(Offline {
                 agent_id: gone.agent_id,
                 event: PresenceEvent::Offline,

@@ -1,0 +1,179 @@
+//! Fleet-wide presence: hubs on one NATS hold one session per agent id
+//! between them through KV `herd_agents`, and a hub cut off from NATS lets
+//! its agents go instead of keeping claims it cannot defend.
+
+mod hub_support;
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use herd_codec::proto::hub_message::Kind;
+use herd_codec::proto::{Batch, CloseReason, Goodbye};
+use herd_hub::{AGENTS_BUCKET, AgentClaim, Hub, HubConfig};
+use herd_tests::nats::NatsServer;
+use herd_tests::script::TOKEN;
+use hub_support::{ScriptedAgent, WAIT, within};
+
+async fn hub(nats: &NatsServer, tweak: impl FnOnce(&mut HubConfig)) -> Hub {
+    let mut config = HubConfig::for_tests(nats.url());
+    config.tokens = vec![TOKEN.into()];
+    tweak(&mut config);
+    within("hub start", Hub::start(config))
+        .await
+        .expect("hub starts")
+}
+
+async fn bucket(nats: &NatsServer) -> kv::Store {
+    let client = nats.client().await.expect("client");
+    let jetstream = async_nats::jetstream::new(client);
+    let mut attempts = 0;
+    loop {
+        match jetstream.get_key_value(AGENTS_BUCKET).await {
+            Ok(store) => return store,
+            // The hubs create it as they start.
+            Err(_) if attempts < 100 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("no {AGENTS_BUCKET} bucket: {error}"),
+        }
+    }
+}
+
+/// Polls the claim of `agent_id` until `condition` holds of it.
+async fn claim_until(
+    store: &kv::Store,
+    agent_id: &str,
+    what: &str,
+    condition: impl Fn(Option<&AgentClaim>) -> bool,
+) -> Option<AgentClaim> {
+    within(what, async {
+        loop {
+            let claim = store
+                .get(agent_id)
+                .await
+                .expect("KV readable")
+                .map(|value| serde_json::from_slice::<AgentClaim>(&value).expect("a claim"));
+            if condition(claim.as_ref()) {
+                return claim;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// The one Goodbye the hub sends before it closes `agent`'s connection.
+async fn goodbye(agent: &mut ScriptedAgent) -> Goodbye {
+    match &within("the Goodbye", agent.until_closed()).await[..] {
+        [.., Kind::Goodbye(goodbye)] => goodbye.clone(),
+        other => panic!("expected a Goodbye, got {other:?}"),
+    }
+}
+
+#[actix::test]
+async fn an_agent_id_has_one_session_across_the_hubs() {
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let (a, b) = (hub(&nats, |_| {}).await, hub(&nats, |_| {}).await);
+    let store = bucket(&nats).await;
+    let mut on_a = ScriptedAgent::online(a.listen_addr(), "web-1").await;
+    let claim = claim_until(&store, "web-1", "hub A's claim", |claim| {
+        claim.is_some_and(|claim| claim.hub == a.hub_id())
+    })
+    .await
+    .unwrap();
+    assert!(claim.session.starts_with(a.hub_id()), "{claim:?}");
+
+    // The agent shows up on hub B: its session on A is closed, B's stays.
+    let mut on_b = ScriptedAgent::online(b.listen_addr(), "web-1").await;
+    let goodbye = goodbye(&mut on_a).await;
+    assert_eq!(goodbye.reason(), CloseReason::Superseded);
+    assert!(goodbye.message.contains(b.hub_id()), "{}", goodbye.message);
+    claim_until(&store, "web-1", "hub B's claim", |claim| {
+        claim.is_some_and(|claim| claim.hub == b.hub_id())
+    })
+    .await;
+    on_b.send_acked(Batch {
+        seq: 1,
+        records: vec![],
+    })
+    .await;
+    assert!(a.agents().await.is_empty());
+    assert_eq!(b.agents().await.len(), 1);
+
+    // Gone from B: the claim goes with it.
+    drop(on_b);
+    claim_until(&store, "web-1", "the claim released", |claim| {
+        claim.is_none()
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[actix::test]
+async fn two_hubs_taking_one_id_at_once_leave_exactly_one_session() {
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let (a, b) = (hub(&nats, |_| {}).await, hub(&nats, |_| {}).await);
+    let store = bucket(&nats).await;
+    for round in 0..5 {
+        let agent_id = format!("race-{round}");
+        let (mut first, mut second) = tokio::join!(
+            ScriptedAgent::online(a.listen_addr(), &agent_id),
+            ScriptedAgent::online(b.listen_addr(), &agent_id),
+        );
+        // The claim settles on one session; the other hub closes its own.
+        let settled = claim_until(&store, &agent_id, "a settled claim", |claim| {
+            claim.is_some()
+        })
+        .await
+        .unwrap();
+        let (winner, loser) = if settled.hub == a.hub_id() {
+            (&mut first, &mut second)
+        } else {
+            (&mut second, &mut first)
+        };
+        assert_eq!(goodbye(loser).await.reason(), CloseReason::Superseded);
+        winner
+            .send_acked(Batch {
+                seq: 1,
+                records: vec![],
+            })
+            .await;
+        let sessions = a.agents().await.len() + b.agents().await.len();
+        assert_eq!(sessions, 1, "round {round}: {sessions} sessions for one id");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[actix::test]
+async fn a_hub_cut_off_from_nats_lets_its_agents_go_after_the_presence_ttl() {
+    let mut nats = NatsServer::start().await.expect("nats-server starts");
+    let ttl = Duration::from_secs(3);
+    let a = hub(&nats, |config| config.presence_ttl_secs = ttl.as_secs()).await;
+    let store = bucket(&nats).await;
+    let mut agent = ScriptedAgent::online(a.listen_addr(), "web-1").await;
+    claim_until(&store, "web-1", "the claim", |claim| claim.is_some()).await;
+
+    let cut = Instant::now();
+    nats.stop();
+    let goodbye = tokio::time::timeout(ttl + WAIT, agent.until_closed())
+        .await
+        .expect("the hub let the agent go");
+    let cut_off_for = cut.elapsed();
+    match &goodbye[..] {
+        [.., Kind::Goodbye(goodbye)] => {
+            assert_eq!(goodbye.reason(), CloseReason::Shutdown);
+            assert!(
+                goodbye.message.contains("could not renew its claim"),
+                "{}",
+                goodbye.message
+            );
+        }
+        other => panic!("expected a Goodbye, got {other:?}"),
+    }
+    // Not before the claim could have expired for the other hubs.
+    assert!(cut_off_for >= ttl * 2 / 3, "closed after {cut_off_for:?}");
+    a.shutdown().await;
+}
