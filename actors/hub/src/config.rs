@@ -56,9 +56,19 @@ pub struct HubConfig {
     /// `net.core.somaxconn`). A reconnect storm beyond it drops SYNs, and
     /// each costs its agent a retransmit (1 s on Linux).
     pub listen_backlog: u32,
-    /// Where the admin HTTP server (`/metrics`, `/healthz`, `/agents`)
-    /// listens; `None` disables it.
+    /// Where the admin HTTP server listens; `None` disables it. Its `GET`
+    /// endpoints (`/metrics`, `/healthz`, `/agents`) are open to whoever
+    /// reaches the address: they change nothing, and the default address is
+    /// loopback. Every other request (`POST /enrollment-tokens`,
+    /// `POST /agents/{id}/revoke`) needs `Authorization: Bearer <admin
+    /// token>` (see `admin_token_file`).
     pub admin: Option<SocketAddr>,
+    /// A file holding the admin token (surrounding white space ignored;
+    /// empty or unreadable: the hub does not start). `None`: the hub creates
+    /// `<state_dir>/admin.token` (a random token, mode 0600) on first start
+    /// and reuses it afterwards. Read only with the admin server enabled;
+    /// the hub logs the file's path at start, never the token.
+    pub admin_token_file: Option<PathBuf>,
     /// NATS server URL(s), comma separated. `None`: start and supervise a
     /// local `nats-server` under `state_dir`.
     pub nats_url: Option<String>,
@@ -158,6 +168,7 @@ impl Default for HubConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
             listen_backlog: 1024,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 7401))),
+            admin_token_file: None,
             nats_url: None,
             nats: NatsClientConfig::default(),
             state_dir: PathBuf::from("/var/lib/herd-hub"),

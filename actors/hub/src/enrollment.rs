@@ -185,7 +185,10 @@ pub async fn create_token(
     let record = TokenRecord {
         uses_left: uses,
         uses,
-        expires_at_ms: unix_ms(now + ttl),
+        // Saturating: `ttl` comes from operators (the admin API), and a
+        // huge one means "never", not a panic.
+        expires_at_ms: unix_ms(now)
+            .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
         created_at_ms: unix_ms(now),
         description: description.to_owned(),
     };

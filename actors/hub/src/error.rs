@@ -83,6 +83,24 @@ pub enum HubError {
         /// What went wrong, with its log when there is one.
         reason: String,
     },
+    /// The admin token file could not be read or written.
+    #[error("cannot {action} the admin token file {path:?}: {source}")]
+    AdminTokenFile {
+        /// `read` or `write`.
+        action: &'static str,
+        /// `admin_token_file`, or `<state_dir>/admin.token`.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The admin token file holds nothing but white space.
+    #[error(
+        "the admin token file {path:?} is empty; put a token in it or remove `admin_token_file`"
+    )]
+    EmptyAdminToken {
+        /// The file.
+        path: PathBuf,
+    },
     /// The agent link's TLS could not be set up.
     #[error("agent link TLS: {0}")]
     Tls(#[from] herd_tls::TlsError),

@@ -19,7 +19,8 @@
 //! │                renewal, revocations (KV herd_enrollment_tokens, herd_enrolled, herd_revoked)
 //! ├── stream       DataStream (ack_mode = "jetstream"): keeps HERD_DATA in place
 //! └── ...          the embedder's own children (Hub::supervisor().start_child)
-//! admin HTTP              /metrics /healthz /agents
+//! admin HTTP              GET /metrics /healthz /agents (open); POST /enrollment-tokens,
+//!                         /agents/{id}/revoke (admin token)
 //! ```
 //!
 //! Rest-for-one: when the tracker or the registry restarts, every connection
@@ -67,6 +68,7 @@
 
 mod accept_rate;
 mod admin;
+mod admin_token;
 mod agent_info;
 mod batcher;
 mod claims;
@@ -98,6 +100,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+pub use admin_token::ADMIN_TOKEN_FILE;
 pub use agent_info::AgentInfo;
 pub use batcher::{TASK_RESULTS_SUBJECT, TaskResultRecord};
 pub use claims::{AGENTS_BUCKET, AgentClaim};
@@ -147,6 +150,11 @@ pub(crate) struct Services {
 }
 
 impl Services {
+    /// See [`Hub::ca_fingerprint`].
+    pub(crate) fn ca_fingerprint(&self) -> Option<herd_tls::Fingerprint> {
+        self.tls.as_ref().and_then(|tls| tls.now().ca_fingerprint)
+    }
+
     /// A connection id unique in this hub process.
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1
@@ -340,6 +348,11 @@ impl Hub {
     pub async fn start(config: HubConfig) -> Result<Self, HubError> {
         config.validate()?;
         let tls = tls::prepare(&config)?;
+        // Before NATS: a missing or empty token file is reported at once.
+        let admin_token = match config.admin {
+            Some(_) => Some(admin_token::AdminToken::load_or_create(&config)?),
+            None => None,
+        };
         let mut config = config;
         if config.hub_id.is_empty() {
             config.hub_id = format!("hub-{:08x}", rand::random::<u32>());
@@ -433,13 +446,17 @@ impl Hub {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        let admin = admin_listener.map(|listener| {
+        let admin = admin_listener.zip(admin_token).map(|(listener, token)| {
             admin::serve(
                 listener,
-                services.metrics.clone(),
-                services.link.clone(),
-                services.directory.clone(),
-                services.stream.clone(),
+                admin::AdminState {
+                    metrics: services.metrics.clone(),
+                    link: services.link.clone(),
+                    directory: services.directory.clone(),
+                    stream: services.stream.clone(),
+                    token,
+                    ca_fingerprint: services.ca_fingerprint(),
+                },
             )
         });
         tracing::info!(hub_id = %services.hub_id, %listen_addr, ?admin_addr, nats = %services.link.url(), "hub started");
@@ -463,10 +480,7 @@ impl Hub {
     /// of the agent); `None` with a plaintext link or an operator's chain
     /// without its CA.
     pub fn ca_fingerprint(&self) -> Option<herd_tls::Fingerprint> {
-        self.services
-            .tls
-            .as_ref()
-            .and_then(|tls| tls.now().ca_fingerprint)
+        self.services.ca_fingerprint()
     }
 
     /// Reads the agent link's certificates and keys again, as at start (the

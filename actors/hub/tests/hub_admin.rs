@@ -1,21 +1,25 @@
-//! Admin HTTP (`/metrics` checked by promtool, `/healthz`, `/agents`) and the
-//! embedded nats-server.
+//! Admin HTTP (`/metrics` checked by promtool, `/healthz`, `/agents`; the
+//! admin token and the endpoints it opens) and the embedded nats-server.
 
 mod hub_support;
 
-use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use actix::prelude::*;
-use herd_codec::proto::Batch;
 use herd_codec::proto::hub_message::Kind;
-use herd_hub::{AckMode, AgentInfo, Hub, HubConfig, NatsState};
+use herd_codec::proto::{Batch, CloseReason};
+use herd_hub::{AckMode, AgentInfo, Hub, HubConfig, HubTlsConfig, NatsState};
 use herd_supervision::ChildSpec;
-use hub_support::{ScriptedAgent, get, hub_with, within};
+use hub_support::{
+    ScriptedAgent, enroll, get, hello, hub_with, post, welcome_for, with_admin, within,
+};
+use serde_json::json;
 
 #[actix::test]
 async fn metrics_pass_promtool_and_agents_and_health_are_served() {
-    let (mut nats, hub) =
-        hub_with(|config| config.admin = Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let (mut nats, hub) = hub_with(|config| with_admin(config, state.path())).await;
     let admin = hub.admin_addr().expect("admin enabled");
     let mut agent = ScriptedAgent::online(hub.listen_addr(), "seen").await;
     agent
@@ -79,9 +83,10 @@ async fn metrics_pass_promtool_and_agents_and_health_are_served() {
 
 #[actix::test]
 async fn jetstream_mode_stores_records_in_the_data_stream_it_creates() {
+    let state = tempfile::tempdir().expect("state dir");
     let (nats, hub) = hub_with(|config| {
         assert_eq!(config.ack_mode, AckMode::Jetstream, "the default");
-        config.admin = Some(([127, 0, 0, 1], 0).into());
+        with_admin(config, state.path());
     })
     .await;
     let mut agent = ScriptedAgent::online(hub.listen_addr(), "stored").await;
@@ -109,9 +114,10 @@ async fn jetstream_mode_stores_records_in_the_data_stream_it_creates() {
 
 #[actix::test]
 async fn healthz_is_unhealthy_while_the_data_stream_is_missing() {
+    let state = tempfile::tempdir().expect("state dir");
     let (nats, hub) = hub_with(|config| {
         config.stream.create = false;
-        config.admin = Some(([127, 0, 0, 1], 0).into());
+        with_admin(config, state.path());
     })
     .await;
     let admin = hub.admin_addr().expect("admin");
@@ -133,6 +139,176 @@ async fn healthz_is_unhealthy_while_the_data_stream_is_missing() {
     })
     .await;
     hub.shutdown().await;
+}
+
+/// The admin token the hub created in `state_dir`, after checking only
+/// its owner can read it.
+fn admin_token(state_dir: &Path) -> String {
+    let path = state_dir.join(herd_hub::ADMIN_TOKEN_FILE);
+    let mode = std::fs::metadata(&path)
+        .expect("the hub created admin.token")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{path:?}");
+    let token = std::fs::read_to_string(&path).expect("admin.token");
+    let token = token.trim();
+    assert_eq!(token.len(), 64, "32 random bytes, hex");
+    token.to_owned()
+}
+
+#[actix::test]
+async fn changing_state_takes_the_admin_token_and_reading_does_not() {
+    let state = tempfile::tempdir().expect("state dir");
+    let (_nats, hub) = hub_with(|config| {
+        // Enrollment: TLS and certificate identities, as a hub runs by default.
+        config.tls = HubTlsConfig::default();
+        config.tokens.clear();
+        with_admin(config, state.path());
+    })
+    .await;
+    let admin = hub.admin_addr().expect("admin");
+    let token = admin_token(state.path());
+    let request = json!({"ttl_secs": 600, "uses": 2, "description": "rack 4"});
+
+    let missing = post(admin, "/enrollment-tokens", None, &request).await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.header("www-authenticate"), Some("Bearer"));
+    let wrong = post(admin, "/enrollment-tokens", Some("not-the-token"), &request).await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(
+        wrong.body, missing.body,
+        "no hint whether the token was wrong"
+    );
+    assert!(missing.json()["error"].is_string(), "{}", missing.body);
+    // By method, not by route: a POST anywhere meets the check first.
+    assert_eq!(post(admin, "/metrics", None, &json!({})).await.status, 401);
+    assert_eq!(post(admin, "/nowhere", None, &json!({})).await.status, 401);
+    // Reading needs nothing.
+    assert_eq!(get(admin, "/metrics").await.0, 200);
+    assert_eq!(get(admin, "/agents").await.0, 200);
+
+    for (body, field) in [
+        (json!({"uses": 0}), "`uses`"),
+        (json!({"ttl_secs": 0}), "`ttl_secs`"),
+        (json!({"usse": 3}), "usse"),
+    ] {
+        let refused = post(admin, "/enrollment-tokens", Some(&token), &body).await;
+        assert_eq!(refused.status, 400, "{body}");
+        let error = refused.json()["error"]
+            .as_str()
+            .expect("an error")
+            .to_owned();
+        assert!(error.contains(field), "{body}: {error}");
+    }
+
+    let before = now_ms();
+    let created = post(admin, "/enrollment-tokens", Some(&token), &request).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let created = created.json();
+    assert_eq!(created["uses"], 2);
+    let expires = created["expires_at_ms"].as_u64().expect("expires_at_ms");
+    assert!((before + 600_000..=now_ms() + 600_000).contains(&expires));
+    assert_eq!(
+        created["ca_fingerprint"],
+        hub.ca_fingerprint().expect("the hub's CA").to_string()
+    );
+    // The token is a real one: an agent enrolls with it.
+    let enrollment_token = created["token"].as_str().expect("token");
+    let (identity, _) = enroll(&hub, "web-1", enrollment_token).await;
+    let (mut session, welcome) = welcome_for(&hub, Some(&identity), hello("", "")).await;
+    assert!(welcome.ok, "{}", welcome.message);
+
+    let bad_id = post(admin, "/agents/web.1/revoke", Some(&token), &json!({})).await;
+    assert_eq!(bad_id.status, 400, "{}", bad_id.body);
+    let revoked = post(
+        admin,
+        "/agents/web-1/revoke",
+        Some(&token),
+        &json!({"reason": "host decommissioned"}),
+    )
+    .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    let revoked = revoked.json();
+    assert_eq!(revoked["agent_id"], "web-1");
+    assert!(revoked["revoked_at_ms"].as_u64().expect("revoked_at_ms") >= before);
+    let last = within("the revocation's Goodbye", session.until_closed()).await;
+    match &last[..] {
+        [Kind::Goodbye(goodbye)] => {
+            assert_eq!(goodbye.reason(), CloseReason::Revoked);
+            assert!(
+                goodbye.message.contains("host decommissioned"),
+                "{}",
+                goodbye.message
+            );
+        }
+        other => panic!("expected one Goodbye, got {other:?}"),
+    }
+    hub.shutdown().await;
+}
+
+#[actix::test]
+async fn without_nats_state_changes_are_unavailable() {
+    let state = tempfile::tempdir().expect("state dir");
+    let (mut nats, hub) = hub_with(|config| with_admin(config, state.path())).await;
+    let (admin, token) = (hub.admin_addr().expect("admin"), admin_token(state.path()));
+    nats.stop();
+    assert!(
+        hub.nats()
+            .wait_for_state(|state| state != NatsState::Connected, hub_support::WAIT)
+            .await,
+        "NATS loss noticed"
+    );
+    for path in ["/enrollment-tokens", "/agents/web-1/revoke"] {
+        let refused = post(admin, path, Some(&token), &json!({})).await;
+        assert_eq!(refused.status, 503, "{path}: {}", refused.body);
+        assert!(refused.json()["error"].is_string(), "{}", refused.body);
+    }
+    hub.shutdown().await;
+}
+
+#[actix::test]
+async fn the_admin_token_is_kept_across_starts_and_a_configured_one_must_not_be_empty() {
+    let state = tempfile::tempdir().expect("state dir");
+    let (nats, hub) = hub_with(|config| with_admin(config, state.path())).await;
+    let first = admin_token(state.path());
+    let config = hub.config().clone();
+    hub.shutdown().await;
+    let hub = within("second start", Hub::start(config.clone()))
+        .await
+        .expect("hub starts again");
+    assert_eq!(admin_token(state.path()), first, "reused");
+    let revoked = post(
+        hub.admin_addr().expect("admin"),
+        "/agents/web-1/revoke",
+        Some(&first),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    hub.shutdown().await;
+
+    let empty = state.path().join("empty.token");
+    std::fs::write(&empty, " \n").expect("write");
+    let mut configured = HubConfig {
+        admin_token_file: Some(empty.clone()),
+        ..HubConfig::for_tests(nats.url())
+    };
+    with_admin(&mut configured, state.path());
+    let error = within("a refused start", Hub::start(configured))
+        .await
+        .expect_err("an empty admin token file stops the start");
+    assert!(error.to_string().contains(&format!("{empty:?}")), "{error}");
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits")
 }
 
 /// A hub without a NATS URL (so it runs its own server) in a fresh state dir.

@@ -9,11 +9,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use herd_codec::proto::hub_message::Kind;
-use herd_codec::proto::{Batch, CertificateRequest, CloseReason, Hello};
+use herd_codec::proto::{Batch, CertificateRequest, CloseReason};
 use herd_hub::{AgentAuth, Hub, HubConfig, HubTlsConfig, TLS_DIR};
 use herd_tests::nats::NatsServer;
-use herd_tls::{AgentKey, CertificateAuthority, EnrolledIdentity, HubTrust};
-use hub_support::{ScriptedAgent, hello, poll_until, within};
+use herd_tls::{AgentKey, CertificateAuthority, EnrolledIdentity};
+use hub_support::{
+    ScriptedAgent, enroll, enrolling, hello, poll_until, trust, welcome_for, within,
+};
 
 /// A hub with TLS and certificate identities, as it runs by default.
 async fn hub(state: &Path) -> (NatsServer, Hub) {
@@ -34,10 +36,6 @@ async fn start(nats: &NatsServer, state: &Path, tls: HubTlsConfig) -> Hub {
         .expect("hub starts")
 }
 
-fn trust(hub: &Hub) -> HubTrust {
-    HubTrust::Fingerprint(hub.ca_fingerprint().expect("the hub's CA"))
-}
-
 async fn token(hub: &Hub, uses: u32, ttl: Duration) -> String {
     herd_hub::enrollment::create_token(hub.nats().jetstream(), ttl, uses, "test")
         .await
@@ -46,55 +44,6 @@ async fn token(hub: &Hub, uses: u32, ttl: Duration) -> String {
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// A TLS connection presenting `identity` (none: not enrolled yet).
-async fn connect(hub: &Hub, identity: Option<&EnrolledIdentity>) -> ScriptedAgent {
-    let config = herd_tls::client_config_with_identity(&trust(hub), identity.map(|i| i.identity()))
-        .expect("client config");
-    within(
-        "the TLS handshake",
-        ScriptedAgent::try_connect_tls_with(hub.listen_addr(), config),
-    )
-    .await
-    .expect("the TLS handshake succeeds")
-}
-
-/// A Hello asking to enroll as `agent_id` (empty: any id) with `token`.
-fn enrolling(agent_id: &str, token: &str) -> (Hello, AgentKey) {
-    let key = AgentKey::generate().unwrap();
-    let hello = Hello {
-        csr: key.request().unwrap().into(),
-        ..hello(agent_id, token)
-    };
-    (hello, key)
-}
-
-/// Enrolls as `agent_id`; returns the identity and the open session.
-async fn enroll(hub: &Hub, agent_id: &str, token: &str) -> (EnrolledIdentity, ScriptedAgent) {
-    let (hello, key) = enrolling(agent_id, token);
-    let (agent, welcome) = within("the Welcome", connect(hub, None).await.try_hello(hello))
-        .await
-        .expect("a Welcome");
-    assert!(welcome.ok, "{}", welcome.message);
-    let identity = EnrolledIdentity::new(key, welcome.certificate.to_vec())
-        .expect("a certificate for the agent's key");
-    assert_eq!(identity.certificate().agent_id, welcome.agent_id);
-    if !agent_id.is_empty() {
-        assert_eq!(welcome.agent_id, agent_id);
-    }
-    (identity, agent)
-}
-
-/// The Welcome an agent gets for `hello` over a connection with `identity`.
-async fn welcome_for(
-    hub: &Hub,
-    identity: Option<&EnrolledIdentity>,
-    hello: Hello,
-) -> (ScriptedAgent, herd_codec::proto::Welcome) {
-    within("the Welcome", connect(hub, identity).await.try_hello(hello))
-        .await
-        .expect("a Welcome")
-}
 
 fn counted(hub: &Hub, outcome: &str, times: u32) -> bool {
     hub.metrics().render().contains(&format!(

@@ -16,7 +16,7 @@ use herd_codec::data_type;
 use herd_codec::proto::hub_message::Kind;
 use herd_codec::proto::{Batch, Hello, PluginStatus, Record, Task, TaskResult, TaskStatus};
 use herd_hub::TASK_RESULTS_SUBJECT;
-use hub_support::{ScriptedAgent, get, hub_with, within};
+use hub_support::{ScriptedAgent, get, hub_with, with_admin, within};
 use prost::Message as _;
 use serde_json::{Map, Value};
 
@@ -359,8 +359,8 @@ fn record(data_type: u32, source: &str, fields: &[(&str, &str)]) -> Record {
 
 #[actix::test]
 async fn presence_heartbeats_and_agents_are_as_documented() {
-    let (nats, hub) =
-        hub_with(|config| config.admin = Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let (nats, hub) = hub_with(|config| with_admin(config, state.path())).await;
     let admin = hub.admin_addr().expect("admin enabled");
     let presence_doc = documented("presence");
     let heartbeat_doc = documented("heartbeat");
