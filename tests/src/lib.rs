@@ -1,7 +1,8 @@
 //! herd's shared test harness and end-to-end tests.
 //!
 //! The library part starts what tests need for real: a [`nats::NatsServer`]
-//! on a free loopback port, `herd-hub` and `herd-agent` processes with
+//! on a free loopback port (or a [`nats::NatsCluster`] of them with clustered
+//! JetStream), `herd-hub` and `herd-agent` processes with
 //! generated configurations ([`hub`], [`agent`], [`process`]), a TCP proxy
 //! that can cut connections ([`proxy`]), a filesystem mounted for one test
 //! ([`mount`]), a reader of everything published to

@@ -1,5 +1,10 @@
 //! A real `nats-server` for one test: free loopback port, JetStream on, its own
-//! store directory, killed when dropped.
+//! store directory, killed when dropped. [`NatsCluster`] is several of them
+//! routed into one cluster with clustered JetStream.
+
+mod cluster;
+
+pub use cluster::NatsCluster;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -7,6 +12,8 @@ use std::time::Duration;
 
 /// How long a freshly spawned server gets to accept clients.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The `cluster { name }` of every [`NatsCluster`].
+const CLUSTER_NAME: &str = "herd-test";
 /// Attempts at finding a free port (another process can take the one we picked
 /// between our probe and the server's bind).
 const START_ATTEMPTS: usize = 3;
@@ -39,6 +46,29 @@ pub enum HarnessError {
         /// The server's own output.
         log: String,
     },
+    /// A [`NatsCluster`] did not form in time: not every running node had
+    /// routes to all the others, agreed on a JetStream meta leader and
+    /// answered JetStream requests.
+    #[error(
+        "nats cluster not formed after {timeout:?}; last seen:\n{status}\nnode logs (tail):\n{logs}"
+    )]
+    ClusterNotFormed {
+        /// How long we waited.
+        timeout: Duration,
+        /// What each node reported last (routes, meta leader, JetStream).
+        status: String,
+        /// The end of each node's log.
+        logs: String,
+    },
+    /// Too few nodes of a [`NatsCluster`] are up for its JetStream to have a
+    /// quorum (a majority), so it cannot form.
+    #[error("only {up} of the {nodes} nats cluster nodes are up: no quorum")]
+    NoQuorum {
+        /// Nodes started and not stopped.
+        up: usize,
+        /// Nodes in the cluster.
+        nodes: usize,
+    },
     /// The client could not connect.
     #[error("connecting a client to {url}: {source}")]
     Connect {
@@ -61,7 +91,41 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     /// The configuration file the server reads (`-c`), when it has one.
     config: Option<PathBuf>,
+    /// How this server joins a [`NatsCluster`], when it is a node of one.
+    cluster: Option<ClusterRole>,
     child: Option<Child>,
+}
+
+/// A cluster node's settings on top of a lone server's: they end up in its
+/// configuration file, the rest (client port, JetStream, store) is the same
+/// command line as for any [`NatsServer`].
+#[derive(Debug, Clone)]
+struct ClusterRole {
+    /// Unique per node: clustered JetStream names its RAFT peers by it.
+    server_name: String,
+    route_port: u16,
+    monitor_port: u16,
+    /// The route ports of all the other nodes.
+    peer_route_ports: Vec<u16>,
+}
+
+impl ClusterRole {
+    fn config_text(&self) -> String {
+        let routes = self
+            .peer_route_ports
+            .iter()
+            .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "server_name: \"{name}\"\n\
+             http: \"127.0.0.1:{monitor}\"\n\
+             cluster {{\n  name: \"{CLUSTER_NAME}\"\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n}}\n",
+            name = self.server_name,
+            monitor = self.monitor_port,
+            route = self.route_port,
+        )
+    }
 }
 
 impl NatsServer {
@@ -84,33 +148,49 @@ impl NatsServer {
         let binary = find_nats_server()?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            let dir = tempfile::Builder::new()
-                .prefix("herd-nats-")
-                .tempdir()
-                .map_err(|source| io_error("creating the store directory", source))?;
-            let config = match config {
-                Some(text) => {
-                    let path = dir.path().join("server.conf");
-                    std::fs::write(&path, text)
-                        .map_err(|source| io_error("writing the server configuration", source))?;
-                    Some(path)
-                }
-                None => None,
-            };
-            let mut server = Self {
-                binary: binary.clone(),
-                port: free_loopback_port()
-                    .map_err(|source| io_error("probing for a free port", source))?,
-                dir,
-                config,
-                child: None,
-            };
-            match server.spawn_and_wait().await {
-                Ok(()) => return Ok(server),
+            let port = free_loopback_port()
+                .map_err(|source| io_error("probing for a free port", source))?;
+            match Self::start_once(&binary, port, config.map(str::to_owned), None).await {
+                Ok(server) => return Ok(server),
                 Err(error) => last_error = Some(error),
             }
         }
         Err(last_error.expect("at least one attempt ran"))
+    }
+
+    /// One attempt at a server on `port`: a fresh store directory, `config`
+    /// (or the cluster role's) written there, spawned, waited for. A lone
+    /// server and a cluster node differ only in the configuration text.
+    async fn start_once(
+        binary: &Path,
+        port: u16,
+        config: Option<String>,
+        cluster: Option<ClusterRole>,
+    ) -> Result<Self, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("herd-nats-")
+            .tempdir()
+            .map_err(|source| io_error("creating the store directory", source))?;
+        let text = config.or_else(|| cluster.as_ref().map(ClusterRole::config_text));
+        let config = match text {
+            Some(text) => {
+                let path = dir.path().join("server.conf");
+                std::fs::write(&path, text)
+                    .map_err(|source| io_error("writing the server configuration", source))?;
+                Some(path)
+            }
+            None => None,
+        };
+        let mut server = Self {
+            binary: binary.to_owned(),
+            port,
+            dir,
+            config,
+            cluster,
+            child: None,
+        };
+        server.spawn_and_wait().await?;
+        Ok(server)
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -126,6 +206,30 @@ impl NatsServer {
     /// The JetStream store directory.
     pub fn store_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The `server_name` of a [`NatsCluster`] node (what JetStream reports
+    /// as a stream's leader or replica); `None` for a lone server.
+    pub fn server_name(&self) -> Option<&str> {
+        self.cluster.as_ref().map(|role| role.server_name.as_str())
+    }
+
+    /// The route (cluster) port of a [`NatsCluster`] node.
+    pub fn route_port(&self) -> Option<u16> {
+        self.cluster.as_ref().map(|role| role.route_port)
+    }
+
+    /// The HTTP monitoring port (`/routez`, `/jsz`) of a [`NatsCluster`] node.
+    pub fn monitor_port(&self) -> Option<u16> {
+        self.cluster.as_ref().map(|role| role.monitor_port)
+    }
+
+    /// The last `lines` lines of the server's output (of its current run:
+    /// a restart starts a new log).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// A connected client.
@@ -156,6 +260,15 @@ impl NatsServer {
         self.child
             .as_mut()
             .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Whether the test has the server up: started and not [`stop`]ped
+    /// (unlike [`NatsServer::is_running`], a crash does not count, and it
+    /// needs no `&mut`).
+    ///
+    /// [`stop`]: NatsServer::stop
+    fn is_started(&self) -> bool {
+        self.child.is_some()
     }
 
     fn log_path(&self) -> PathBuf {
