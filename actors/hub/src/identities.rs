@@ -18,7 +18,7 @@ use herd_tls::AgentCertificate;
 
 use crate::directory::HubDirectory;
 use crate::enrollment::{self, EnrollRefusal, Enrolled, Revocation, unix_ms};
-use crate::messages::{CheckCertificate, Enroll, Issued, RenewCertificate, RevokeAgent};
+use crate::messages::{CheckCertificate, Enroll, IsLoaded, Issued, RenewCertificate, RevokeAgent};
 use crate::sink::NatsLink;
 use crate::tls::AgentTls;
 
@@ -212,6 +212,14 @@ impl StreamHandler<Result<kv::Entry, kv::WatcherError>> for AgentIdentities {
         self.buckets = None;
         self.revoked.clear();
         Actor::started(self, ctx);
+    }
+}
+
+impl Handler<IsLoaded> for AgentIdentities {
+    type Result = bool;
+
+    fn handle(&mut self, _: IsLoaded, _ctx: &mut Context<Self>) -> bool {
+        self.buckets.is_some()
     }
 }
 

@@ -155,6 +155,11 @@ impl Services {
         self.tls.as_ref().and_then(|tls| tls.now().ca_fingerprint)
     }
 
+    /// Whether agents enroll and are identified by certificate here.
+    pub(crate) fn enrolls_agents(&self) -> bool {
+        self.tls.is_some() && self.config.agent_auth() == AgentAuth::Certificate
+    }
+
     /// A connection id unique in this hub process.
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1
@@ -223,7 +228,7 @@ fn tree(
     let identities = services
         .tls
         .clone()
-        .filter(|_| config.agent_auth() == AgentAuth::Certificate)
+        .filter(|_| services.enrolls_agents())
         .map(|tls| {
             let (link, directory, hub_id) =
                 (link.clone(), directory.clone(), services.hub_id.clone());
@@ -436,10 +441,16 @@ impl Hub {
                 tokio::time::timeout(Duration::from_secs(5), stream.wait_for(Result::is_ok)).await;
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
-                let loaded = match services.directory.configs() {
+                let configs = match services.directory.configs() {
                     Some(configs) => configs.send(messages::IsLoaded).await.unwrap_or(false),
                     None => false,
                 };
+                // The revocations too, so the first agents are not refused.
+                let identities = match services.directory.identities() {
+                    Some(identities) => identities.send(messages::IsLoaded).await.unwrap_or(false),
+                    None => !services.enrolls_agents(),
+                };
+                let loaded = configs && identities;
                 if loaded {
                     break;
                 }

@@ -248,7 +248,8 @@ pub(crate) struct AgentGone {
 #[rtype(result = "Option<ConfigSet>")]
 pub(crate) struct GetConfig(pub String);
 
-/// ConfigWatcher: whether the initial load of `herd_config` is done.
+/// ConfigWatcher, AgentIdentities: whether the initial load (of `herd_config`,
+/// of the revocations) is done.
 #[derive(Debug, Message)]
 #[rtype(result = "bool")]
 pub(crate) struct IsLoaded;
