@@ -281,8 +281,10 @@ fn check_agent_id(agent_id: &str) -> Result<(), ExampleError> {
 
 /// Sends `task` to `agent_id` through the hub (NATS request on
 /// `herd.cmd.<agent_id>`) and returns the agent's `TaskResult`, or the hub's
-/// own answer (`OFFLINE` when the agent is not connected, `TIMEOUT` when it
-/// did not answer within the task's `timeout_ms`).
+/// own answer (`OFFLINE` when the agent left before answering, `TIMEOUT`
+/// when it did not answer within the task's `timeout_ms`). Only the hub
+/// serving the agent listens on its subject: when no hub does, NATS answers
+/// "no responders" at once, returned here as `OFFLINE` too.
 pub async fn send_task(
     client: &async_nats::Client,
     agent_id: &str,
@@ -296,14 +298,25 @@ pub async fn send_task(
     let request = async_nats::Request::new()
         .payload(task.encode_to_vec().into())
         .timeout(Some(timeout));
-    let reply = client
-        .send_request(subject.clone(), request)
-        .await
-        .map_err(|source| ExampleError::Request {
-            subject: subject.clone(),
-            timeout,
-            source,
-        })?;
+    let reply = match client.send_request(subject.clone(), request).await {
+        Ok(reply) => reply,
+        Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => {
+            return Ok(TaskResult {
+                task_id: task.id.clone(),
+                status: TaskStatus::Offline as i32,
+                error: format!("no hub serves agent {agent_id}"),
+                source: "nats".to_owned(),
+                ..TaskResult::default()
+            });
+        }
+        Err(source) => {
+            return Err(ExampleError::Request {
+                subject,
+                timeout,
+                source,
+            });
+        }
+    };
     TaskResult::decode(reply.payload.clone()).map_err(|source| ExampleError::Reply {
         subject,
         len: reply.payload.len(),

@@ -9,12 +9,19 @@ use herd_codec::proto::{Command, Task, TaskResult, TaskStatus};
 use prost::Message as _;
 
 use crate::directory::HubDirectory;
-use crate::messages::{AgentGone, CommandRefused, Lookup, TaskDone};
+use crate::messages::{AgentGone, CommandRefused, Connected, Lookup, Serve, TaskDone, Unserve};
 use crate::metrics::HubMetrics;
 use crate::sink::NatsLink;
 
-/// Subjects the router serves.
-pub(crate) const COMMAND_SUBJECTS: &str = "herd.cmd.*";
+/// The subject of an agent's task requests.
+fn command_subject(agent_id: &str) -> String {
+    format!("herd.cmd.{agent_id}")
+}
+
+/// Longest wait for the server to confirm a new subscription before the
+/// agent is welcomed anyway (NATS is down: the client subscribes when it is
+/// back).
+const SUBSCRIBE_CONFIRM: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Pending {
@@ -27,7 +34,13 @@ struct Pending {
 /// (agent id, task id).
 type TaskKey = (String, String);
 
-/// Serves task requests: routes each to the agent's Connection and replies
+/// Serves task requests for the agents connected to this hub: one
+/// subscription on `herd.cmd.<agent_id>` per agent, held while the agent is
+/// here, so of all the hubs on a NATS cluster only the one serving the
+/// agent gets its requests, and a request for an agent no hub serves fails
+/// at once with no responders (requesters report that as OFFLINE).
+///
+/// Routes each request to the agent's Connection and replies
 /// with the agent's `TaskResult`; or at once with `OFFLINE` when the agent is
 /// not connected or its connection ends before it answers, or with
 /// `REJECTED` when the agent is not reading its tasks; or with `TIMEOUT` when
@@ -43,6 +56,8 @@ pub(crate) struct CommandRouter {
     /// conn id -> the tasks pending on it, so a connection's end finds its
     /// tasks without a scan of every pending one.
     by_connection: HashMap<u64, HashSet<TaskKey>>,
+    /// Agent id -> its subscription (`None` while it is being made).
+    subscriptions: HashMap<String, Option<SpawnHandle>>,
 }
 
 impl CommandRouter {
@@ -61,7 +76,44 @@ impl CommandRouter {
             default_timeout,
             pending: HashMap::new(),
             by_connection: HashMap::new(),
+            subscriptions: HashMap::new(),
         }
+    }
+
+    /// Subscribes to `agent_id`'s requests, unless it is subscribed (or
+    /// being subscribed) already; resolves once the server has the
+    /// subscription, or after [`SUBSCRIBE_CONFIRM`].
+    fn serve(&mut self, agent_id: String) -> Option<impl ActorFuture<Self, Output = ()> + 'static> {
+        if self.subscriptions.contains_key(&agent_id) {
+            return None;
+        }
+        self.subscriptions.insert(agent_id.clone(), None);
+        let client = self.link.client().clone();
+        let subscribe = async move {
+            let subscriber = client.subscribe(command_subject(&agent_id)).await;
+            // A request answered by the server comes after the SUB was
+            // processed there (one connection is read in order); any answer
+            // will do, "no responders" too.
+            let _ = tokio::time::timeout(
+                SUBSCRIBE_CONFIRM,
+                client.request("$JS.API.INFO", Bytes::new()),
+            )
+            .await;
+            (agent_id, subscriber)
+        };
+        Some(subscribe.into_actor(self).map(|(agent_id, subscriber), act, ctx| {
+            // Gone meanwhile: dropping the subscriber unsubscribes.
+            let Some(slot) = act.subscriptions.get_mut(&agent_id) else {
+                return;
+            };
+            match subscriber {
+                Ok(subscriber) => *slot = Some(ctx.add_stream(subscriber)),
+                Err(error) => {
+                    act.subscriptions.remove(&agent_id);
+                    tracing::error!(%agent_id, %error, "cannot subscribe to the agent's task requests");
+                }
+            }
+        }))
     }
 
     fn insert(&mut self, key: TaskKey, pending: Pending) {
@@ -256,18 +308,20 @@ impl Actor for CommandRouter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let client = self.link.client().clone();
-        // Subscribing only queues the SUB; async-nats re-subscribes after reconnects.
-        ctx.wait(
-            async move { client.subscribe(COMMAND_SUBJECTS).await }
+        // A restarted router serves the agents that are here already;
+        // async-nats subscribes again by itself after reconnects.
+        let Some(registry) = self.directory.registry() else {
+            return;
+        };
+        ctx.spawn(
+            registry
+                .send(Connected)
                 .into_actor(self)
-                .map(|subscription, _act, ctx| match subscription {
-                    Ok(subscription) => {
-                        ctx.add_stream(subscription);
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "cannot subscribe to {COMMAND_SUBJECTS}");
-                        ctx.stop();
+                .map(|connected, act, ctx| {
+                    for (agent_id, _) in connected.unwrap_or_default() {
+                        if let Some(subscribe) = act.serve(agent_id) {
+                            ctx.spawn(subscribe);
+                        }
                     }
                 }),
         );
@@ -279,9 +333,30 @@ impl StreamHandler<async_nats::Message> for CommandRouter {
         self.route(message, ctx);
     }
 
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        tracing::warn!("task subscription ended");
-        ctx.stop();
+    fn finished(&mut self, _ctx: &mut Context<Self>) {
+        // One agent's subscription; the client is closing.
+        tracing::debug!("a task subscription ended");
+    }
+}
+
+impl Handler<Serve> for CommandRouter {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, Serve(agent_id): Serve, _ctx: &mut Context<Self>) -> Self::Result {
+        match self.serve(agent_id) {
+            Some(subscribe) => Box::pin(subscribe),
+            None => Box::pin(actix::fut::ready(())),
+        }
+    }
+}
+
+impl Handler<Unserve> for CommandRouter {
+    type Result = ();
+
+    fn handle(&mut self, Unserve(agent_id): Unserve, ctx: &mut Context<Self>) {
+        if let Some(Some(subscription)) = self.subscriptions.remove(&agent_id) {
+            ctx.cancel_future(subscription);
+        }
     }
 }
 

@@ -122,18 +122,16 @@ async fn two_hubs_taking_one_id_at_once_leave_exactly_one_session() {
             ScriptedAgent::online(a.listen_addr(), &agent_id),
             ScriptedAgent::online(b.listen_addr(), &agent_id),
         );
-        // The claim settles on one session; the other hub closes its own.
-        let settled = claim_until(&store, &agent_id, "a settled claim", |claim| {
-            claim.is_some()
-        })
-        .await
-        .unwrap();
-        let (winner, loser) = if settled.hub == a.hub_id() {
-            (&mut first, &mut second)
-        } else {
-            (&mut second, &mut first)
+        // One of the two sessions is closed; the claim is the other's.
+        let (winner, winner_hub, goodbye) = tokio::select! {
+            goodbye = goodbye(&mut first) => (&mut second, b.hub_id(), goodbye),
+            goodbye = goodbye(&mut second) => (&mut first, a.hub_id(), goodbye),
         };
-        assert_eq!(goodbye(loser).await.reason(), CloseReason::Superseded);
+        assert_eq!(goodbye.reason(), CloseReason::Superseded);
+        claim_until(&store, &agent_id, "the winner's claim", |claim| {
+            claim.is_some_and(|claim| claim.hub == winner_hub)
+        })
+        .await;
         winner
             .send_acked(Batch {
                 seq: 1,
