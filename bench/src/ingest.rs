@@ -56,6 +56,9 @@ impl IngestSize {
 pub(crate) enum Case {
     /// Simulated agents -> herd-hub (`ack_mode = "flush"`) -> core NATS.
     HubFlush,
+    /// [`HubFlush`](Self::HubFlush) with the agents speaking TLS, pinning
+    /// the hub's own CA by fingerprint and identified by the fleet token.
+    HubTls,
     /// Simulated agents -> herd-hub (`data_form = "batch"`, flush) -> core
     /// NATS, one message per batch and data type.
     HubGrouped,
@@ -71,8 +74,9 @@ pub(crate) enum Case {
 
 impl Case {
     /// Every case, in the order runs go round.
-    pub(crate) const ALL: [Self; 6] = [
+    pub(crate) const ALL: [Self; 7] = [
         Self::HubFlush,
+        Self::HubTls,
         Self::HubGrouped,
         Self::Forwarder,
         Self::CorePublisher,
@@ -84,6 +88,7 @@ impl Case {
     pub(crate) fn label(self) -> &'static str {
         match self {
             Self::HubFlush => "herd-hub, ack_mode flush",
+            Self::HubTls => "herd-hub over TLS, ack_mode flush",
             Self::HubGrouped => "herd-hub, data_form batch (flush)",
             Self::Forwarder => "tokio forwarder (flush)",
             Self::CorePublisher => "pre-encoded publisher, core NATS",
@@ -96,6 +101,7 @@ impl Case {
     fn prefix(self) -> &'static str {
         match self {
             Self::HubFlush => "hub",
+            Self::HubTls => "hubtls",
             Self::HubGrouped => "hubgr",
             Self::Forwarder => "fwd",
             Self::CorePublisher => "pub",
@@ -110,9 +116,11 @@ impl Case {
 
     fn load(self) -> LoadMode {
         match self {
-            Self::HubFlush | Self::HubGrouped | Self::Forwarder | Self::HubJetstream => {
-                LoadMode::Agents
-            }
+            Self::HubFlush
+            | Self::HubTls
+            | Self::HubGrouped
+            | Self::Forwarder
+            | Self::HubJetstream => LoadMode::Agents,
             Self::CorePublisher => LoadMode::Core,
             Self::JetstreamPublisher => LoadMode::Jetstream,
         }
@@ -214,9 +222,16 @@ pub(crate) async fn run(
         targets.core
     };
     let url = nats_url(nats);
+    // The fingerprint of the TLS hub's CA, which its agents pin.
+    let mut hub_ca = None;
     let server = match case {
         Case::HubFlush => {
             Some(setup.hub_with(&format!("ingest-{name}"), &url, "flush", "record")?)
+        }
+        Case::HubTls => {
+            let (server, fingerprint) = setup.hub_tls_pinned(&format!("ingest-{name}"))?;
+            hub_ca = Some(fingerprint);
+            Some(server)
         }
         Case::HubGrouped => {
             Some(setup.hub_with(&format!("ingest-{name}"), &url, "flush", "batch")?)
@@ -253,6 +268,7 @@ pub(crate) async fn run(
         format!("--pub-acks={}", size.pub_acks),
     ];
     args.extend(records.args());
+    args.extend(hub_ca.map(|fingerprint| format!("--hub-ca={fingerprint}")));
     let mut load = Role::spawn("load generator", args, setup.log(&format!("{name}-load")))?;
     within("the load generator to be ready", READY, load.line("ready")).await??;
 
@@ -542,6 +558,7 @@ impl Results {
                 Case::Forwarder,
                 Figure::ServerCpu,
             ),
+            (ROWS[5], Case::HubTls, Case::HubFlush, Figure::ServerCpu),
         ];
         pairs
             .into_iter()
@@ -589,10 +606,11 @@ impl Figure {
 }
 
 /// The ingest rows of the main table.
-pub(crate) const ROWS: [&str; 5] = [
+pub(crate) const ROWS: [&str; 6] = [
     "ingest CPU s/1M records: hub vs tokio forwarder",
     "ingest records/s: hub vs tokio forwarder",
     "ingest records/s: hub vs pre-encoded NATS publisher",
     "ingest records/s: hub jetstream vs JetStream publisher",
     "ingest CPU s/1M records: hub grouped vs tokio forwarder",
+    "ingest CPU s/1M records: hub TLS vs plaintext (flush)",
 ];

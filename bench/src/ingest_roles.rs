@@ -19,7 +19,10 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use herd_codec::proto::{AgentMessage, Envelope, EnvelopeBatch, Hello, Pong, hub_message};
 use herd_codec::{AgentCodec, BatchRecords, Encoded};
-use herd_tests::script;
+use herd_tests::script::{self, AgentIo};
+use herd_tls::rustls::ClientConfig;
+use herd_tls::tokio_rustls::TlsConnector;
+use herd_tls::{Fingerprint, HubTrust};
 use prost::Message as _;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 use tokio::net::TcpStream;
@@ -35,8 +38,8 @@ const HANDSHAKES: Duration = Duration::from_secs(30);
 /// How the load generator produces the records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum LoadMode {
-    /// Simulated agents: real TCP, Hello/Welcome, pre-encoded `Batch`
-    /// frames, a window of unacked batches each.
+    /// Simulated agents: real TCP (TLS with `--hub-ca`), Hello/Welcome,
+    /// pre-encoded `Batch` frames, a window of unacked batches each.
     Agents,
     /// Pre-encoded envelopes published to core NATS, then one flush.
     Core,
@@ -139,6 +142,10 @@ pub(crate) struct LoadArgs {
     /// PubAcks the JetStream publisher awaits at most at once.
     #[arg(long, default_value_t = 1000)]
     pub(crate) pub_acks: usize,
+    /// Agents speak TLS, trusting the CA with this fingerprint (the hub's
+    /// own); plaintext without.
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub(crate) hub_ca: Option<Fingerprint>,
 }
 
 /// Lines from the bench on stdin.
@@ -331,8 +338,15 @@ pub(crate) async fn load(args: LoadArgs) -> Result<(), BenchError> {
             let addr: SocketAddr = args.target.parse().map_err(|error| {
                 BenchError::Process(format!("--target {:?}: {error}", args.target))
             })?;
+            // One configuration for every agent, built before `ready` like
+            // the rest of the handshake work.
+            let tls = args
+                .hub_ca
+                .map(|fingerprint| herd_tls::client_config(&HubTrust::Fingerprint(fingerprint)))
+                .transpose()
+                .map_err(|error| BenchError::Process(format!("--hub-ca: {error}")))?;
             let frames = Arc::new(batch_frames(records));
-            let agents = connect_agents(addr, records).await?;
+            let agents = connect_agents(addr, records, tls).await?;
             say("ready");
             control.expect("go").await?;
             let window = args.window;
@@ -390,11 +404,17 @@ fn batch_frames(records: &Records) -> Vec<Encoded<AgentMessage>> {
         .collect()
 }
 
-async fn connect_agents(addr: SocketAddr, records: &Records) -> Result<Vec<Agent>, BenchError> {
+/// Connects and welcomes every agent of `records`, over TLS with `tls`.
+async fn connect_agents(
+    addr: SocketAddr,
+    records: &Records,
+    tls: Option<Arc<ClientConfig>>,
+) -> Result<Vec<Agent>, BenchError> {
     let mut handshakes = JoinSet::new();
     for n in 0..records.agents {
         let agent_id = records.agent_id(n);
-        handshakes.spawn(async move { Agent::connect(addr, &agent_id).await });
+        let tls = tls.clone();
+        handshakes.spawn(async move { Agent::connect(addr, &agent_id, tls).await });
     }
     let mut agents = Vec::new();
     within("every agent's handshake", HANDSHAKES, async {
@@ -413,20 +433,41 @@ async fn connect_agents(addr: SocketAddr, records: &Records) -> Result<Vec<Agent
 /// A simulated agent that sends pre-encoded batch frames.
 struct Agent {
     agent_id: String,
-    framed: Framed<TcpStream, AgentCodec>,
+    /// A socket or a TLS session: boxed, as the cost of the indirection is
+    /// the load generator's, not the hub's.
+    framed: Framed<Box<dyn AgentIo>, AgentCodec>,
 }
 
 impl Agent {
-    async fn connect(addr: SocketAddr, agent_id: &str) -> Result<Self, BenchError> {
+    /// Connects (over TLS with `tls`) and waits for an accepting `Welcome`.
+    async fn connect(
+        addr: SocketAddr,
+        agent_id: &str,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> Result<Self, BenchError> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(BenchError::io(format!("{agent_id}: connecting to {addr}")))?;
         stream
             .set_nodelay(true)
             .map_err(BenchError::io("setting TCP_NODELAY"))?;
+        let io: Box<dyn AgentIo> = match tls {
+            Some(config) => {
+                let name = herd_tls::server_name(&addr.to_string())
+                    .map_err(|error| BenchError::Process(format!("{addr}: {error}")))?;
+                let session = TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await
+                    .map_err(BenchError::io(format!(
+                        "{agent_id}: TLS handshake with {addr}"
+                    )))?;
+                Box::new(session)
+            }
+            None => Box::new(stream),
+        };
         let mut agent = Self {
             agent_id: agent_id.to_owned(),
-            framed: Framed::new(stream, AgentCodec::new()),
+            framed: Framed::new(io, AgentCodec::new()),
         };
         let hello = Hello {
             version: "bench".into(),

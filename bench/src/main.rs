@@ -3,8 +3,9 @@
 //!
 //! - ingest: simulated agents -> hub -> NATS subscriber, against a plain
 //!   tokio forwarder (no actors) and a publisher of pre-encoded envelopes,
-//!   with core NATS and with JetStream; wall rates and CPU seconds per
-//!   million records of every process, each run repeated (min/median/max);
+//!   with core NATS and with JetStream, and the hub over TLS against the
+//!   plaintext one; wall rates and CPU seconds per million records of every
+//!   process, each run repeated (min/median/max);
 //! - connections: accept + handshake of K idle agents, hub RSS per idle
 //!   connection, and time until all are back after `kill -9` and restart;
 //! - tasks: NATS request -> hub -> real `herd-agent` -> logtail plugin ->
@@ -28,8 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use herd_tls::HubTrust;
 use herd_tls::rustls::ClientConfig;
+use herd_tls::{Fingerprint, HubTrust};
 
 use crate::error::BenchError;
 use crate::procs::{Binaries, Server};
@@ -296,6 +297,16 @@ impl Setup {
     /// A hub on the core nats-server speaking TLS with the CA it creates,
     /// and a client configuration pinning that CA.
     fn hub_tls(&self, name: &str) -> Result<(Server, Arc<ClientConfig>), BenchError> {
+        let (server, fingerprint) = self.hub_tls_pinned(name)?;
+        let tls = herd_tls::client_config(&HubTrust::Fingerprint(fingerprint))
+            .map_err(|error| BenchError::Process(format!("the TLS hub's CA: {error}")))?;
+        Ok((server, tls))
+    }
+
+    /// Like [`hub_tls`](Self::hub_tls), with the fingerprint of the hub's CA
+    /// instead of a client configuration, for agents in another process
+    /// (which build their own from it, as a real agent does).
+    fn hub_tls_pinned(&self, name: &str) -> Result<(Server, Fingerprint), BenchError> {
         let port = procs::free_port()?;
         let args = self.hub_args(name, port, &nats_url(&self.nats), "flush", "record");
         let server = self.start_hub(name, port, args)?;
@@ -303,10 +314,9 @@ impl Setup {
             .hub_state(name)
             .join(herd_hub::TLS_DIR)
             .join(herd_tls::CA_CERT_FILE);
-        let tls = herd_tls::Fingerprint::of_pem_file(&ca)
-            .and_then(|fingerprint| herd_tls::client_config(&HubTrust::Fingerprint(fingerprint)))
+        let fingerprint = Fingerprint::of_pem_file(&ca)
             .map_err(|error| BenchError::Process(format!("the TLS hub's CA: {error}")))?;
-        Ok((server, tls))
+        Ok((server, fingerprint))
     }
 
     /// The settings the flags do not cover: load from one address (the

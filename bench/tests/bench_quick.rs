@@ -7,12 +7,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Beginnings of every row of the table.
-const ROWS: [&str; 15] = [
+const ROWS: [&str; 16] = [
     "ingest CPU s/1M records: hub vs tokio forwarder",
     "ingest records/s: hub vs tokio forwarder",
     "ingest records/s: hub vs pre-encoded NATS publisher",
     "ingest records/s: hub jetstream vs JetStream publisher",
     "ingest CPU s/1M records: hub grouped vs tokio forwarder",
+    "ingest CPU s/1M records: hub TLS vs plaintext (flush)",
     "accept + handshake",
     "RSS per idle connection",
     "back after kill -9 + restart",
@@ -25,8 +26,9 @@ const ROWS: [&str; 15] = [
     "idle exec",
 ];
 /// The cases of the ingest table, and whether each has a server process.
-const INGEST_CASES: [(&str, bool); 6] = [
+const INGEST_CASES: [(&str, bool); 7] = [
     ("herd-hub, ack_mode flush", true),
+    ("herd-hub over TLS, ack_mode flush", true),
     ("herd-hub, data_form batch (flush)", true),
     ("tokio forwarder (flush)", true),
     ("pre-encoded publisher, core NATS", false),
