@@ -91,12 +91,12 @@ impl CommandRouter {
         let client = self.link.client().clone();
         let subscribe = async move {
             let subscriber = client.subscribe(command_subject(&agent_id)).await;
-            // A request answered by the server comes after the SUB was
-            // processed there (one connection is read in order); any answer
-            // will do, "no responders" too.
+            // The server reads one connection in order, so its "no
+            // responders" to a request on a subject nobody has comes after it
+            // took the SUB: a round trip of core NATS alone.
             let _ = tokio::time::timeout(
                 SUBSCRIBE_CONFIRM,
-                client.request("$JS.API.INFO", Bytes::new()),
+                client.request(client.new_inbox(), Bytes::new()),
             )
             .await;
             (agent_id, subscriber)
