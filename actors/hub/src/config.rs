@@ -239,6 +239,7 @@ impl HubConfig {
             ),
             ("ping_interval_ms", self.ping_interval_ms),
             ("presence_ttl_secs", self.presence_ttl_secs),
+            ("stream.replicas", self.stream.replicas as u64),
             ("listen_backlog", u64::from(self.listen_backlog)),
             ("ping_misses", u64::from(self.ping_misses)),
             ("max_frame_length", self.max_frame_length as u64),

@@ -39,6 +39,10 @@ pub struct DataStreamConfig {
     pub max_age_secs: u64,
     /// Window in which a record published twice (a resend) is stored once.
     pub duplicate_window_secs: u64,
+    /// Copies of the stream on a NATS cluster (1, 3 or 5; at most the
+    /// number of JetStream nodes). With 3, losing one node loses nothing
+    /// acked: the hub acks after a quorum stored the record.
+    pub replicas: usize,
 }
 
 impl Default for DataStreamConfig {
@@ -49,6 +53,7 @@ impl Default for DataStreamConfig {
             max_bytes: 1 << 30,
             max_age_secs: 7 * 24 * 3600,
             duplicate_window_secs: 120,
+            replicas: 1,
         }
     }
 }
@@ -62,6 +67,7 @@ impl DataStreamConfig {
             max_age: Duration::from_secs(self.max_age_secs),
             duplicate_window: Duration::from_secs(self.duplicate_window_secs),
             discard: stream::DiscardPolicy::Old,
+            num_replicas: self.replicas,
             ..stream::Config::default()
         }
     }
