@@ -51,7 +51,8 @@ fn router(state: AdminState) -> Router {
     let read_only = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
-        .route("/agents", get(agents));
+        .route("/agents", get(agents))
+        .route("/fleet", get(fleet));
     let mutating = Router::new()
         .route("/enrollment-tokens", post(create_enrollment_token))
         .route("/agents/{id}/revoke", post(revoke_agent));
@@ -141,9 +142,9 @@ const KV_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the KV `operation` of a request; `503` at once while NATS is
 /// unreachable, and when it fails or outlasts [`KV_TIMEOUT`].
-async fn on_nats<T>(
+async fn on_nats<T, E: std::fmt::Display>(
     link: &NatsLink,
-    operation: impl Future<Output = Result<T, enrollment::EnrollmentError>>,
+    operation: impl Future<Output = Result<T, E>>,
 ) -> Result<T, ApiError> {
     match link.state() {
         NatsState::Connected => {}
@@ -293,6 +294,14 @@ async fn revoke_agent(
         agent_id,
         revoked_at_ms: revocation.revoked_at_ms,
     }))
+}
+
+/// Every agent some hub on this NATS serves, from KV `herd_agents`.
+async fn fleet(
+    State(state): State<AdminState>,
+) -> Result<axum::Json<Vec<crate::claims::FleetAgent>>, ApiError> {
+    let agents = on_nats(&state.link, crate::claims::fleet(state.link.jetstream())).await?;
+    Ok(axum::Json(agents))
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> Response {

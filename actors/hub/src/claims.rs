@@ -45,6 +45,42 @@ pub struct AgentClaim {
     pub address: String,
 }
 
+/// An agent of the fleet, as `GET /fleet` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetAgent {
+    /// The agent.
+    pub agent_id: String,
+    /// Who serves it.
+    #[serde(flatten)]
+    pub claim: AgentClaim,
+}
+
+/// Every claimed agent id in [`AGENTS_BUCKET`], by agent id.
+pub(crate) async fn fleet(
+    jetstream: &async_nats::jetstream::Context,
+) -> Result<Vec<FleetAgent>, async_nats::Error> {
+    use futures::StreamExt as _;
+    // Not created yet: no hub has claimed anything.
+    let Ok(store) = jetstream.get_key_value(AGENTS_BUCKET).await else {
+        return Ok(Vec::new());
+    };
+    let mut keys = store.keys().await?;
+    let mut agents = Vec::new();
+    while let Some(agent_id) = keys.next().await {
+        let agent_id = agent_id?;
+        // Gone since the listing, or not a claim: not an agent of the fleet.
+        if let Some(claim) = store
+            .get(&agent_id)
+            .await?
+            .and_then(|value| serde_json::from_slice(&value).ok())
+        {
+            agents.push(FleetAgent { agent_id, claim });
+        }
+    }
+    agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    Ok(agents)
+}
+
 /// One claim this hub holds.
 #[derive(Debug)]
 struct Held {

@@ -103,7 +103,7 @@ use actix::prelude::*;
 pub use admin_token::ADMIN_TOKEN_FILE;
 pub use agent_info::AgentInfo;
 pub use batcher::{TASK_RESULTS_SUBJECT, TaskResultRecord};
-pub use claims::{AGENTS_BUCKET, AgentClaim};
+pub use claims::{AGENTS_BUCKET, AgentClaim, FleetAgent};
 pub use config::{
     AckMode, AgentAuth, DataForm, DataStreamConfig, HubConfig, HubConfigError, HubTlsConfig,
     MIN_AGENT_CERT_VALIDITY_SECS, NatsClientConfig,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv;
 use herd_codec::proto::hub_message::Kind;
 use herd_codec::proto::{Batch, CloseReason, Goodbye};
-use herd_hub::{AGENTS_BUCKET, AgentClaim, Hub, HubConfig};
+use herd_hub::{AGENTS_BUCKET, AgentClaim, FleetAgent, Hub, HubConfig};
 use herd_tests::nats::NatsServer;
 use herd_tests::script::TOKEN;
 use hub_support::{ScriptedAgent, WAIT, within};
@@ -107,6 +107,47 @@ async fn an_agent_id_has_one_session_across_the_hubs() {
         claim.is_none()
     })
     .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[actix::test]
+async fn any_hubs_fleet_view_lists_the_agents_of_every_hub() {
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = hub(&nats, |config| {
+        hub_support::with_admin(config, state_a.path())
+    })
+    .await;
+    let b = hub(&nats, |config| {
+        hub_support::with_admin(config, state_b.path())
+    })
+    .await;
+    let store = bucket(&nats).await;
+    let _on_a = ScriptedAgent::online(a.listen_addr(), "web-1").await;
+    let _on_b = ScriptedAgent::online(b.listen_addr(), "db-1").await;
+    for (agent_id, hub) in [("web-1", &a), ("db-1", &b)] {
+        claim_until(&store, agent_id, "the claim", |claim| {
+            claim.is_some_and(|claim| claim.hub == hub.hub_id())
+        })
+        .await;
+    }
+    let (status, content_type, body) =
+        hub_support::get(a.admin_addr().expect("admin"), "/fleet").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let fleet: Vec<FleetAgent> = serde_json::from_str(&body).expect("a fleet list");
+    let seen: Vec<(&str, &str)> = fleet
+        .iter()
+        .map(|agent| (agent.agent_id.as_str(), agent.claim.hub.as_str()))
+        .collect();
+    assert_eq!(seen, [("db-1", b.hub_id()), ("web-1", a.hub_id())]);
+    // Its own `/agents` stays this hub's connections.
+    let (_, _, own) = hub_support::get(a.admin_addr().expect("admin"), "/agents").await;
+    assert!(own.contains("web-1") && !own.contains("db-1"), "{own}");
     a.shutdown().await;
     b.shutdown().await;
 }
