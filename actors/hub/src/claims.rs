@@ -55,6 +55,12 @@ pub struct FleetAgent {
     pub claim: AgentClaim,
 }
 
+/// The hub that claims `agent_id`, if any (and if KV answers).
+pub(crate) async fn holder(store: &kv::Store, agent_id: &str) -> Option<String> {
+    let (_, claim) = current(store, agent_id).await.ok()??;
+    Some(claim.hub)
+}
+
 /// Every claimed agent id in [`AGENTS_BUCKET`], by agent id.
 pub(crate) async fn fleet(
     jetstream: &async_nats::jetstream::Context,

@@ -35,7 +35,7 @@ use crate::agent_info::AgentInfo;
 use crate::config::AgentAuth;
 use crate::messages::{
     AgentGone, AgentLink, CheckCertificate, Close, CloseKind, CommandRefused, Enroll, GetConfig,
-    HeartbeatReceived, Register, RenewCertificate, SendCommand, Serve, TaskDone, Unregister,
+    HeartbeatReceived, Register, RenewCertificate, SendCommand, TaskDone, Unregister,
 };
 use crate::metrics::HubMetrics;
 use crate::pending::HandshakePermit;
@@ -567,7 +567,6 @@ impl Connection {
                 "the hub's registry is restarting; connect again".to_owned(),
             );
         };
-        let (router, serve) = (directory.router(), Serve(agent_id.clone()));
         let config = directory
             .configs()
             .map(|configs| configs.send(GetConfig(agent_id)));
@@ -581,11 +580,6 @@ impl Connection {
         ctx.wait(
             async move {
                 let registered = register.await;
-                // Welcomed once its task requests reach this hub; without a
-                // router (restarting) the new one subscribes for it.
-                if let (Ok(Ok(())), Some(router)) = (&registered, router) {
-                    let _ = router.send(serve).await;
-                }
                 // Without the config watcher the agent is welcomed without config.
                 let config = match config {
                     Some(config) => config.await.ok().flatten(),

@@ -215,8 +215,15 @@ fn tree(
         let (link, directory, metrics) =
             (link.clone(), directory.clone(), services.metrics.clone());
         let timeout = config.task_timeout();
+        let hub_id = services.hub_id.clone();
         ChildSpec::new(ids::ROUTER, move || {
-            CommandRouter::new(link.clone(), directory.clone(), metrics.clone(), timeout)
+            CommandRouter::new(
+                link.clone(),
+                hub_id.clone(),
+                directory.clone(),
+                metrics.clone(),
+                timeout,
+            )
         })
     };
     let configs = {

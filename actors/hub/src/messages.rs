@@ -327,15 +327,3 @@ pub(crate) struct Release {
     /// The connection that ended.
     pub conn_id: u64,
 }
-
-/// CommandRouter: take `herd.cmd.<agent_id>` requests (the agent is here
-/// now); answered once NATS has the subscription.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Serve(pub String);
-
-/// CommandRouter: stop taking `herd.cmd.<agent_id>` requests (the agent has
-/// gone).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Unserve(pub String);

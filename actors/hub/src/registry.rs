@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use crate::directory::{HubDirectory, ids};
 use crate::messages::{
     AgentLink, Claim, CloseAll, CloseKind, Connected, Lookup, Offline, Online, PresenceEvent,
-    Register, RegisterError, Release, RevokeAgent, Unregister, Unserve, WhenAllClosed,
+    Register, RegisterError, Release, RevokeAgent, Unregister, WhenAllClosed,
 };
 use crate::tracker::HeartbeatTracker;
 
@@ -133,9 +133,6 @@ impl Handler<Unregister> for AgentRegistry {
                     agent_id: gone.agent_id.clone(),
                     conn_id: gone.conn_id,
                 });
-            }
-            if let Some(router) = self.directory.router() {
-                router.do_send(Unserve(gone.agent_id.clone()));
             }
             self.tell_tracker(Offline {
                 agent_id: gone.agent_id,

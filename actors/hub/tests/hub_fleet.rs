@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use herd_codec::proto::hub_message::Kind;
-use herd_codec::proto::{Batch, CloseReason, Goodbye};
+use herd_codec::proto::{Batch, CloseReason, Goodbye, Task, TaskResult, TaskStatus};
 use herd_hub::{AGENTS_BUCKET, AgentClaim, FleetAgent, Hub, HubConfig};
 use herd_tests::nats::NatsServer;
 use herd_tests::script::TOKEN;
 use hub_support::{ScriptedAgent, WAIT, within};
+use prost::Message as _;
 
 async fn hub(nats: &NatsServer, tweak: impl FnOnce(&mut HubConfig)) -> Hub {
     let mut config = HubConfig::for_tests(nats.url());
@@ -107,6 +108,44 @@ async fn an_agent_id_has_one_session_across_the_hubs() {
         claim.is_none()
     })
     .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[actix::test]
+async fn a_task_is_answered_by_the_agents_hub_and_an_unknown_agent_is_offline() {
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let (a, b) = (hub(&nats, |_| {}).await, hub(&nats, |_| {}).await);
+    let store = bucket(&nats).await;
+    let _agent = ScriptedAgent::online(b.listen_addr(), "web-1")
+        .await
+        .serve_echo();
+    claim_until(&store, "web-1", "hub B's claim", |claim| {
+        claim.is_some_and(|claim| claim.hub == b.hub_id())
+    })
+    .await;
+    let client = nats.client().await.expect("client");
+    let request = |agent_id: &str, id: &str| {
+        let task = Task {
+            id: id.to_owned(),
+            data_type: 2000,
+            target: "exec".into(),
+            ..Task::default()
+        };
+        let request = client.request(format!("herd.cmd.{agent_id}"), task.encode_to_vec().into());
+        async move {
+            let reply = within("the task reply", request).await.expect("a reply");
+            TaskResult::decode(reply.payload).expect("a TaskResult")
+        }
+    };
+    // Hub A, which does not serve web-1, leaves the answer to hub B.
+    for n in 0..10 {
+        let result = request("web-1", &format!("t-{n}")).await;
+        assert_eq!(result.status(), TaskStatus::Ok, "{result:?}");
+    }
+    let result = request("nobody", "t-x").await;
+    assert_eq!(result.status(), TaskStatus::Offline);
+    assert_eq!(result.error, "agent nobody is not connected");
     a.shutdown().await;
     b.shutdown().await;
 }

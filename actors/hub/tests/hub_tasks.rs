@@ -14,24 +14,14 @@ use herd_hub::{HubMetrics, TASK_RESULTS_SUBJECT, TaskResultRecord};
 use hub_support::{ScriptedAgent, hub_with, poll_until, within};
 use prost::Message as _;
 
-/// The reply to `task`; a request no hub takes (no responders: no hub
-/// serves the agent) comes back as what requesters make of it, `OFFLINE`.
 async fn request(client: &async_nats::Client, agent_id: &str, task: Task) -> TaskResult {
     let reply = within(
         "the task reply",
         client.request(format!("herd.cmd.{agent_id}"), task.encode_to_vec().into()),
     )
-    .await;
-    match reply {
-        Ok(reply) => TaskResult::decode(reply.payload).expect("a TaskResult"),
-        Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => TaskResult {
-            task_id: task.id,
-            status: TaskStatus::Offline as i32,
-            error: "no responders".to_owned(),
-            ..TaskResult::default()
-        },
-        Err(error) => panic!("task request failed: {error}"),
-    }
+    .await
+    .expect("a reply");
+    TaskResult::decode(reply.payload).expect("a TaskResult")
 }
 
 #[actix::test]
@@ -89,33 +79,22 @@ async fn a_task_goes_to_the_agent_and_its_result_comes_back_and_is_batched() {
 }
 
 #[actix::test]
-async fn a_request_for_an_agent_no_hub_serves_has_no_responders_at_once() {
+async fn an_offline_agent_gets_an_immediate_offline_reply() {
     let (nats, hub) = hub_with(|_| {}).await;
     let client = nats.client().await.expect("client");
-    // Served while connected, not after: the subject goes with the agent.
-    drop(ScriptedAgent::online(hub.listen_addr(), "nobody").await);
-    poll_until("the agent gone", || hub.metrics().connections.get() == 0).await;
     let started = std::time::Instant::now();
-    let mut offline = false;
-    // The unsubscribe reaches the server just after the connection's end.
-    while !offline {
-        let reply = within(
-            "the task reply",
-            client.request("herd.cmd.nobody", Task::default().encode_to_vec().into()),
-        )
-        .await;
-        offline = match reply {
-            Err(error) => {
-                assert_eq!(error.kind(), async_nats::RequestErrorKind::NoResponders);
-                true
-            }
-            Ok(reply) => {
-                let result = TaskResult::decode(reply.payload).expect("a TaskResult");
-                assert_eq!(result.status(), TaskStatus::Offline, "{result:?}");
-                false
-            }
-        };
-    }
+    let result = request(
+        &client,
+        "nobody",
+        Task {
+            id: "t-2".into(),
+            ..Task::default()
+        },
+    )
+    .await;
+    assert_eq!(result.status(), TaskStatus::Offline);
+    assert_eq!(result.task_id, "t-2");
+    assert_eq!(result.error, "agent nobody is not connected");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(1),
         "took {:?}",
@@ -154,7 +133,6 @@ async fn a_task_without_a_result_in_time_gets_a_timeout_reply() {
 async fn a_request_that_is_not_a_task_is_rejected() {
     let (nats, hub) = hub_with(|_| {}).await;
     let client = nats.client().await.expect("client");
-    let _agent = ScriptedAgent::online(hub.listen_addr(), "x").await;
     let reply = within(
         "reply",
         client.request("herd.cmd.x", vec![0xff, 0xff].into()),
@@ -357,7 +335,8 @@ async fn a_peer_that_stops_reading_is_closed_after_a_write_stall() {
         "{metrics}"
     );
     let result = request(&client, "stuck", big_task("late".into(), 10, 1_000)).await;
-    assert_eq!(result.status(), TaskStatus::Offline, "{result:?}");
+    assert_eq!(result.status(), TaskStatus::Offline);
+    assert_eq!(result.error, "agent stuck is not connected");
     // The socket is closed: reading what the kernel still held ends.
     agent.until_closed().await;
     hub.shutdown().await;
