@@ -434,13 +434,15 @@ async fn ingest_rows(
     results.rows()
 }
 
-fn connection_labels(agents: u64) -> [String; 5] {
+fn connection_labels(agents: u64) -> [String; 7] {
     [
         format!("accept + handshake {agents} agents: hub vs tokio loop"),
         "RSS per idle connection: hub vs tokio loop".into(),
         format!("all {agents} back after kill -9 + restart: hub vs tokio loop"),
         format!("accept + TLS handshake {agents} agents: hub TLS vs plaintext"),
         "RSS per idle TLS connection: hub TLS vs plaintext".into(),
+        format!("accept + handshake {agents} agents: hub claiming in KV vs core NATS"),
+        "RSS per idle connection: hub claiming in KV vs core NATS".into(),
     ]
 }
 
@@ -462,6 +464,15 @@ async fn connection_rows(
         let (mut server, tls) = setup.hub_tls("connections-hub-tls")?;
         connections::measure(&mut server, "idle-tls", agents, Some(tls), timeout).await?
     };
+    // On a NATS with JetStream the hub claims every agent in KV
+    // herd_agents (fleet-wide presence); on core NATS it cannot.
+    let claiming = {
+        let store = setup.dir.path().join("connections-jetstream");
+        let nats = start_nats(&setup.dir, "connections-nats-jetstream", Some(&store))?;
+        let mut server =
+            setup.hub_with("connections-hub-kv", &nats_url(&nats), "flush", "record")?;
+        connections::measure(&mut server, "idle-kv", agents, None, timeout).await?
+    };
     notes.push(format!(
         "connections: at most 256 handshakes in flight; agents retry every {} ms after losing the server; \
          SYNs dropped by a full listen queue (each costs a 1 s retransmit): hub {}, hub TLS {}, tokio loop {}; \
@@ -471,7 +482,7 @@ async fn connection_rows(
         tls.listen_overflows,
         baseline.listen_overflows
     ));
-    let [accept, rss, back, tls_accept, tls_rss] = connection_labels(agents);
+    let [accept, rss, back, tls_accept, tls_rss, kv_accept, kv_rss] = connection_labels(agents);
     let kib = |bytes: f64| format!("{:.1} KiB", bytes / 1024.0);
     Ok(vec![
         Row::new(
@@ -503,6 +514,18 @@ async fn connection_rows(
             kib(tls.rss_per_connection),
             kib(hub.rss_per_connection),
             tls.rss_per_connection / hub.rss_per_connection.max(1.0),
+        ),
+        Row::new(
+            kv_accept,
+            seconds(claiming.accept),
+            seconds(hub.accept),
+            ratio(claiming.accept, hub.accept),
+        ),
+        Row::new(
+            kv_rss,
+            kib(claiming.rss_per_connection),
+            kib(hub.rss_per_connection),
+            claiming.rss_per_connection / hub.rss_per_connection.max(1.0),
         ),
     ])
 }
