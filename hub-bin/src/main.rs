@@ -15,6 +15,9 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Accepts herd agents over TCP and publishes their records to NATS.
 ///
+/// SIGHUP reads the TLS certificates and keys again; SIGTERM and SIGINT stop
+/// the hub in order.
+///
 /// Options come from the TOML file given with --config (see
 /// herd-hub.example.toml for every key), overridden by HERD_HUB_* environment
 /// variables, overridden by flags.
@@ -46,8 +49,10 @@ struct Cli {
     /// `state_dir`; default /var/lib/herd-hub).
     #[arg(long, global = true, env = "HERD_HUB_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Enrollment token agents must present; repeat the flag or separate with
-    /// commas for several (file key `tokens`; none: no token needed).
+    /// Fleet-wide token agents must present, only with tls.agent_auth =
+    /// "token" or --insecure; repeat the flag or separate with commas for
+    /// several (file key `tokens`; none: no token needed). Agents of a hub
+    /// that identifies them by certificate enroll with `token create`.
     #[arg(
         long,
         env = "HERD_HUB_TOKEN",

@@ -78,7 +78,10 @@ pub struct HubConfig {
     pub nats: NatsClientConfig,
     /// Directory for the hub's state (the embedded NATS store).
     pub state_dir: PathBuf,
-    /// Enrollment tokens an agent may present; empty: no token is needed.
+    /// Fleet-wide tokens, only with `tls.agent_auth = "token"` (or a
+    /// plaintext link): an agent must present one, and may then claim any
+    /// agent id; empty: no token is needed. Agents of a hub that identifies
+    /// them by certificate enroll with tokens from `herd-hub token create`.
     pub tokens: Vec<String>,
     /// TLS of the agent link (`[tls]`): on by default.
     pub tls: HubTlsConfig,
