@@ -3,9 +3,36 @@
 
 use std::path::{Path, PathBuf};
 
-use herd_agent::{AgentConfig, PluginRestart, PluginSpec};
+use herd_agent::{
+    AgentConfig, AgentTlsConfig, BatchConfig, PluginRestart, PluginSpec, ReconnectConfig,
+};
 
 use crate::process::{E2eError, Process, cmdline, descendants, io_error, workspace_binary};
+
+/// An agent for `hubs` trusting them by `tls`, with the timings of the
+/// end-to-end tests: heartbeats every second, batches cut every 50 ms,
+/// quick reconnects (50 ms doubling to 500 ms) and short timeouts. No
+/// plugins; tests add theirs.
+pub fn quick_config(hubs: Vec<String>, tls: AgentTlsConfig) -> AgentConfig {
+    AgentConfig {
+        hubs,
+        tls,
+        heartbeat_interval_secs: 1,
+        connect_timeout_ms: 1_000,
+        handshake_timeout_ms: 2_000,
+        shutdown_timeout_ms: 500,
+        batch: BatchConfig {
+            flush_interval_ms: 50,
+            ..BatchConfig::default()
+        },
+        reconnect: ReconnectConfig {
+            min_backoff_ms: 50,
+            max_backoff_ms: 500,
+            reset_after_ms: 1_000,
+        },
+        ..AgentConfig::default()
+    }
+}
 
 /// The test counter plugin (`herd-test-counter`, a record every
 /// `interval_ms`, numbered from 1 across restarts) as plugin `name`,

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use herd_agent::{AgentConfig, AgentTlsConfig, BatchConfig, ReconnectConfig};
+use herd_agent::{AgentConfig, AgentTlsConfig};
 use herd_hub::{AckMode, HubConfig, HubTlsConfig};
 
 use crate::agent::AgentProcess;
@@ -279,22 +279,7 @@ fn agent_config(
     make_executable(&script)?;
     let plugin = crate::agent::plugin_spec;
     Ok(AgentConfig {
-        hubs: vec![proxy.addr().to_string()],
-        tls,
         token: token.to_owned(),
-        heartbeat_interval_secs: 1,
-        connect_timeout_ms: 1_000,
-        handshake_timeout_ms: 2_000,
-        shutdown_timeout_ms: 500,
-        batch: BatchConfig {
-            flush_interval_ms: 50,
-            ..BatchConfig::default()
-        },
-        reconnect: ReconnectConfig {
-            min_backoff_ms: 50,
-            max_backoff_ms: 500,
-            reset_after_ms: 1_000,
-        },
         plugins: vec![
             plugin(
                 COUNTER_PLUGIN,
@@ -322,7 +307,7 @@ fn agent_config(
                 vec!["--script".into(), format!("probe={}:0.5", script.display())],
             )?,
         ],
-        ..AgentConfig::default()
+        ..crate::agent::quick_config(vec![proxy.addr().to_string()], tls)
     })
 }
 

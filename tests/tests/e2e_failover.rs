@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
-use herd_agent::{AgentConfig, AgentTlsConfig, BatchConfig, ReconnectConfig};
+use herd_agent::{AgentConfig, AgentTlsConfig};
 use herd_codec::proto::{Task, TaskResult, TaskStatus};
 use herd_hub::{AGENTS_BUCKET, AckMode, AgentClaim, HubConfig, HubTlsConfig};
-use herd_tests::agent::{AgentProcess, counter_plugin};
+use herd_tests::agent::{AgentProcess, counter_plugin, quick_config};
 use herd_tests::collector::{Collector, create_data_stream};
 use herd_tests::counter::CounterFile;
 use herd_tests::hub::HubProcess;
@@ -88,31 +88,18 @@ async fn after_a_hub_is_killed_its_agents_serve_from_the_other_with_nothing_lost
         .await
         .unwrap_or_else(|error| panic!("{error}"));
     let token = first.enrollment_token(AGENTS.len() as u32).unwrap();
+    let hubs = vec![
+        first.listen_addr().to_string(),
+        second.listen_addr().to_string(),
+    ];
+    let tls = AgentTlsConfig {
+        ca_fingerprint: Some(ca.fingerprint().to_string()),
+        ..AgentTlsConfig::default()
+    };
     let config = AgentConfig {
-        hubs: vec![
-            first.listen_addr().to_string(),
-            second.listen_addr().to_string(),
-        ],
         token,
-        tls: AgentTlsConfig {
-            ca_fingerprint: Some(ca.fingerprint().to_string()),
-            ..AgentTlsConfig::default()
-        },
-        heartbeat_interval_secs: 1,
-        connect_timeout_ms: 1_000,
-        handshake_timeout_ms: 2_000,
-        shutdown_timeout_ms: 500,
-        batch: BatchConfig {
-            flush_interval_ms: 50,
-            ..BatchConfig::default()
-        },
-        reconnect: ReconnectConfig {
-            min_backoff_ms: 50,
-            max_backoff_ms: 500,
-            reset_after_ms: 1_000,
-        },
         plugins: vec![counter_plugin(COUNTER, 10).expect("herd-test-counter is built")],
-        ..AgentConfig::default()
+        ..quick_config(hubs, tls)
     };
     let agents: Vec<AgentProcess> = AGENTS
         .iter()

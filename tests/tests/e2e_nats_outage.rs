@@ -21,10 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use herd_agent::{AgentConfig, BatchConfig, ReconnectConfig};
+use herd_agent::AgentConfig;
 use herd_codec::proto::Envelope;
 use herd_hub::{AckMode, HubConfig, HubTlsConfig};
-use herd_tests::agent::{AgentProcess, counter_plugin};
+use herd_tests::agent::{AgentProcess, counter_plugin, quick_config};
 use herd_tests::collector::{Collector, Tally, create_data_stream};
 use herd_tests::counter::CounterFile;
 use herd_tests::hub::HubProcess;
@@ -58,24 +58,12 @@ fn soak() -> Duration {
 
 fn agent_config(hub: &HubProcess) -> AgentConfig {
     AgentConfig {
-        hubs: vec![hub.listen_addr().to_string()],
-        tls: hub.agent_tls().expect("the hub's TLS"),
         token: hub.enrollment_token(1).expect("an enrollment token"),
-        heartbeat_interval_secs: 1,
-        connect_timeout_ms: 1_000,
-        handshake_timeout_ms: 2_000,
-        shutdown_timeout_ms: 500,
-        batch: BatchConfig {
-            flush_interval_ms: 50,
-            ..BatchConfig::default()
-        },
-        reconnect: ReconnectConfig {
-            min_backoff_ms: 50,
-            max_backoff_ms: 500,
-            reset_after_ms: 1_000,
-        },
         plugins: vec![counter_plugin(COUNTER_PLUGIN, 5).expect("herd-test-counter is built")],
-        ..AgentConfig::default()
+        ..quick_config(
+            vec![hub.listen_addr().to_string()],
+            hub.agent_tls().expect("the hub's TLS"),
+        )
     }
 }
 

@@ -11,9 +11,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use herd_agent::{AgentConfig, AgentTlsConfig, ReconnectConfig};
+use herd_agent::{AgentConfig, AgentTlsConfig};
 use herd_hub::{AckMode, HubConfig, HubTlsConfig, MIN_AGENT_CERT_VALIDITY_SECS};
-use herd_tests::agent::{AgentProcess, counter_plugin};
+use herd_tests::agent::{AgentProcess, counter_plugin, quick_config};
 use herd_tests::collector::{Collector, create_data_stream};
 use herd_tests::counter::CounterFile;
 use herd_tests::hub::HubProcess;
@@ -24,20 +24,7 @@ use herd_tls::CertificateAuthority;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn agent_config(hub: &HubProcess, tls: AgentTlsConfig) -> AgentConfig {
-    AgentConfig {
-        hubs: vec![hub.listen_addr().to_string()],
-        tls,
-        heartbeat_interval_secs: 1,
-        connect_timeout_ms: 1_000,
-        handshake_timeout_ms: 2_000,
-        shutdown_timeout_ms: 500,
-        reconnect: ReconnectConfig {
-            min_backoff_ms: 50,
-            max_backoff_ms: 500,
-            reset_after_ms: 1_000,
-        },
-        ..AgentConfig::default()
-    }
+    quick_config(vec![hub.listen_addr().to_string()], tls)
 }
 
 async fn hub(nats: &NatsServer, tls: HubTlsConfig, dir: &Path) -> HubProcess {
