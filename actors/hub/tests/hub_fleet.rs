@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use herd_codec::proto::hub_message::Kind;
-use herd_codec::proto::{Batch, CloseReason, Goodbye, Task, TaskResult, TaskStatus};
+use herd_codec::proto::{Batch, CloseReason, Task, TaskResult, TaskStatus};
 use herd_hub::{AGENTS_BUCKET, AgentClaim, FleetAgent, Hub, HubConfig};
 use herd_tests::nats::NatsServer;
 use herd_tests::script::TOKEN;
-use hub_support::{ScriptedAgent, WAIT, within};
+use hub_support::{ScriptedAgent, WAIT, goodbye, within};
 use prost::Message as _;
 
 async fn hub(nats: &NatsServer, tweak: impl FnOnce(&mut HubConfig)) -> Hub {
@@ -62,14 +62,6 @@ async fn claim_until(
         }
     })
     .await
-}
-
-/// The one Goodbye the hub sends before it closes `agent`'s connection.
-async fn goodbye(agent: &mut ScriptedAgent) -> Goodbye {
-    match &within("the Goodbye", agent.until_closed()).await[..] {
-        [.., Kind::Goodbye(goodbye)] => goodbye.clone(),
-        other => panic!("expected a Goodbye, got {other:?}"),
-    }
 }
 
 #[actix::test]

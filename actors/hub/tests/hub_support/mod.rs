@@ -209,3 +209,12 @@ pub async fn post(
     )
     .await
 }
+
+/// The Goodbye the hub sends last before it closes `agent`'s connection.
+pub async fn goodbye(agent: &mut ScriptedAgent) -> herd_codec::proto::Goodbye {
+    use herd_codec::proto::hub_message::Kind;
+    match &within("the Goodbye", agent.until_closed()).await[..] {
+        [.., Kind::Goodbye(goodbye)] => goodbye.clone(),
+        other => panic!("expected a Goodbye, got {other:?}"),
+    }
+}
