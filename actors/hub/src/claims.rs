@@ -306,6 +306,7 @@ impl Actor for FleetClaims {
                         AGENTS_BUCKET,
                         "herd fleet-wide presence: agent id -> hub",
                         ttl,
+                        link.kv_replicas(),
                     )
                     .await?;
                     let watch = store.watch_all().await?;

@@ -124,6 +124,11 @@ pub struct HubConfig {
     /// off from NATS) closes that agent's connection. Every hub on a NATS
     /// cluster should use the same value; the first creates the bucket.
     pub presence_ttl_secs: u64,
+    /// Replicas of the KV buckets the hub creates when they are missing
+    /// (presence, enrollment, revocations, configuration): 3 on a 3-node
+    /// cluster, so losing a node pauses none of them. Buckets that exist are
+    /// used as they are.
+    pub kv_replicas: usize,
     /// How often the hub pings each agent.
     pub ping_interval_ms: u64,
     /// A connection silent for this many ping intervals is closed as dead.
@@ -185,6 +190,7 @@ impl Default for HubConfig {
             max_frame_length: herd_codec::DEFAULT_MAX_FRAME_LENGTH,
             heartbeat_interval_secs: 30,
             presence_ttl_secs: 90,
+            kv_replicas: 1,
             ping_interval_ms: 15_000,
             ping_misses: 3,
             max_connections: 10_000,
@@ -243,6 +249,7 @@ impl HubConfig {
             ("ping_interval_ms", self.ping_interval_ms),
             ("presence_ttl_secs", self.presence_ttl_secs),
             ("stream.replicas", self.stream.replicas as u64),
+            ("kv_replicas", self.kv_replicas as u64),
             ("listen_backlog", u64::from(self.listen_backlog)),
             ("ping_misses", u64::from(self.ping_misses)),
             ("max_frame_length", self.max_frame_length as u64),

@@ -218,7 +218,8 @@ impl ConfigWatcher {
 /// reads its current values. Retries until NATS answers.
 async fn open(link: NatsLink) -> crate::kv::Snapshot {
     crate::kv::retrying("cannot read the configuration bucket yet", || async {
-        crate::kv::watch_and_read(&config_bucket(link.jetstream()).await?).await
+        let bucket = open_config_bucket(link.jetstream(), link.kv_replicas()).await?;
+        crate::kv::watch_and_read(&bucket).await
     })
     .await
 }
@@ -227,11 +228,19 @@ async fn open(link: NatsLink) -> crate::kv::Snapshot {
 pub async fn config_bucket(
     jetstream: &async_nats::jetstream::Context,
 ) -> Result<kv::Store, async_nats::Error> {
+    open_config_bucket(jetstream, 1).await
+}
+
+async fn open_config_bucket(
+    jetstream: &async_nats::jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, async_nats::Error> {
     crate::kv::open_bucket(
         jetstream,
         CONFIG_BUCKET,
         "herd desired plugin configuration",
         5,
+        replicas,
     )
     .await
 }

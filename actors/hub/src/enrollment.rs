@@ -28,6 +28,10 @@ pub const ENROLLED_BUCKET: &str = "herd_enrolled";
 /// KV bucket of revoked agent ids.
 pub const REVOKED_BUCKET: &str = "herd_revoked";
 
+/// Replicas of a bucket an operator command creates because no hub has yet
+/// (hubs create theirs with `kv_replicas`).
+const OPERATOR_REPLICAS: usize = 1;
+
 /// How many times a token's use is retried when another hub used it at the
 /// same moment.
 const CAS_ATTEMPTS: usize = 5;
@@ -144,20 +148,44 @@ fn token_key(token: &str) -> String {
 
 pub(crate) async fn tokens_bucket(
     jetstream: &jetstream::Context,
+    replicas: usize,
 ) -> Result<kv::Store, async_nats::Error> {
-    crate::kv::open_bucket(jetstream, TOKENS_BUCKET, "herd enrollment tokens", 1).await
+    crate::kv::open_bucket(
+        jetstream,
+        TOKENS_BUCKET,
+        "herd enrollment tokens",
+        1,
+        replicas,
+    )
+    .await
 }
 
 pub(crate) async fn enrolled_bucket(
     jetstream: &jetstream::Context,
+    replicas: usize,
 ) -> Result<kv::Store, async_nats::Error> {
-    crate::kv::open_bucket(jetstream, ENROLLED_BUCKET, "herd enrolled agent ids", 1).await
+    crate::kv::open_bucket(
+        jetstream,
+        ENROLLED_BUCKET,
+        "herd enrolled agent ids",
+        1,
+        replicas,
+    )
+    .await
 }
 
 pub(crate) async fn revoked_bucket(
     jetstream: &jetstream::Context,
+    replicas: usize,
 ) -> Result<kv::Store, async_nats::Error> {
-    crate::kv::open_bucket(jetstream, REVOKED_BUCKET, "herd revoked agent ids", 1).await
+    crate::kv::open_bucket(
+        jetstream,
+        REVOKED_BUCKET,
+        "herd revoked agent ids",
+        1,
+        replicas,
+    )
+    .await
 }
 
 /// Creates a token that enrolls up to `uses` agents within `ttl`.
@@ -177,7 +205,7 @@ pub async fn create_token(
     uses: u32,
     description: &str,
 ) -> Result<NewToken, EnrollmentError> {
-    let store = tokens_bucket(jetstream)
+    let store = tokens_bucket(jetstream, OPERATOR_REPLICAS)
         .await
         .map_err(EnrollmentError::new(format!("opening {TOKENS_BUCKET}")))?;
     let now = SystemTime::now();
@@ -207,7 +235,7 @@ pub async fn revoke_agent(
     agent_id: &str,
     reason: &str,
 ) -> Result<Revocation, EnrollmentError> {
-    let revoked = revoked_bucket(jetstream)
+    let revoked = revoked_bucket(jetstream, OPERATOR_REPLICAS)
         .await
         .map_err(EnrollmentError::new(format!("opening {REVOKED_BUCKET}")))?;
     let revocation = Revocation {
@@ -219,7 +247,7 @@ pub async fn revoke_agent(
         .put(agent_id, value.into())
         .await
         .map_err(|error| EnrollmentError::new("storing the revocation")(error.into()))?;
-    let enrolled = enrolled_bucket(jetstream)
+    let enrolled = enrolled_bucket(jetstream, OPERATOR_REPLICAS)
         .await
         .map_err(EnrollmentError::new(format!("opening {ENROLLED_BUCKET}")))?;
     enrolled

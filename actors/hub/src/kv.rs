@@ -48,7 +48,8 @@ where
 }
 
 /// Opens the KV bucket `name`, creating it (keeping `history` values per
-/// key) when missing.
+/// key, on `replicas` nodes) when missing; a bucket that exists is used as
+/// it is.
 ///
 /// Created as a plain stream with the KV layout (`KV_<name>`, subjects
 /// `$KV.<name>.>`, per-key history, rollups, direct get) because
@@ -59,8 +60,17 @@ pub(crate) async fn open_bucket(
     name: &str,
     description: &str,
     history: i64,
+    replicas: usize,
 ) -> Result<kv::Store, async_nats::Error> {
-    open(jetstream, name, description, history, Duration::ZERO).await
+    open(
+        jetstream,
+        name,
+        description,
+        history,
+        Duration::ZERO,
+        replicas,
+    )
+    .await
 }
 
 /// Like [`open_bucket`] with one value per key, each gone `max_age` after
@@ -71,8 +81,9 @@ pub(crate) async fn open_expiring_bucket(
     name: &str,
     description: &str,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, async_nats::Error> {
-    open(jetstream, name, description, 1, max_age).await
+    open(jetstream, name, description, 1, max_age, replicas).await
 }
 
 async fn open(
@@ -81,6 +92,7 @@ async fn open(
     description: &str,
     history: i64,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, async_nats::Error> {
     if let Ok(store) = jetstream.get_key_value(name).await {
         return Ok(store);
@@ -92,6 +104,7 @@ async fn open(
             subjects: vec![format!("$KV.{name}.>")],
             max_messages_per_subject: history,
             max_age,
+            num_replicas: replicas,
             discard: async_nats::jetstream::stream::DiscardPolicy::New,
             allow_rollup: true,
             deny_delete: true,

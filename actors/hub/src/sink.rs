@@ -67,6 +67,8 @@ pub struct NatsLink {
     /// may have lost what sat in the old connection's buffer.
     epoch: Arc<AtomicU64>,
     url: String,
+    /// Replicas of the KV buckets the hub creates (`kv_replicas`).
+    kv_replicas: usize,
 }
 
 impl NatsLink {
@@ -134,7 +136,13 @@ impl NatsLink {
             state,
             epoch,
             url,
+            kv_replicas: config.kv_replicas,
         })
+    }
+
+    /// How many replicas the KV buckets this hub creates get.
+    pub(crate) fn kv_replicas(&self) -> usize {
+        self.kv_replicas
     }
 
     /// The client, for subscribers (command router, config watcher) and for
