@@ -30,8 +30,10 @@ pub(crate) struct AdminState {
     pub(crate) stream: StreamStatus,
     /// What mutating requests must present.
     pub(crate) token: AdminToken,
-    /// Told with every new enrollment token: what agents pin.
-    pub(crate) ca_fingerprint: Option<herd_tls::Fingerprint>,
+    /// The agent link's TLS, whose CA fingerprint (what agents pin) is told
+    /// with every new enrollment token: read at each request, so a reload
+    /// shows. `None`: plaintext.
+    pub(crate) tls: Option<crate::tls::AgentTls>,
 }
 
 /// Serves the admin endpoints on `listener` until the returned task is aborted.
@@ -249,7 +251,8 @@ async fn create_enrollment_token(
             uses: new.record.uses,
             expires_at_ms: new.record.expires_at_ms,
             ca_fingerprint: state
-                .ca_fingerprint
+                .tls
+                .and_then(|tls| tls.now().ca_fingerprint)
                 .map(|fingerprint| fingerprint.to_string()),
         }),
     ))

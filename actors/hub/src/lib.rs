@@ -150,11 +150,6 @@ pub(crate) struct Services {
 }
 
 impl Services {
-    /// See [`Hub::ca_fingerprint`].
-    pub(crate) fn ca_fingerprint(&self) -> Option<herd_tls::Fingerprint> {
-        self.tls.as_ref().and_then(|tls| tls.now().ca_fingerprint)
-    }
-
     /// Whether agents enroll and are identified by certificate here.
     pub(crate) fn enrolls_agents(&self) -> bool {
         self.tls.is_some() && self.config.agent_auth() == AgentAuth::Certificate
@@ -473,7 +468,7 @@ impl Hub {
                     directory: services.directory.clone(),
                     stream: services.stream.clone(),
                     token,
-                    ca_fingerprint: services.ca_fingerprint(),
+                    tls: services.tls.clone(),
                 },
             )
         });
@@ -498,7 +493,10 @@ impl Hub {
     /// of the agent); `None` with a plaintext link or an operator's chain
     /// without its CA.
     pub fn ca_fingerprint(&self) -> Option<herd_tls::Fingerprint> {
-        self.services.ca_fingerprint()
+        self.services
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.now().ca_fingerprint)
     }
 
     /// Reads the agent link's certificates and keys again, as at start (the
