@@ -146,46 +146,23 @@ fn token_key(token: &str) -> String {
         .collect()
 }
 
-pub(crate) async fn tokens_bucket(
-    jetstream: &jetstream::Context,
-    replicas: usize,
-) -> Result<kv::Store, async_nats::Error> {
-    crate::kv::open_bucket(
-        jetstream,
-        TOKENS_BUCKET,
-        "herd enrollment tokens",
-        1,
-        replicas,
-    )
-    .await
-}
+/// One of this module's buckets: its name and description.
+pub(crate) type Bucket = (&'static str, &'static str);
+/// [`TOKENS_BUCKET`].
+pub(crate) const TOKENS: Bucket = (TOKENS_BUCKET, "herd enrollment tokens");
+/// [`ENROLLED_BUCKET`].
+pub(crate) const ENROLLED: Bucket = (ENROLLED_BUCKET, "herd enrolled agent ids");
+/// [`REVOKED_BUCKET`].
+pub(crate) const REVOKED: Bucket = (REVOKED_BUCKET, "herd revoked agent ids");
 
-pub(crate) async fn enrolled_bucket(
+/// Opens `bucket` (one value per key), creating it on `replicas` nodes when
+/// missing.
+pub(crate) async fn open(
     jetstream: &jetstream::Context,
+    (name, description): Bucket,
     replicas: usize,
 ) -> Result<kv::Store, async_nats::Error> {
-    crate::kv::open_bucket(
-        jetstream,
-        ENROLLED_BUCKET,
-        "herd enrolled agent ids",
-        1,
-        replicas,
-    )
-    .await
-}
-
-pub(crate) async fn revoked_bucket(
-    jetstream: &jetstream::Context,
-    replicas: usize,
-) -> Result<kv::Store, async_nats::Error> {
-    crate::kv::open_bucket(
-        jetstream,
-        REVOKED_BUCKET,
-        "herd revoked agent ids",
-        1,
-        replicas,
-    )
-    .await
+    crate::kv::open_bucket(jetstream, name, description, 1, replicas).await
 }
 
 /// Creates a token that enrolls up to `uses` agents within `ttl`.
@@ -205,7 +182,7 @@ pub async fn create_token(
     uses: u32,
     description: &str,
 ) -> Result<NewToken, EnrollmentError> {
-    let store = tokens_bucket(jetstream, OPERATOR_REPLICAS)
+    let store = open(jetstream, TOKENS, OPERATOR_REPLICAS)
         .await
         .map_err(EnrollmentError::new(format!("opening {TOKENS_BUCKET}")))?;
     let now = SystemTime::now();
@@ -235,7 +212,7 @@ pub async fn revoke_agent(
     agent_id: &str,
     reason: &str,
 ) -> Result<Revocation, EnrollmentError> {
-    let revoked = revoked_bucket(jetstream, OPERATOR_REPLICAS)
+    let revoked = open(jetstream, REVOKED, OPERATOR_REPLICAS)
         .await
         .map_err(EnrollmentError::new(format!("opening {REVOKED_BUCKET}")))?;
     let revocation = Revocation {
@@ -247,7 +224,7 @@ pub async fn revoke_agent(
         .put(agent_id, value.into())
         .await
         .map_err(|error| EnrollmentError::new("storing the revocation")(error.into()))?;
-    let enrolled = enrolled_bucket(jetstream, OPERATOR_REPLICAS)
+    let enrolled = open(jetstream, ENROLLED, OPERATOR_REPLICAS)
         .await
         .map_err(EnrollmentError::new(format!("opening {ENROLLED_BUCKET}")))?;
     enrolled

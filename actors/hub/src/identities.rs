@@ -138,10 +138,10 @@ async fn open(link: NatsLink) -> (Buckets, crate::kv::Snapshot) {
     crate::kv::retrying("cannot open the enrollment buckets yet", || async {
         let jetstream = link.jetstream();
         let buckets = Buckets {
-            tokens: enrollment::tokens_bucket(jetstream, link.kv_replicas()).await?,
-            enrolled: enrollment::enrolled_bucket(jetstream, link.kv_replicas()).await?,
+            tokens: enrollment::open(jetstream, enrollment::TOKENS, link.kv_replicas()).await?,
+            enrolled: enrollment::open(jetstream, enrollment::ENROLLED, link.kv_replicas()).await?,
         };
-        let revoked = enrollment::revoked_bucket(jetstream, link.kv_replicas()).await?;
+        let revoked = enrollment::open(jetstream, enrollment::REVOKED, link.kv_replicas()).await?;
         Ok((buckets, crate::kv::watch_and_read(&revoked).await?))
     })
     .await
