@@ -33,7 +33,7 @@ struct Cli {
     /// Address agents connect to (file key `listen`; default 0.0.0.0:7400).
     #[arg(long, env = "HERD_HUB_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Address of the admin HTTP server: GET /metrics, /healthz, /agents
+    /// Address of the admin HTTP server: GET /metrics, /healthz, /agents, /fleet
     /// (open), POST /enrollment-tokens, /agents/{id}/revoke (with the admin
     /// token, file key `admin_token_file`; default <state_dir>/admin.token)
     /// (file key `admin`; default 127.0.0.1:7401; `off` disables it).

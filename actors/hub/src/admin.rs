@@ -1,4 +1,4 @@
-//! The admin HTTP server: `GET /metrics`, `/healthz`, `/agents`, open to
+//! The admin HTTP server: `GET /metrics`, `/healthz`, `/agents`, `/fleet`, open to
 //! whoever reaches it; `POST /enrollment-tokens` and
 //! `POST /agents/{id}/revoke`, for the holder of the admin token.
 

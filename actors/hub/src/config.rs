@@ -57,7 +57,7 @@ pub struct HubConfig {
     /// each costs its agent a retransmit (1 s on Linux).
     pub listen_backlog: u32,
     /// Where the admin HTTP server listens; `None` disables it. Its `GET`
-    /// endpoints (`/metrics`, `/healthz`, `/agents`) are open to whoever
+    /// endpoints (`/metrics`, `/healthz`, `/agents`, `/fleet`) are open to whoever
     /// reaches the address: they change nothing, and the default address is
     /// loopback. Every other request (`POST /enrollment-tokens`,
     /// `POST /agents/{id}/revoke`) needs `Authorization: Bearer <admin
